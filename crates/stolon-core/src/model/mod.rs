@@ -1,0 +1,35 @@
+//! The data model every component shares: cluster spec, clusterdata and published infos.
+//!
+//! Pure data and pure helpers; no IO.
+
+pub mod cluster;
+pub mod member;
+pub mod patch;
+pub mod spec;
+
+pub use cluster::*;
+pub use member::*;
+pub use spec::*;
+
+use serde::{Deserialize, Deserializer};
+
+pub(crate) fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+pub(crate) fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+
+pub(crate) fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Go decodes JSON `null` into a map or slice as empty; do the same.
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}

@@ -1,0 +1,303 @@
+//! The proxy's IO engine: a TCP forwarder whose destination is controlled from outside.
+//!
+//! A [`Forwarder`] owns one listening socket (opened and closed on demand), a routing table and
+//! every connection it proxies. It knows nothing about the store or PostgreSQL: the daemon
+//! decides (through the pure `route()`), the forwarder only does.
+//!
+//! Semantics (those of Stolon's pollon library, extended for read-only routing):
+//! - a change of destination closes every connection proxied to an address no longer routed to,
+//!   at once; new connections go to the current destination;
+//! - with no destination, accepted client connections are closed immediately;
+//! - the listening socket exists only between [`Forwarder::start_listening`] and
+//!   [`Forwarder::stop_listening`]; after the latter the port is really free.
+
+mod conn;
+mod routing;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use conn::Keepalive;
+use conn::{CopyParams, Ended};
+use routing::Routing;
+
+/// Default size of each of the two copy buffers of a connection.
+pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+
+/// Default time allowed for the upstream TCP connect.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause after an accept error (e.g. out of file descriptors) before accepting again.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Settings of a forwarder, fixed at creation.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Keepalive applied to accepted client sockets and to upstream sockets.
+    pub keepalive: Keepalive,
+    /// Size in bytes of each copy buffer; a connection holds two.
+    pub buffer_size: usize,
+    /// Time allowed for the upstream TCP connect before the client is closed.
+    pub connect_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            keepalive: Keepalive::default(),
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// Errors of the forwarder.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The listening socket could not be opened.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counters of one forwarder, for logs, metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Client connections accepted.
+    pub accepted: u64,
+    /// Client connections closed at once because there was no destination.
+    pub refused: u64,
+    /// Proxied connections closed because their destination was withdrawn.
+    pub closed_by_route_change: u64,
+    /// Proxied connections currently open (including those still connecting upstream).
+    pub active: usize,
+}
+
+/// A TCP forwarder with a controllable destination. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Forwarder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Name of this listener in logs ("primary", "read-only").
+    name: &'static str,
+    params: CopyParams,
+    routing: Mutex<Routing>,
+    /// The accept loop, when listening.
+    listening: tokio::sync::Mutex<Option<Accepting>>,
+    /// Every proxied connection task.
+    connections: TaskTracker,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    closed_by_route_change: AtomicU64,
+    active: AtomicUsize,
+}
+
+/// A running accept loop.
+struct Accepting {
+    local: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("name", &self.inner.name)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarder {
+    /// A forwarder named `name` in logs, not listening, with no destination.
+    pub fn new(name: &'static str, config: EngineConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                name,
+                params: CopyParams {
+                    keepalive: config.keepalive,
+                    buffer_size: config.buffer_size.max(1),
+                    connect_timeout: config.connect_timeout,
+                },
+                routing: Mutex::new(Routing::default()),
+                listening: tokio::sync::Mutex::new(None),
+                connections: TaskTracker::new(),
+                accepted: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                closed_by_route_change: AtomicU64::new(0),
+                active: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Sets the single destination of every new connection (`None`: refuse them). A change,
+    /// including to or from `None`, closes every connection proxied so far, at once.
+    /// Returns true when the destination changed.
+    pub fn set_destination(&self, dest: Option<SocketAddr>) -> bool {
+        let targets: &[SocketAddr] = match &dest {
+            Some(addr) => std::slice::from_ref(addr),
+            None => &[],
+        };
+        let changed = self.inner.routing().replace(targets, None);
+        if changed {
+            tracing::info!(listener = self.inner.name, destination = ?dest, "destination changed");
+        }
+        changed
+    }
+
+    /// Read-only routing: new connections are spread round-robin over `standbys`; when the list
+    /// is empty they go to `fallback`, or are refused when it is `None`. Connections to an
+    /// address that is neither in `standbys` nor the `fallback` any more are closed at once;
+    /// the others are kept. Returns true when the routed set changed.
+    pub fn set_read_only_destinations(
+        &self,
+        standbys: Vec<SocketAddr>,
+        fallback: Option<SocketAddr>,
+    ) -> bool {
+        let changed = self.inner.routing().replace(&standbys, fallback);
+        if changed {
+            tracing::info!(
+                listener = self.inner.name,
+                ?standbys,
+                ?fallback,
+                "read-only destinations changed"
+            );
+        }
+        changed
+    }
+
+    /// The current destinations: round-robin targets and fallback.
+    pub fn destinations(&self) -> (Vec<SocketAddr>, Option<SocketAddr>) {
+        self.inner.routing().addresses()
+    }
+
+    /// Opens the listening socket on `addr` and starts accepting, if not already listening.
+    /// Returns the bound address (useful with port 0). When already listening, returns the
+    /// current address, even if it differs from `addr`.
+    pub async fn start_listening(&self, addr: SocketAddr) -> Result<SocketAddr, EngineError> {
+        let mut listening = self.inner.listening.lock().await;
+        if let Some(acc) = listening.as_ref() {
+            if !acc.task.is_finished() {
+                return Ok(acc.local);
+            }
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| EngineError::Listen { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| EngineError::Listen { addr, source })?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(self.inner.clone(), listener, stop.clone()));
+        *listening = Some(Accepting { local, stop, task });
+        tracing::info!(listener = self.inner.name, address = %local, "listening");
+        Ok(local)
+    }
+
+    /// Closes the listening socket (connections already proxied are not touched). Returns once
+    /// the socket is closed, so the port is free when this returns.
+    pub async fn stop_listening(&self) {
+        let mut listening = self.inner.listening.lock().await;
+        if let Some(acc) = listening.take() {
+            acc.stop.cancel();
+            if let Err(e) = acc.task.await {
+                tracing::warn!(listener = self.inner.name, error = %e, "accept loop failed");
+            }
+            tracing::info!(listener = self.inner.name, address = %acc.local, "stopped listening");
+        }
+    }
+
+    /// The address listened on, if listening.
+    pub async fn listening_addr(&self) -> Option<SocketAddr> {
+        self.inner.listening.lock().await.as_ref().map(|a| a.local)
+    }
+
+    /// Counters of this forwarder.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            accepted: self.inner.accepted.load(Ordering::Relaxed),
+            refused: self.inner.refused.load(Ordering::Relaxed),
+            closed_by_route_change: self.inner.closed_by_route_change.load(Ordering::Relaxed),
+            active: self.inner.active.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops listening, closes every connection and waits until all connection tasks ended.
+    pub async fn shutdown(&self) {
+        self.stop_listening().await;
+        self.inner.routing().clear();
+        self.inner.connections.close();
+        self.inner.connections.wait().await;
+        self.inner.connections.reopen();
+    }
+}
+
+impl Inner {
+    fn routing(&self) -> MutexGuard<'_, Routing> {
+        // The table stays consistent even if a holder panicked: every update is one assignment.
+        self.routing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends a freshly accepted client to the current destination, or closes it.
+    fn dispatch(self: &Arc<Self>, client: TcpStream, peer: SocketAddr) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        let Some(pick) = self.routing().pick() else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(listener = self.name, %peer, "no destination: closing client");
+            drop(client);
+            return;
+        };
+        if let Err(e) = conn::configure_socket(&client, &self.params.keepalive) {
+            tracing::debug!(listener = self.name, %peer, error = %e, "cannot set client socket options");
+        }
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let inner = Arc::clone(self);
+        self.connections.spawn(async move {
+            let upstream = pick.addr;
+            let ended = conn::proxy(client, pick, inner.params).await;
+            if matches!(ended, Ended::RouteWithdrawn) {
+                inner.closed_by_route_change.fetch_add(1, Ordering::Relaxed);
+            }
+            inner.active.fetch_sub(1, Ordering::Relaxed);
+            conn::log_end(peer, upstream, &ended);
+        });
+    }
+}
+
+/// Accepts clients until `stop` is cancelled; the listener is dropped (port freed) on return.
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            res = listener.accept() => res,
+        };
+        match accepted {
+            Ok((client, peer)) => inner.dispatch(client, peer),
+            Err(e) => {
+                // Typically EMFILE/ENFILE or a connection reset before accept: back off briefly
+                // instead of spinning, then keep accepting.
+                tracing::warn!(listener = inner.name, error = %e, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! stolon-proxy: the TCP proxy applications connect to. It forwards new connections to the
+//! current primary named in the cluster data (only while this proxy is enabled and its store
+//! reads are fresh), closes every proxied connection when that target changes, and optionally
+//! serves a read-only port spread over healthy standbys.
+//!
+//! This crate owns the IO: the forwarding [`engine`]. Deciding where to route is the pure
+//! `route()` of stolon-core.
+
+pub mod engine;

@@ -1,0 +1,93 @@
+//! stolon-store: where the cluster's shared state lives.
+//!
+//! The [`Store`] trait holds the domain operations every component needs (clusterdata read and
+//! compare-and-swap write, infos published under TTL leases, change notifications) and the
+//! [`Election`] trait the sentinels' leadership. Backends: etcd v3 (real), in-memory (unit and
+//! simulation tests, injectable clock), and later Kubernetes. One conformance suite
+//! ([`testing::suite`]) runs against every backend.
+//!
+//! Decision: the traits are object-safe (`async_trait`) and components hold `Arc<dyn Store>`. The
+//! style guide suggests generic runtimes over an enum; with several backends chosen at run time
+//! and many helpers writing code in parallel, one trait object type kept the seams simpler.
+
+pub mod config;
+pub mod error;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use stolon_core::model::{ClusterData, KeeperInfo, ProxyInfo, SentinelInfo};
+use tokio::sync::watch;
+
+pub use config::{CommonArgs, StoreBackend, StoreConfig};
+pub use error::StoreError;
+
+/// An opaque version of the clusterdata key, used for compare-and-swap (etcd: mod revision;
+/// Kubernetes: resourceVersion).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Revision(pub String);
+
+/// Clusterdata as read, with the revision to compare against when writing it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterDataRead {
+    /// The document; `None` when the key is absent or holds JSON `null`.
+    pub data: Option<ClusterData>,
+    /// The key's revision; `None` when the key is absent.
+    pub revision: Option<Revision>,
+}
+
+/// The domain operations on the cluster's store. All operations are bounded by the store timeout.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads clusterdata. A value that is not valid clusterdata JSON is [`StoreError::Format`].
+    async fn get_cluster_data(&self) -> Result<ClusterDataRead, StoreError>;
+
+    /// Writes clusterdata only if the key is still at `expected` (`None`: only if absent).
+    /// A mismatch is [`StoreError::Conflict`]. Returns the new revision.
+    async fn put_cluster_data(
+        &self,
+        cd: &ClusterData,
+        expected: Option<&Revision>,
+    ) -> Result<Revision, StoreError>;
+
+    /// Writes clusterdata unconditionally (`stolonctl init`, `clusterdata write`).
+    async fn force_put_cluster_data(&self, cd: &ClusterData) -> Result<Revision, StoreError>;
+
+    /// Publishes a keeper's info; it disappears after `ttl` unless republished.
+    async fn put_keeper_info(&self, info: &KeeperInfo, ttl: Duration) -> Result<(), StoreError>;
+    /// All live keeper infos by keeper UID. Undecodable entries are skipped with a warning.
+    async fn get_keepers_info(&self) -> Result<BTreeMap<String, KeeperInfo>, StoreError>;
+
+    /// Publishes a sentinel's info under a TTL.
+    async fn put_sentinel_info(&self, info: &SentinelInfo, ttl: Duration)
+    -> Result<(), StoreError>;
+    /// All live sentinel infos, sorted by UID.
+    async fn get_sentinels_info(&self) -> Result<Vec<SentinelInfo>, StoreError>;
+
+    /// Publishes a proxy's info under a TTL.
+    async fn put_proxy_info(&self, info: &ProxyInfo, ttl: Duration) -> Result<(), StoreError>;
+    /// All live proxy infos by proxy UID.
+    async fn get_proxies_info(&self) -> Result<BTreeMap<String, ProxyInfo>, StoreError>;
+
+    /// A receiver whose value changes whenever anything under the cluster's prefix changes
+    /// (clusterdata, infos written or expired, election). Components re-read the full state on a
+    /// change; the counter value itself means nothing. The backend keeps the underlying watch
+    /// alive (re-establishing it after errors) for as long as the store exists.
+    fn changes(&self) -> watch::Receiver<u64>;
+}
+
+/// Leader election among sentinels.
+#[async_trait]
+pub trait Election: Send + Sync + 'static {
+    /// Starts campaigning as `candidate` (the sentinel UID) in the background. The receiver is
+    /// `true` while this candidate leads; on lost leadership (lease expired, store errors) it turns
+    /// `false` and the campaign starts again by itself.
+    async fn campaign(&self, candidate: &str) -> Result<watch::Receiver<bool>, StoreError>;
+
+    /// The current leader's candidate value, if any.
+    async fn leader(&self) -> Result<Option<String>, StoreError>;
+
+    /// Stops campaigning and gives up leadership (deletes our election key).
+    async fn resign(&self) -> Result<(), StoreError>;
+}
