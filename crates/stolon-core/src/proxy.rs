@@ -1,1 +1,260 @@
-//! placeholder
+//! The proxy's routing decision: where new client connections go.
+//!
+//! Pure. Fail-closed: whenever clusterdata is missing, unusable, names no master, or does not enable
+//! this proxy, the answer is "route nowhere" (and the proxy closes every connection). Mirrors
+//! stolon-behaviour.md §4.10 steps 3-9; the store read, the ProxyInfo publish and the timeout live in
+//! the proxy daemon.
+
+use crate::model::{ClusterData, DbRole, FollowType};
+
+/// Why nothing is routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClosedReason {
+    /// No clusterdata in the store (or JSON `null`).
+    NoClusterData,
+    /// Clusterdata has the wrong format version or an invalid spec.
+    Unusable(String),
+    /// Clusterdata has no proxy object.
+    NoProxy,
+    /// `proxy.spec.masterDbUid` is empty or names no DB (failover handshake in progress).
+    NoMaster,
+    /// The master DB has no advertised address yet.
+    NoMasterAddress,
+    /// This proxy is not in `enabledProxies`.
+    NotEnabled,
+}
+
+impl std::fmt::Display for ClosedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClosedReason::NoClusterData => f.write_str("no clusterdata available"),
+            ClosedReason::Unusable(e) => write!(f, "unusable clusterdata: {e}"),
+            ClosedReason::NoProxy => f.write_str("no proxy object available"),
+            ClosedReason::NoMaster => {
+                f.write_str("no db object available, closing connections to master")
+            }
+            ClosedReason::NoMasterAddress => f.write_str("master db has no address"),
+            ClosedReason::NotEnabled => f.write_str(
+                "not proxying to master address since we aren't in the enabled proxies list",
+            ),
+        }
+    }
+}
+
+/// A `host:port` destination as advertised in clusterdata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// Advertised address (IP or hostname).
+    pub host: String,
+    /// Advertised port.
+    pub port: String,
+}
+
+/// The routing decision for one store read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Where new read-write connections go; `Err` = nowhere (close everything).
+    pub primary: Result<Destination, ClosedReason>,
+    /// Healthy standbys for the read-only listener (empty when none qualifies or routing is closed).
+    pub standbys: Vec<Destination>,
+    /// The proxy generation to publish in ProxyInfo, when the proxy should publish at all
+    /// (Stolon publishes 0 when there is no proxy object, and nothing when there is no clusterdata
+    /// or it is unusable).
+    pub publish_generation: Option<i64>,
+    /// The proxy timeout from the spec (nanoseconds), when clusterdata is usable.
+    pub spec_proxy_timeout_ns: Option<i64>,
+    /// The proxy check interval from the spec (nanoseconds), when clusterdata is usable.
+    pub spec_check_interval_ns: Option<i64>,
+}
+
+impl Route {
+    fn closed(reason: ClosedReason) -> Self {
+        Route {
+            primary: Err(reason),
+            standbys: Vec::new(),
+            publish_generation: None,
+            spec_proxy_timeout_ns: None,
+            spec_check_interval_ns: None,
+        }
+    }
+}
+
+/// Decides the routing for proxy `proxy_uid` from clusterdata `cd`.
+pub fn route(cd: Option<&ClusterData>, proxy_uid: &str) -> Route {
+    let Some(cd) = cd else {
+        return Route::closed(ClosedReason::NoClusterData);
+    };
+    let spec = match cd.check_usable() {
+        Ok(spec) => spec.effective(),
+        Err(e) => return Route::closed(ClosedReason::Unusable(e.to_string())),
+    };
+    let mut r = Route::closed(ClosedReason::NoProxy);
+    r.spec_proxy_timeout_ns = Some(spec.proxy_timeout.as_nanos());
+    r.spec_check_interval_ns = Some(spec.proxy_check_interval.as_nanos());
+    let Some(proxy) = &cd.proxy else {
+        r.publish_generation = Some(0);
+        return r;
+    };
+    r.publish_generation = Some(proxy.generation);
+    let Some(master) = cd.dbs.get(&proxy.spec.master_db_uid) else {
+        r.primary = Err(ClosedReason::NoMaster);
+        return r;
+    };
+    if !proxy.spec.enabled_proxies.iter().any(|p| p == proxy_uid) {
+        r.primary = Err(ClosedReason::NotEnabled);
+        return r;
+    }
+    if master.status.listen_address.is_empty() || master.status.port.is_empty() {
+        r.primary = Err(ClosedReason::NoMasterAddress);
+        return r;
+    }
+    r.primary = Ok(Destination {
+        host: master.status.listen_address.clone(),
+        port: master.status.port.clone(),
+    });
+    let max_lag = u64::from(spec.max_standby_lag);
+    r.standbys = cd
+        .dbs
+        .values()
+        .filter(|db| db.uid != master.uid)
+        .filter(|db| {
+            db.spec.as_ref().is_some_and(|s| {
+                s.role == Some(DbRole::Standby)
+                    && s.follow_config.as_ref().and_then(|f| f.kind) == Some(FollowType::Internal)
+            })
+        })
+        .filter(|db| {
+            db.status.healthy && !db.status.listen_address.is_empty() && !db.status.port.is_empty()
+        })
+        .filter(|db| db.status.timeline_id == master.status.timeline_id)
+        .filter(|db| master.status.xlog_pos.saturating_sub(db.status.xlog_pos) <= max_lag)
+        .map(|db| Destination {
+            host: db.status.listen_address.clone(),
+            port: db.status.port.clone(),
+        })
+        .collect();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+    use crate::timestamp::Timestamp;
+
+    fn db(uid: &str, role: DbRole, addr: &str, xlog: u64) -> Db {
+        Db {
+            uid: uid.into(),
+            generation: 1,
+            spec: Some(DbSpec {
+                keeper_uid: format!("k{uid}"),
+                role: Some(role),
+                follow_config: (role == DbRole::Standby).then(|| FollowConfig {
+                    kind: Some(FollowType::Internal),
+                    db_uid: "m".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: DbStatus {
+                healthy: true,
+                listen_address: addr.into(),
+                port: "5432".into(),
+                timeline_id: 1,
+                xlog_pos: xlog,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn cd() -> ClusterData {
+        let cluster = Cluster {
+            uid: "c".into(),
+            generation: 1,
+            spec: Some(ClusterSpec::new_init(ClusterInitMode::New)),
+            status: ClusterStatus {
+                phase: Some(ClusterPhase::Normal),
+                master: "m".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut cd = ClusterData::new(cluster, Timestamp::zero());
+        cd.dbs
+            .insert("m".into(), db("m", DbRole::Master, "10.0.0.1", 10_000_000));
+        cd.dbs.insert(
+            "s1".into(),
+            db("s1", DbRole::Standby, "10.0.0.2", 9_999_000),
+        );
+        cd.dbs
+            .insert("s2".into(), db("s2", DbRole::Standby, "10.0.0.3", 1_000));
+        cd.proxy = Some(Proxy {
+            generation: 7,
+            spec: ProxySpec {
+                master_db_uid: "m".into(),
+                enabled_proxies: vec!["p1".into()],
+            },
+            ..Default::default()
+        });
+        cd
+    }
+
+    #[test]
+    fn routes_enabled_proxy_to_master_and_lagging_standbys_are_excluded() {
+        let r = route(Some(&cd()), "p1");
+        assert_eq!(
+            r.primary,
+            Ok(Destination {
+                host: "10.0.0.1".into(),
+                port: "5432".into()
+            })
+        );
+        assert_eq!(r.publish_generation, Some(7));
+        let hosts: Vec<_> = r.standbys.iter().map(|d| d.host.as_str()).collect();
+        assert_eq!(
+            hosts,
+            vec!["10.0.0.2"],
+            "s2 is ~10MB behind, beyond the 1MiB default lag"
+        );
+    }
+
+    #[test]
+    fn fails_closed() {
+        assert_eq!(route(None, "p1").primary, Err(ClosedReason::NoClusterData));
+        assert_eq!(
+            route(Some(&cd()), "p2").primary,
+            Err(ClosedReason::NotEnabled)
+        );
+        assert!(route(Some(&cd()), "p2").standbys.is_empty());
+
+        let mut c = cd();
+        c.proxy.as_mut().unwrap().spec.master_db_uid.clear();
+        let r = route(Some(&c), "p1");
+        assert_eq!(r.primary, Err(ClosedReason::NoMaster));
+        assert_eq!(
+            r.publish_generation,
+            Some(7),
+            "still acknowledges the generation"
+        );
+
+        let mut c = cd();
+        c.proxy = None;
+        let r = route(Some(&c), "p1");
+        assert_eq!(r.primary, Err(ClosedReason::NoProxy));
+        assert_eq!(r.publish_generation, Some(0));
+
+        let mut c = cd();
+        c.format_version = 2;
+        let r = route(Some(&c), "p1");
+        assert!(matches!(r.primary, Err(ClosedReason::Unusable(_))));
+        assert_eq!(r.publish_generation, None);
+
+        let mut c = cd();
+        c.dbs.get_mut("m").unwrap().status.listen_address.clear();
+        assert_eq!(
+            route(Some(&c), "p1").primary,
+            Err(ClosedReason::NoMasterAddress)
+        );
+    }
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs, then format, lint, unit, simulation and integration
+# tests. Integration tests start their own etcd and PostgreSQL on loopback (as the `postgres` OS user
+# where PostgreSQL needs it), so nothing has to be running beforehand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+bash scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+if [ -x scripts/validate-k8s.sh ]; then
+  echo "== kubernetes manifests and helm chart"
+  bash scripts/validate-k8s.sh
+fi
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-features --profile ci --no-fail-fast
+else
+  cargo test --workspace --all-features --no-fail-fast
+fi
