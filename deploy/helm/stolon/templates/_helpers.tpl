@@ -44,8 +44,18 @@ component: {{ .component }}
 stolon-cluster: {{ include "stolon.clusterName" .root }}
 {{- end -}}
 
+{{/* `image` + `imageTag`; the map form of Stolon's later chart (image.repository, image.tag) works too. */}}
 {{- define "stolon.image" -}}
+{{- if kindIs "map" .Values.image -}}
+{{- printf "%s:%s" (required "image.repository is required" .Values.image.repository) (.Values.image.tag | default .Values.imageTag | default .Chart.AppVersion | toString) -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image (.Values.imageTag | default .Chart.AppVersion | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Replicas of a component: `replicas`, or `replicaCount` as Stolon's later chart called it. */}}
+{{- define "stolon.replicas" -}}
+{{- if hasKey . "replicaCount" -}}{{ .replicaCount }}{{- else -}}{{ .replicas }}{{- end -}}
 {{- end -}}
 
 {{- define "stolon.serviceAccountName" -}}
@@ -90,9 +100,9 @@ etcdv3: --store-backend=etcdv3 --store-endpoints=<store.endpoints>.
 {{- end -}}
 
 {{- define "stolon.metricsArgs" -}}
-{{- if .Values.metrics.enabled }}
+{{- if .Values.metrics.enabled -}}
 - --metrics-listen-address=0.0.0.0:{{ .Values.metrics.port }}
-{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{/* POD_NAME from the downward API: the kubernetes store patches this pod's annotations. */}}
@@ -166,6 +176,9 @@ imagePullSecrets:
 {{- define "stolon.validate" -}}
 {{- if and .Values.keeper.client_ssl.enabled (not .Values.keeper.client_ssl.certs_secret_name) -}}
 {{- fail "keeper.client_ssl.enabled needs keeper.client_ssl.certs_secret_name (a Secret with the server certificate and key)" -}}
+{{- end -}}
+{{- if and .Values.sentinel.initialClusterSpec .Values.initJob.enabled -}}
+{{- fail "sentinel.initialClusterSpec lets the sentinels initialise the cluster: set initJob.enabled=false with it (both would race)" -}}
 {{- end -}}
 {{- if not (regexMatch "^[a-z0-9_]+$" (.Values.keeper.uidPrefix | toString)) -}}
 {{- fail "keeper.uidPrefix must match ^[a-z0-9_]+$ (keeper UIDs end up in replication slot names)" -}}
