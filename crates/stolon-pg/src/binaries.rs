@@ -150,9 +150,16 @@ mod tests {
 
     #[test]
     fn parses_debian_postgres_v() {
-        let v = PgVersion::parse_postgres_v("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n")
-            .unwrap();
-        assert_eq!(v, PgVersion { major: 15, minor: 18 });
+        let v =
+            PgVersion::parse_postgres_v("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n")
+                .unwrap();
+        assert_eq!(
+            v,
+            PgVersion {
+                major: 15,
+                minor: 18
+            }
+        );
         assert_eq!(v.to_string(), "15.18");
     }
 
@@ -161,7 +168,13 @@ mod tests {
         let v = PgVersion::parse_postgres_v("postgres (PostgreSQL) 9.6.24").unwrap();
         assert_eq!(v, PgVersion { major: 9, minor: 6 });
         let v = PgVersion::parse_postgres_v("postgres (PostgreSQL) 17beta1").unwrap();
-        assert_eq!(v, PgVersion { major: 17, minor: 0 });
+        assert_eq!(
+            v,
+            PgVersion {
+                major: 17,
+                minor: 0
+            }
+        );
     }
 
     #[test]
@@ -169,13 +182,23 @@ mod tests {
         assert!(PgVersion::parse_postgres_v("hello").is_err());
         assert!(PgVersion::parse_postgres_v("postgres (PostgreSQL) x").is_err());
         assert!(PgVersion::parse_numeric("").is_none());
-        assert_eq!(PgVersion::parse_numeric("15\n"), Some(PgVersion { major: 15, minor: 0 }));
+        assert_eq!(
+            PgVersion::parse_numeric("15\n"),
+            Some(PgVersion {
+                major: 15,
+                minor: 0
+            })
+        );
     }
 
     #[test]
     fn missing_program_is_reported() {
         let b = PgBinaries::in_dir("/nonexistent-dir");
         let e = b.program("initdb").unwrap_err();
-        assert!(e.to_string().contains("initdb not found in /nonexistent-dir"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("initdb not found in /nonexistent-dir"),
+            "{e}"
+        );
     }
 }

@@ -70,7 +70,9 @@ impl ConnParams {
         if replication.is_none() || self.dbname.is_some() {
             pairs.push((
                 "dbname",
-                self.dbname.clone().unwrap_or_else(|| "postgres".to_string()),
+                self.dbname
+                    .clone()
+                    .unwrap_or_else(|| "postgres".to_string()),
             ));
         }
         if let Some(app) = &self.application_name {

@@ -12,12 +12,22 @@
 //! - [`lsn`]: the `Lsn` WAL position type;
 //! - [`ctl`]: the [`PgCtl`] trait and its option / result types;
 //! - [`process_pg`]: [`ProcessPg`], the real implementation;
-//! - [`testing`] (feature `testing`): helpers for integration tests running as root.
+//! - [`testing`] (feature `testing`): helpers for integration tests running as root;
+//! - [`fake`] (feature `fake`): `FakePg`, an in-memory [`PgCtl`] for keeper tests.
+//!
+//! IDENTIFY_SYSTEM needs a replication connection, which tokio-postgres cannot open (it has no
+//! way to send the `replication` startup parameter), so [`ProcessPg`] runs `psql "...
+//! replication=1" -c IDENTIFY_SYSTEM` (the PostgreSQL documentation's own example) with a
+//! temporary PGPASSFILE. TIMELINE_HISTORY is served by reading `pg_wal/<tli>.history`
+//! directly: the file the server itself would send, and it is stable across versions (the
+//! protocol's `content` column changed type in PostgreSQL 16).
 
 pub mod binaries;
 pub mod conninfo;
 pub mod ctl;
 mod error;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod files;
 pub mod lsn;
 mod postmaster;
@@ -31,8 +41,8 @@ pub use binaries::{OsUser, PgBinaries, PgVersion};
 pub use conninfo::ConnParams;
 pub use ctl::{
     BaseBackupOptions, InitDbOptions, PgCtl, PostgresExit, RecoveryMode, RewindOptions,
-    RewindOutcome, RoleDef, StartOptions, StopMode, SystemIdentity, TimelineHistoryEntry,
-    WalFile, WalPosition,
+    RewindOutcome, RoleDef, StartOptions, StopMode, SystemIdentity, TimelineHistoryEntry, WalFile,
+    WalPosition,
 };
 pub use error::PgError;
 pub use lsn::Lsn;

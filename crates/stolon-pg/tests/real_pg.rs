@@ -1,0 +1,516 @@
+//! Integration tests of stolon-pg against real PostgreSQL 15 (`/usr/lib/postgresql/15/bin`, or
+//! `$STOLON_TEST_PG_BIN_DIR`). As root, every program runs as the `postgres` OS user in a fresh
+//! `/tmp` dir it owns; every instance listens on a free loopback port and is killed on drop.
+//! Each test is bounded by a timeout.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use stolon_pg::testing::TestDir;
+use stolon_pg::{
+    BaseBackupOptions, ConnParams, Credentials, InitDbOptions, PgCtl, PgError, ProcessPg,
+    RecoveryMode, RewindOptions, RoleDef, StartOptions, StopMode, WalPosition,
+};
+
+const SU: &str = "stolon_su";
+/// Quote, colon and backslash exercise every escaping layer (SQL literal, pgpass, pwfile).
+const SU_PW: &str = "su'pa:ss\\1";
+const REPL: &str = "stolon_repl";
+const REPL_PW: &str = "repl:pw'2";
+const TEST_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn su() -> Credentials {
+    Credentials::new(SU, Some(SU_PW.into()))
+}
+
+fn repl() -> Credentials {
+    Credentials::new(REPL, Some(REPL_PW.into()))
+}
+
+fn node(dir: &TestDir, name: &str) -> Result<ProcessPg> {
+    Ok(ProcessPg::new(dir.pg_config(name, su(), repl()))?)
+}
+
+/// Minimal postgresql.conf, rendered by the test (stolon-core renders the real one).
+fn conf(pg: &ProcessPg, extra: &str) -> String {
+    format!(
+        "listen_addresses = '127.0.0.1'\n\
+         port = {}\n\
+         shared_buffers = '16MB'\n\
+         wal_level = 'replica'\n\
+         max_wal_senders = 10\n\
+         max_replication_slots = 10\n\
+         hot_standby = 'on'\n\
+         wal_log_hints = 'on'\n\
+         wal_keep_size = '128'\n\
+         log_statement = 'all'\n\
+         {extra}",
+        pg.config().port
+    )
+}
+
+fn hba() -> String {
+    format!(
+        "local postgres {SU} md5\n\
+         local replication {REPL} md5\n\
+         host all {SU} 127.0.0.1/32 md5\n\
+         host replication {REPL} 127.0.0.1/32 md5\n"
+    )
+}
+
+fn standby_conf(pg: &ProcessPg, primary_port: u16, slot: &str) -> String {
+    let conninfo = format!(
+        "host=127.0.0.1 port={primary_port} user={REPL} password='{}' application_name={slot}",
+        REPL_PW.replace('\\', "\\\\").replace('\'', "\\'")
+    );
+    conf(
+        pg,
+        &format!(
+            "primary_conninfo = '{}'\nprimary_slot_name = '{slot}'\n",
+            conninfo.replace('\\', "\\\\").replace('\'', "''")
+        ),
+    )
+}
+
+fn source(pg: &ProcessPg, creds: &Credentials) -> ConnParams {
+    let mut p = ConnParams::new("127.0.0.1", pg.config().port, &creds.user);
+    p.password = creds.password.clone();
+    p.connect_timeout = Some(Duration::from_secs(10));
+    p
+}
+
+async fn bounded<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
+    init_tracing();
+    tokio::time::timeout(TEST_TIMEOUT, f)
+        .await
+        .context("test timed out")?
+}
+
+/// Polls `check` every 200ms until it returns true, at most `timeout`.
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => last = "condition false".into(),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{what}: not reached within {timeout:?} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// initdb (su password) + config + start + wait ready + roles.
+async fn new_primary(pg: &ProcessPg, temp_merged: Option<String>) -> Result<()> {
+    pg.init_db(&InitDbOptions {
+        superuser_password: Some(SU_PW.into()),
+        timeout: Some(Duration::from_secs(120)),
+        ..Default::default()
+    })
+    .await?;
+    pg.write_postgresql_conf(&conf(pg, "")).await?;
+    pg.write_pg_hba_conf(&hba()).await?;
+    pg.set_recovery_mode(RecoveryMode::None).await?;
+    pg.start(&StartOptions {
+        temp_merged_config: temp_merged,
+        ..Default::default()
+    })
+    .await?;
+    pg.wait_ready(Duration::from_secs(60)).await?;
+    pg.alter_role(&RoleDef {
+        name: SU.into(),
+        login: true,
+        replication: false,
+        password: Some(SU_PW.into()),
+    })
+    .await?;
+    pg.create_role(&RoleDef {
+        name: REPL.into(),
+        login: true,
+        replication: true,
+        password: Some(REPL_PW.into()),
+    })
+    .await?;
+    Ok(())
+}
+
+async fn rows(pg: &ProcessPg) -> Result<Vec<i32>> {
+    let c = pg.connect().await?;
+    let rows = c.query("select i from t order by i", &[]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+async fn insert(pg: &ProcessPg, i: i32) -> Result<()> {
+    pg.connect()
+        .await?
+        .execute("insert into t values ($1)", &[&i])
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initdb_start_sql_stop() -> Result<()> {
+    bounded(async {
+        let dir = TestDir::new("stolon-pg-it-");
+        let pg = node(&dir, "n1")?;
+        let mut exits = pg.exits();
+
+        let v = pg.binary_version().await?;
+        ensure!(v.major == 15, "binary version {v}");
+        ensure!(!pg.is_initialized().await?);
+        ensure!(pg.system_id().await?.is_none());
+
+        new_primary(&pg, Some("max_connections = 42\n".into())).await?;
+        ensure!(pg.is_initialized().await?);
+        ensure!(pg.data_version().await?.map(|v| v.major) == Some(15));
+        let sysid = pg.system_id().await?.context("no system id")?;
+        ensure!(
+            pg.config()
+                .data_dir
+                .join("stolon-temp-postgresql.conf")
+                .exists()
+        );
+
+        // SQL over the socket as the superuser, with the password set by initdb --pwfile.
+        pg.ping().await?;
+        // Every statement is logged (log_statement = 'all'), except the role statements.
+        let log_path = dir.path().join("n1/postgres.log");
+        let log = std::fs::read_to_string(&log_path)?;
+        ensure!(
+            log.contains("statement: select 1"),
+            "log_statement not effective"
+        );
+        ensure!(
+            !log.contains(SU_PW) && !log.contains(REPL_PW) && !log.contains("password '"),
+            "a password reached the postgres log"
+        );
+        let settings = pg.file_settings().await?;
+        ensure!(
+            settings.get("max_connections").map(String::as_str) == Some("42"),
+            "temp merged setting missing: {settings:?}"
+        );
+        ensure!(settings.get("port") == Some(&pg.config().port.to_string()));
+        ensure!(!pg.is_in_recovery().await?);
+        ensure!(!pg.pending_restart().await?);
+        ensure!(pg.in_sync_standbys().await?.is_empty());
+        match pg.wal_position().await? {
+            WalPosition::Primary { current } => ensure!(current.0 > 0),
+            other => bail!("unexpected {other:?}"),
+        }
+
+        // IDENTIFY_SYSTEM through psql as the replication role.
+        let id = pg.identify_system().await?;
+        ensure!(id.system_id == sysid, "{} != {sysid}", id.system_id);
+        ensure!(id.timeline == 1);
+        ensure!(id.xlog_pos.0 > 0);
+        ensure!(pg.timeline_history(1).await?.is_empty());
+
+        // Slots: create, list (only non-temporary), drop.
+        ensure!(pg.replication_slots().await?.is_empty());
+        pg.create_replication_slot("stolon_a").await?;
+        pg.create_replication_slot("other").await?;
+        ensure!(pg.replication_slots().await? == vec!["other".to_string(), "stolon_a".into()]);
+        pg.drop_replication_slot("stolon_a").await?;
+        ensure!(pg.replication_slots().await? == vec!["other".to_string()]);
+        ensure!(pg.drop_replication_slot("missing").await.is_err());
+
+        pg.checkpoint().await?;
+        let wal = pg.oldest_wal_file().await?.context("no WAL file")?;
+        ensure!(
+            wal.size == 16 * 1024 * 1024 && wal.name.len() == 24,
+            "{wal:?}"
+        );
+
+        // ALTER SYSTEM is blocked by the /dev/null symlink.
+        let link = std::fs::read_link(pg.config().data_dir.join("postgresql.auto.conf"))?;
+        ensure!(link == std::path::Path::new("/dev/null"));
+        let err = pg
+            .connect()
+            .await?
+            .batch_execute("alter system set work_mem = '8MB'")
+            .await;
+        ensure!(err.is_err(), "ALTER SYSTEM succeeded");
+
+        // A restart-needing change is reported after reload; a reloadable one is applied.
+        pg.write_postgresql_conf(&conf(&pg, "shared_buffers = '24MB'\nwork_mem = '7MB'\n"))
+            .await?;
+        pg.reload().await?;
+        wait_until("pending restart", Duration::from_secs(20), || async {
+            Ok(pg.pending_restart().await?)
+        })
+        .await?;
+        let wm: String = pg
+            .connect()
+            .await?
+            .query_one("show work_mem", &[])
+            .await?
+            .get(0);
+        ensure!(wm == "7MB", "work_mem {wm}");
+
+        // A second start while our child runs is refused.
+        ensure!(matches!(
+            pg.start(&StartOptions::default()).await,
+            Err(PgError::AlreadyRunning(_))
+        ));
+
+        // Stop: an expected exit is published; stopping again is a no-op / an error.
+        ensure!(pg.is_running().await?);
+        pg.stop(StopMode::Fast).await?;
+        ensure!(!pg.is_running().await?);
+        let exit = exits.borrow_and_update().clone().context("no exit event")?;
+        ensure!(exit.expected && exit.seq == 1, "{exit:?}");
+        pg.stop_if_started(StopMode::Fast).await?;
+        ensure!(pg.stop(StopMode::Fast).await.is_err());
+        ensure!(pg.ping().await.is_err());
+
+        // Restart, then the postmaster dies on its own: an unexpected exit is published.
+        pg.start(&StartOptions::default()).await?;
+        pg.wait_ready(Duration::from_secs(60)).await?;
+        ensure!(
+            !pg.pending_restart().await?,
+            "restart applied shared_buffers"
+        );
+        let pid = pg.child_pid().context("no child")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGQUIT,
+        )?;
+        tokio::time::timeout(Duration::from_secs(30), exits.changed()).await??;
+        let exit = exits.borrow().clone().context("no exit event")?;
+        ensure!(
+            !exit.expected && exit.pid == pid && exit.seq == 2,
+            "{exit:?}"
+        );
+        let err = pg.wait_ready(Duration::from_secs(30)).await.unwrap_err();
+        ensure!(matches!(err, PgError::ExitedUnexpectedly { .. }), "{err}");
+
+        // Dropping the controller kills a running postmaster child.
+        pg.start(&StartOptions::default()).await?;
+        let pid = nix::unistd::Pid::from_raw(pg.child_pid().context("no child")? as i32);
+        drop(pg);
+        wait_until(
+            "postmaster gone after drop",
+            Duration::from_secs(20),
+            || async { Ok(nix::sys::signal::kill(pid, None).is_err()) },
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_reported_and_cleaned_up() -> Result<()> {
+    bounded(async {
+        let dir = TestDir::new("stolon-pg-it-");
+        let pg = node(&dir, "n1")?;
+        let pgdata = pg.config().data_dir.clone();
+
+        // initdb with a bad locale fails and leaves no PGDATA behind.
+        let err = pg
+            .init_db(&InitDbOptions {
+                locale: Some("xx_NOT_A_LOCALE".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        ensure!(matches!(err, PgError::ToolFailed { .. }), "{err}");
+        ensure!(!pgdata.exists());
+
+        // postgres refusing its config: "postgres exited unexpectedly" with its own words.
+        pg.init_db(&InitDbOptions::default()).await?;
+        pg.write_postgresql_conf("port = 1\nno_such_parameter = 1\n")
+            .await?;
+        let err = pg.start(&StartOptions::default()).await.unwrap_err();
+        let msg = err.to_string();
+        ensure!(
+            msg.starts_with("postgres exited unexpectedly") && msg.contains("no_such_parameter"),
+            "{msg}"
+        );
+
+        // pg_basebackup from nowhere fails and removes PGDATA.
+        let mut nowhere = ConnParams::new("127.0.0.1", stolon_pg::testing::free_port(), REPL);
+        nowhere.connect_timeout = Some(Duration::from_secs(5));
+        let err = pg
+            .base_backup(&BaseBackupOptions {
+                source: nowhere,
+                slot: None,
+                fast_checkpoint: true,
+                timeout: Some(Duration::from_secs(60)),
+            })
+            .await
+            .unwrap_err();
+        ensure!(matches!(err, PgError::ToolFailed { .. }), "{err}");
+        ensure!(!pgdata.exists());
+
+        // Restore command: %d and %% expanded, PGDATA created first; failure removes it.
+        pg.restore_data("echo 100%% > %d/marker", Some(Duration::from_secs(30)))
+            .await?;
+        ensure!(std::fs::read_to_string(pgdata.join("marker"))? == "100%\n");
+        let err = pg
+            .restore_data("exit 3", Some(Duration::from_secs(30)))
+            .await
+            .unwrap_err();
+        ensure!(
+            matches!(err, PgError::ToolFailed { code: Some(3), .. }),
+            "{err}"
+        );
+        ensure!(!pgdata.exists());
+
+        // A hanging tool is killed at its timeout, with what it spawned.
+        let marker = dir.path().join("tmp/never");
+        let cmd = format!("(sleep 3; touch {}) & sleep 30", marker.display());
+        let err = pg
+            .restore_data(&cmd, Some(Duration::from_millis(500)))
+            .await
+            .unwrap_err();
+        ensure!(matches!(err, PgError::ToolTimeout { .. }), "{err}");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        ensure!(!marker.exists(), "a child of the killed tool survived");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_clone_promote_rewind_follow() -> Result<()> {
+    bounded(async {
+        let dir = TestDir::new("stolon-pg-it-");
+        let n1 = node(&dir, "n1")?;
+        let n2 = node(&dir, "n2")?;
+        let (p1, p2) = (n1.config().port, n2.config().port);
+
+        // Primary n1 with a slot for n2 and a first row.
+        new_primary(&n1, None).await?;
+        n1.create_replication_slot("stolon_n2").await?;
+        n1.connect()
+            .await?
+            .batch_execute("create table t (i int primary key); insert into t values (1)")
+            .await?;
+
+        // n2: pg_basebackup through the slot, own recovery settings, start as standby.
+        let mut src = source(&n1, &repl());
+        src.application_name = Some("stolon_n2".into());
+        n2.base_backup(&BaseBackupOptions {
+            source: src,
+            slot: Some("stolon_n2".into()),
+            fast_checkpoint: true,
+            timeout: Some(Duration::from_secs(120)),
+        })
+        .await?;
+        ensure!(n2.is_initialized().await?);
+        ensure!(n2.system_id().await? == n1.system_id().await?);
+        n2.write_postgresql_conf(&standby_conf(&n2, p1, "stolon_n2"))
+            .await?;
+        n2.write_pg_hba_conf(&hba()).await?;
+        n2.set_recovery_mode(RecoveryMode::Standby).await?;
+        ensure!(n2.recovery_mode().await? == RecoveryMode::Standby);
+        n2.start(&StartOptions::default()).await?;
+        n2.wait_ready(Duration::from_secs(60)).await?;
+        ensure!(n2.is_in_recovery().await?);
+        ensure!(matches!(
+            n2.wal_position().await?,
+            WalPosition::Standby { .. }
+        ));
+
+        insert(&n1, 2).await?;
+        wait_until("row 2 on standby", Duration::from_secs(60), || async {
+            Ok(rows(&n2).await? == vec![1, 2])
+        })
+        .await?;
+        let id2 = n2.identify_system().await?;
+        ensure!(id2.timeline == 1 && id2.xlog_pos.0 > 0, "{id2:?}");
+
+        // Synchronous replication seen through pg_stat_replication, then back to async.
+        n1.write_postgresql_conf(&conf(&n1, "synchronous_standby_names = 'stolon_n2'\n"))
+            .await?;
+        n1.reload().await?;
+        wait_until("n2 in sync", Duration::from_secs(60), || async {
+            Ok(n1.in_sync_standbys().await? == vec!["n2".to_string()])
+        })
+        .await?;
+        n1.write_postgresql_conf(&conf(&n1, "")).await?;
+        n1.reload().await?;
+        wait_until("n2 async", Duration::from_secs(60), || async {
+            Ok(n1.in_sync_standbys().await?.is_empty())
+        })
+        .await?;
+
+        // Failover: promote n2; the old primary keeps writing (a forked timeline).
+        n2.promote().await?;
+        ensure!(!n2.is_in_recovery().await?);
+        ensure!(n2.recovery_mode().await? == RecoveryMode::None);
+        insert(&n2, 3).await?;
+        insert(&n1, 99).await?;
+        n2.create_replication_slot("stolon_n1").await?;
+        n1.stop(StopMode::Fast).await?;
+
+        // Rewind n1 onto n2's timeline (CHECKPOINT on n2 first), then follow n2.
+        let out = n1
+            .rewind(&RewindOptions {
+                source: source(&n2, &su()),
+                checkpoint_source: true,
+                timeout: Some(Duration::from_secs(120)),
+            })
+            .await?;
+        ensure!(out.rewound, "pg_rewind did not rewind: {}", out.output);
+        tracing::info!(output = %out.output, "pg_rewind done");
+        n1.write_postgresql_conf(&standby_conf(&n1, p2, "stolon_n1"))
+            .await?;
+        n1.write_pg_hba_conf(&hba()).await?;
+        n1.set_recovery_mode(RecoveryMode::Standby).await?;
+        n1.start(&StartOptions::default()).await?;
+        n1.wait_ready(Duration::from_secs(60)).await?;
+        ensure!(n1.is_in_recovery().await?);
+        insert(&n2, 4).await?;
+        wait_until("n1 follows n2", Duration::from_secs(60), || async {
+            Ok(rows(&n1).await? == vec![1, 2, 3, 4])
+        })
+        .await?;
+
+        // Both on timeline 2 with the same system; n2's history names the fork.
+        let id1 = n1.identify_system().await?;
+        let id2 = n2.identify_system().await?;
+        ensure!(id1.timeline == 2 && id2.timeline == 2, "{id1:?} {id2:?}");
+        ensure!(id1.system_id == id2.system_id);
+        let hist = n2.timeline_history(2).await?;
+        ensure!(hist.len() == 1 && hist[0].timeline == 1, "{hist:?}");
+        let hist1 = n1.timeline_history(2).await?;
+        ensure!(hist1 == hist, "{hist1:?} != {hist:?}");
+        ensure!(n2.replication_slots().await? == vec!["stolon_n1".to_string()]);
+        wait_until("n1 streaming from n2", Duration::from_secs(30), || async {
+            let c = n2.connect().await?;
+            let r = c
+                .query_opt(
+                    "select 1 from pg_stat_replication where application_name = 'stolon_n1'",
+                    &[],
+                )
+                .await?;
+            Ok(r.is_some())
+        })
+        .await?;
+
+        n1.stop(StopMode::Fast).await?;
+        n2.stop_if_started(StopMode::Fast).await?;
+        ensure!(!n1.is_running().await? && !n2.is_running().await?);
+        Ok(())
+    })
+    .await
+}
