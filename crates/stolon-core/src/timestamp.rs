@@ -79,7 +79,7 @@ impl fmt::Display for Timestamp {
         let mut ns = t.nanosecond();
         if ns != 0 {
             let mut digits = 9usize;
-            while ns % 10 == 0 {
+            while ns.is_multiple_of(10) {
                 ns /= 10;
                 digits -= 1;
             }

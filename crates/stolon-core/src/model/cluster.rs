@@ -444,10 +444,11 @@ impl ClusterData {
     /// exist, followers point at existing DBs.
     pub fn validate(&self) -> Result<(), ClusterDataError> {
         let bad = |m: String| Err(ClusterDataError::Inconsistent(m));
-        if let Some(c) = &self.cluster {
-            if !c.status.master.is_empty() && !self.dbs.contains_key(&c.status.master) {
-                return bad(format!("master db {:?} does not exist", c.status.master));
-            }
+        if let Some(c) = &self.cluster
+            && !c.status.master.is_empty()
+            && !self.dbs.contains_key(&c.status.master)
+        {
+            return bad(format!("master db {:?} does not exist", c.status.master));
         }
         let masters = self
             .dbs
@@ -465,13 +466,14 @@ impl ClusterData {
                     db.uid, spec.keeper_uid
                 ));
             }
-            if let Some(fc) = &spec.follow_config {
-                if fc.kind == Some(FollowType::Internal) && !self.dbs.contains_key(&fc.db_uid) {
-                    return bad(format!(
-                        "db {:?} follows unknown db {:?}",
-                        db.uid, fc.db_uid
-                    ));
-                }
+            if let Some(fc) = &spec.follow_config
+                && fc.kind == Some(FollowType::Internal)
+                && !self.dbs.contains_key(&fc.db_uid)
+            {
+                return bad(format!(
+                    "db {:?} follows unknown db {:?}",
+                    db.uid, fc.db_uid
+                ));
             }
         }
         Ok(())

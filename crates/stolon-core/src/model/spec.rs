@@ -435,10 +435,10 @@ impl ClusterSpec {
                 return err(format!("replication slot name is reserved: {slot:?}"));
             }
         }
-        if let Some(hba) = &s.pg_hba {
-            if hba.iter().any(|l| l.contains('\n')) {
-                return err("pgHBA entries cannot contain newline characters");
-            }
+        if let Some(hba) = &s.pg_hba
+            && hba.iter().any(|l| l.contains('\n'))
+        {
+            return err("pgHBA entries cannot contain newline characters");
         }
         match init_mode {
             ClusterInitMode::New => {

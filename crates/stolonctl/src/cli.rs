@@ -1,0 +1,215 @@
+//! Command line of stolonctl (clap derive): the common store flags of every stolon binary
+//! (flattened from `stolon_store::CommonArgs`, each with a `STOLONCTL_*` env form), the
+//! stolonctl-only Kubernetes flags, and the subcommands.
+//!
+//! Positional arguments are collected as lists so that stolonctl, not clap, words the refusal
+//! ("too many arguments", "keeper uid required") as Stolon does.
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use stolon_store::CommonArgs;
+
+/// Env prefix of stolonctl's top-level flags.
+pub const ENV_PREFIX: &str = "STOLONCTL";
+
+/// stolon command line client
+#[derive(Debug, Parser)]
+#[command(name = "stolonctl", about = "stolon command line client", version = crate::app::VERSION)]
+pub struct Cli {
+    /// Store flags shared by every stolon binary.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// path to kubeconfig file. Overrides $KUBECONFIG
+    #[arg(long = "kubeconfig", default_value = "")]
+    pub kubeconfig: String,
+    /// name of the kubeconfig context to use
+    #[arg(long = "kube-context", default_value = "")]
+    pub kube_context: String,
+    /// name of the kubernetes namespace to use
+    #[arg(long = "kube-namespace", default_value = "")]
+    pub kube_namespace: String,
+    /// The subcommand (none: print help).
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Display the version
+    Version,
+    /// Initialize a new cluster
+    Init(InitArgs),
+    /// Update a cluster specification
+    Update(UpdateArgs),
+    /// Retrieve the current cluster specification
+    Spec(SpecArgs),
+    /// Display the current cluster status
+    Status(StatusArgs),
+    /// Manage current cluster data
+    #[command(subcommand)]
+    Clusterdata(ClusterdataCmd),
+    /// Force keeper as "temporarily" failed. The sentinel will compute a new clusterdata considering it as failed and then restore its state to the real one.
+    Failkeeper(KeeperArgs),
+    /// Removes keeper from cluster data
+    Removekeeper(KeeperArgs),
+    /// Promotes a standby cluster to a primary cluster
+    Promote(PromoteArgs),
+}
+
+/// `init [cluster spec]`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// file containing the new cluster spec (`-` for stdin)
+    #[arg(short = 'f', long = "file", default_value = "")]
+    pub file: String,
+    /// don't ask for confirmation
+    #[arg(short = 'y', long = "yes")]
+    pub yes: bool,
+    /// The cluster spec as JSON (at most one).
+    #[arg(value_name = "SPEC", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+/// `update [cluster spec]`.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// patch the current cluster specification instead of replacing it
+    #[arg(short = 'p', long = "patch")]
+    pub patch: bool,
+    /// file containing a complete cluster specification or a patch to apply to the current cluster specification (`-` for stdin)
+    #[arg(short = 'f', long = "file", default_value = "")]
+    pub file: String,
+    /// The new spec or patch as JSON (exactly one of this or --file).
+    #[arg(value_name = "SPEC")]
+    pub args: Vec<String>,
+}
+
+/// `spec`.
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// also show default values
+    #[arg(long = "defaults")]
+    pub defaults: bool,
+}
+
+/// `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// output format (text or json)
+    #[arg(short = 'f', long = "format", default_value = "")]
+    pub format: String,
+}
+
+/// `clusterdata read|write`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterdataCmd {
+    /// Retrieve the current cluster data
+    Read(ClusterdataReadArgs),
+    /// Write cluster data
+    Write(ClusterdataWriteArgs),
+}
+
+/// `clusterdata read`.
+#[derive(Debug, Args)]
+pub struct ClusterdataReadArgs {
+    /// pretty print
+    #[arg(long = "pretty")]
+    pub pretty: bool,
+    /// file to write cluster data (empty or `-`: stdout)
+    #[arg(short = 'f', long = "file", default_value = "")]
+    pub file: String,
+}
+
+/// `clusterdata write`.
+#[derive(Debug, Args)]
+pub struct ClusterdataWriteArgs {
+    /// file containing the new cluster data (empty or `-`: stdin)
+    #[arg(short = 'f', long = "file", default_value = "")]
+    pub file: String,
+    /// don't ask for confirmation
+    #[arg(short = 'y', long = "yes")]
+    pub yes: bool,
+}
+
+/// `failkeeper <uid>` / `removekeeper <uid>`.
+#[derive(Debug, Args)]
+pub struct KeeperArgs {
+    /// The keeper UID (exactly one).
+    #[arg(value_name = "KEEPER_UID")]
+    pub args: Vec<String>,
+}
+
+/// `promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// don't ask for confirmation
+    #[arg(short = 'y', long = "yes")]
+    pub yes: bool,
+    /// None accepted.
+    #[arg(value_name = "ARGS", hide = true)]
+    pub args: Vec<String>,
+}
+
+/// The clap command with Stolon's conventions applied: top-level flags may also be given after
+/// the subcommand (cobra persistent flags) and each has a `STOLONCTL_<NAME>` env form, a flag on
+/// the command line beating its env var.
+pub fn command() -> clap::Command {
+    let cmd = Cli::command().mut_args(|a| a.global(true));
+    stolon_store::apply_env_prefix(cmd, ENV_PREFIX)
+}
+
+/// Parses `args` (including the program name). Errors are clap's (help and version included).
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn flags_before_or_after_the_subcommand() {
+        let cli = parse([
+            "stolonctl",
+            "--cluster-name",
+            "a",
+            "status",
+            "--store-backend",
+            "etcdv3",
+        ])
+        .unwrap();
+        assert_eq!(cli.common.cluster_name, "a");
+        assert_eq!(cli.common.store_backend, "etcdv3");
+        assert!(matches!(cli.command, Some(Cmd::Status(_))));
+        let cli = parse(["stolonctl", "init", "-y", "{\"initMode\":\"new\"}", "x"]).unwrap();
+        let Some(Cmd::Init(a)) = cli.command else {
+            panic!("init")
+        };
+        assert!(a.yes);
+        assert_eq!(a.args.len(), 2);
+        let cli = parse(["stolonctl", "update", "-p", "{}"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Cmd::Update(UpdateArgs { patch: true, .. }))
+        ));
+        let cli = parse(["stolonctl", "clusterdata", "read", "--pretty"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Cmd::Clusterdata(ClusterdataCmd::Read(
+                ClusterdataReadArgs { pretty: true, .. }
+            )))
+        ));
+        let cli = parse(["stolonctl", "--kube-namespace", "ns", "version"]).unwrap();
+        assert_eq!(cli.kube_namespace, "ns");
+    }
+}
