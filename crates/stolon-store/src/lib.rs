@@ -11,17 +11,30 @@
 //! and many helpers writing code in parallel, one trait object type kept the seams simpler.
 
 pub mod config;
+mod election;
 pub mod error;
+pub mod etcd;
+pub mod keys;
+mod kv;
+pub mod mem;
+pub mod tls;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use stolon_core::model::{ClusterData, KeeperInfo, ProxyInfo, SentinelInfo};
 use tokio::sync::watch;
 
-pub use config::{CommonArgs, StoreBackend, StoreConfig};
+pub use config::{CommonArgs, StoreBackend, StoreConfig, apply_env_prefix};
+pub use election::DEFAULT_ELECTION_TTL;
 pub use error::StoreError;
+pub use etcd::{BackendOptions, EtcdElection, EtcdStore};
+pub use mem::{MemElection, MemKv, MemStore};
 
 /// An opaque version of the clusterdata key, used for compare-and-swap (etcd: mod revision;
 /// Kubernetes: resourceVersion).
@@ -90,4 +103,30 @@ pub trait Election: Send + Sync + 'static {
 
     /// Stops campaigning and gives up leadership (deletes our election key).
     async fn resign(&self) -> Result<(), StoreError>;
+}
+
+/// Connects to the configured store: etcd v3 (the store and its sentinel election share the
+/// connections; election TTL 20 s). The Kubernetes backend is not built yet.
+///
+/// Connecting is lazy: a bad or unreachable endpoint shows up on the first request, not here;
+/// unreadable TLS files and bad flags are reported here.
+pub async fn connect(cfg: &StoreConfig) -> Result<(Arc<dyn Store>, Arc<dyn Election>), StoreError> {
+    connect_with(cfg, &BackendOptions::default()).await
+}
+
+/// [`connect`] with non-flag options (e.g. a short election TTL for tests).
+pub async fn connect_with(
+    cfg: &StoreConfig,
+    opts: &BackendOptions,
+) -> Result<(Arc<dyn Store>, Arc<dyn Election>), StoreError> {
+    match cfg.backend {
+        StoreBackend::EtcdV3 => {
+            let store = EtcdStore::connect(cfg).await?;
+            let election = store.election(opts.election_ttl);
+            Ok((Arc::new(store), Arc::new(election)))
+        }
+        StoreBackend::Kubernetes => Err(StoreError::Config(
+            "store backend kubernetes is not built yet".into(),
+        )),
+    }
 }

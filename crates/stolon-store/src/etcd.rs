@@ -1,0 +1,578 @@
+//! The etcd v3 backend: [`EtcdStore`] and [`EtcdElection`] (stolon-behaviour.md §3.1, §3.2).
+//!
+//! Endpoint failover: the store keeps one etcd client per endpoint (each on its own HTTP/2
+//! connection) and sends every request to the endpoint that last answered. When a request
+//! fails with a transport-level error (connection refused or reset, `Unavailable`, "no leader"
+//! under `require-leader`) or does not answer within `--store-timeout`, the same request is
+//! tried on the next endpoint; every endpoint is tried at least once, and failed rounds are
+//! repeated (short pauses) until the store timeout has elapsed, which rides out an etcd leader
+//! election. So one dead endpoint of three never fails a request; a frozen one costs one
+//! timeout before the others are tried. A request takes at most about
+//! `max(store timeout, endpoints x store timeout)`, the latter only when endpoints hang.
+//!
+//! Compare-and-swap is a transaction on the key's mod revision (create revision 0 when the key
+//! must be absent). Infos get a fresh lease per write; the lease the key had before is revoked
+//! so at most one lease per key is alive. `changes()` is fed by a watch on `<cluster>/` run by
+//! a background task that re-establishes it (from the last seen revision) after any error.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, WatchOptions,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{StoreConfig, split_host_port};
+use crate::election::{DEFAULT_ELECTION_TTL, LeaseElection};
+use crate::error::StoreError;
+use crate::keys::{KeyLayout, ttl_secs};
+use crate::kv::{KvBackend, KvEntry, KvStore};
+use crate::tls::{Connector, TlsFlags, client_config};
+use crate::{ClusterDataRead, Election, Revision, Store};
+use stolon_core::model::{ClusterData, KeeperInfo, ProxyInfo, SentinelInfo};
+
+/// HTTP/2 keepalive ping interval on store connections (etcd refuses pings more often than
+/// every 5 s by default); the ping timeout is the store timeout.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Pause between failed rounds over all endpoints.
+const ROUND_PAUSE_MIN: Duration = Duration::from_millis(50);
+const ROUND_PAUSE_MAX: Duration = Duration::from_millis(500);
+/// Watch re-establishment back-off bounds.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(200);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How an etcd error is handled.
+enum Failure {
+    /// Try the next endpoint.
+    Retry(StoreError),
+    /// Give up: the request itself is wrong or was refused for good.
+    Fatal(StoreError),
+}
+
+fn classify(e: etcd_client::Error) -> Failure {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let msg = format!("{}: {}", code_name(status.code()), status.message());
+            match status.code() {
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Unknown
+                | Code::Aborted
+                | Code::ResourceExhausted
+                | Code::Internal => Failure::Retry(StoreError::Unavailable(msg)),
+                _ => Failure::Fatal(StoreError::Unavailable(msg)),
+            }
+        }
+        etcd_client::Error::TransportError(e) => {
+            Failure::Retry(StoreError::Unavailable(format!("transport error: {e}")))
+        }
+        etcd_client::Error::IoError(e) => {
+            Failure::Retry(StoreError::Unavailable(format!("io error: {e}")))
+        }
+        etcd_client::Error::WatchError(e) => {
+            Failure::Retry(StoreError::Unavailable(format!("watch error: {e}")))
+        }
+        other => Failure::Fatal(StoreError::Unavailable(other.to_string())),
+    }
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+}
+
+/// One client per endpoint, with the index of the last endpoint that answered.
+pub(crate) struct EndpointPool {
+    clients: Vec<(String, Client)>,
+    current: AtomicUsize,
+    timeout: Duration,
+}
+
+impl EndpointPool {
+    async fn new(cfg: &StoreConfig) -> Result<Self, StoreError> {
+        if cfg.endpoints.is_empty() {
+            return Err(StoreError::Config("no store endpoints".into()));
+        }
+        let tls = if cfg.uses_tls() {
+            let flags = TlsFlags {
+                ca_file: cfg.ca_file.clone(),
+                cert_file: cfg.cert_file.clone(),
+                key_file: cfg.key_file.clone(),
+                skip_verify: cfg.skip_tls_verify,
+            };
+            Some(Arc::new(client_config(&flags, &[b"h2"])?))
+        } else {
+            None
+        };
+        let mut clients = Vec::new();
+        for ep in &cfg.endpoints {
+            let (scheme, authority) = ep
+                .split_once("://")
+                .ok_or_else(|| StoreError::Config(format!("endpoint {ep:?} has no scheme")))?;
+            let (host, _) = split_host_port(authority).ok_or_else(|| {
+                StoreError::Config(format!("endpoint {ep:?}: expected host:port"))
+            })?;
+            let connector = Connector {
+                authority: authority.to_string(),
+                host: host.to_string(),
+                tls: if scheme == "https" { tls.clone() } else { None },
+            };
+            // The URI only names the endpoint for tonic; the connector does the dialing (and TLS).
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+                .map_err(|e| StoreError::Config(format!("endpoint {ep:?}: {e}")))?
+                .connect_timeout(cfg.timeout)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(cfg.timeout)
+                .keep_alive_while_idle(false);
+            let channel = endpoint.connect_with_connector_lazy(connector);
+            let client = Client::from_channel(
+                etcd_client::Channel::Tonic(channel),
+                Some(ConnectOptions::new().with_require_leader(true)),
+            )
+            .await
+            .map_err(|e| StoreError::Config(format!("endpoint {ep:?}: {e}")))?;
+            clients.push((ep.clone(), client));
+        }
+        Ok(EndpointPool {
+            clients,
+            current: AtomicUsize::new(0),
+            timeout: cfg.timeout,
+        })
+    }
+
+    /// Runs `op` on the current endpoint, moving on to the next ones on transport failures,
+    /// "no leader" answers and timeouts. Each try is bounded by the store timeout. Every
+    /// endpoint is tried at least once; while the store timeout has not elapsed, failed rounds
+    /// are repeated after a short pause (this rides out an etcd leader election after the leader
+    /// died). So a request takes at most about `max(store timeout, endpoints x store timeout)`,
+    /// the latter only when endpoints hang instead of failing.
+    async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.clients.len();
+        let started = tokio::time::Instant::now();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut idx = first;
+        let mut tries = 0usize;
+        let mut pause = ROUND_PAUSE_MIN;
+        let mut last;
+        loop {
+            let (name, client) = &self.clients[idx];
+            let budget = if tries < n {
+                self.timeout
+            } else {
+                self.timeout
+                    .saturating_sub(started.elapsed())
+                    .max(ROUND_PAUSE_MIN)
+            };
+            match tokio::time::timeout(budget, op(client.clone())).await {
+                Ok(Ok(v)) => {
+                    if idx != first {
+                        tracing::info!(endpoint = %name, "store: switched to endpoint");
+                    }
+                    self.current.store(idx, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Ok(Err(e)) => match classify(e) {
+                    Failure::Retry(err) => {
+                        tracing::debug!(endpoint = %name, error = %err, "store: {what} failed, trying next endpoint");
+                        last = with_endpoint(err, name);
+                    }
+                    Failure::Fatal(err) => return Err(with_endpoint(err, name)),
+                },
+                Err(_) => {
+                    tracing::debug!(endpoint = %name, "store: {what} timed out, trying next endpoint");
+                    last = StoreError::Timeout(self.timeout);
+                }
+            }
+            tries += 1;
+            idx = (idx + 1) % n;
+            // Later requests start from an endpoint that has not just failed.
+            self.current.store(idx, Ordering::Relaxed);
+            if tries >= n && started.elapsed() >= self.timeout {
+                return Err(last);
+            }
+            if tries.is_multiple_of(n) {
+                let left = self.timeout.saturating_sub(started.elapsed());
+                tokio::time::sleep(pause.min(left)).await;
+                pause = (pause * 2).min(ROUND_PAUSE_MAX);
+            }
+        }
+    }
+}
+
+fn with_endpoint(e: StoreError, endpoint: &str) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(format!("{endpoint}: {m}")),
+        other => other,
+    }
+}
+
+/// Cancels a background task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The etcd [`KvBackend`]: the endpoint pool plus the change counter fed by the watch task.
+pub(crate) struct EtcdBackend {
+    pool: Arc<EndpointPool>,
+    tx: Arc<watch::Sender<u64>>,
+    _watch_task: AbortOnDrop,
+}
+
+impl EtcdBackend {
+    fn new(pool: Arc<EndpointPool>, prefix: String) -> Self {
+        let tx = Arc::new(watch::channel(0u64).0);
+        let task = tokio::spawn(watch_loop(pool.clone(), prefix, tx.clone()));
+        EtcdBackend {
+            pool,
+            tx,
+            _watch_task: AbortOnDrop(task),
+        }
+    }
+}
+
+fn bump(tx: &watch::Sender<u64>) {
+    tx.send_modify(|c| *c = c.wrapping_add(1));
+}
+
+/// Keeps a watch on `prefix` alive for ever, bumping the counter on every event and whenever
+/// the watch is (re-)established (changes may have been missed meanwhile).
+async fn watch_loop(pool: Arc<EndpointPool>, prefix: String, tx: Arc<watch::Sender<u64>>) {
+    let mut last_rev: i64 = 0;
+    let mut backoff = WATCH_BACKOFF_MIN;
+    loop {
+        let start = last_rev;
+        let opened = pool
+            .call("watch", |mut c| {
+                let prefix = prefix.clone();
+                async move {
+                    let mut opts = WatchOptions::new().with_prefix();
+                    if start > 0 {
+                        opts = opts.with_start_revision(start + 1);
+                    }
+                    c.watch(prefix, Some(opts)).await
+                }
+            })
+            .await;
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "store watch: cannot establish");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+                continue;
+            }
+        };
+        bump(&tx);
+        loop {
+            match stream.message().await {
+                Ok(Some(resp)) => {
+                    backoff = WATCH_BACKOFF_MIN;
+                    if resp.created()
+                        && last_rev == 0
+                        && let Some(h) = resp.header()
+                    {
+                        last_rev = h.revision();
+                    }
+                    if resp.canceled() {
+                        if resp.compact_revision() > 0 {
+                            // History we wanted is gone: restart from now (the bump on
+                            // re-establishment covers whatever was missed).
+                            last_rev = 0;
+                        }
+                        tracing::debug!(reason = resp.cancel_reason(), "store watch canceled");
+                        break;
+                    }
+                    let events = resp.events();
+                    if !events.is_empty() {
+                        for ev in events {
+                            if let Some(kv) = ev.kv() {
+                                last_rev = last_rev.max(kv.mod_revision());
+                            }
+                        }
+                        bump(&tx);
+                    }
+                }
+                Ok(None) => {
+                    tracing::debug!("store watch: stream ended");
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "store watch: stream error");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+    }
+}
+
+#[async_trait]
+impl KvBackend for EtcdBackend {
+    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+        let resp = self
+            .pool
+            .call("get", |mut c| async move { c.get(key, None).await })
+            .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> Result<i64, StoreError> {
+        let resp = self
+            .pool
+            .call("put", |mut c| {
+                let value = value.clone();
+                async move {
+                    let opts = lease.map(|l| PutOptions::new().with_lease(l));
+                    c.put(key, value, opts).await
+                }
+            })
+            .await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
+        let cmp = match expected {
+            Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
+            None => Compare::create_revision(key, CompareOp::Equal, 0),
+        };
+        let resp = self
+            .pool
+            .call("compare-and-swap", |mut c| {
+                let txn =
+                    Txn::new()
+                        .when([cmp.clone()])
+                        .and_then([TxnOp::put(key, value.clone(), None)]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        if resp.succeeded() {
+            Ok(Some(
+                resp.header().map(|h| h.revision()).unwrap_or_default(),
+            ))
+        } else {
+            Ok(None)
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KvEntry>, StoreError> {
+        let resp = self
+            .pool
+            .call("list", |mut c| async move {
+                let opts = GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Create, SortOrder::Ascend);
+                c.get(prefix, Some(opts)).await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            out.push(KvEntry {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                value: kv.value().to_vec(),
+                create_revision: kv.create_revision(),
+                mod_revision: kv.mod_revision(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
+        let secs = ttl_secs(ttl);
+        let resp = self
+            .pool
+            .call("lease grant", |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
+            .await?;
+        Ok(resp.id())
+    }
+
+    async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        let r = self
+            .pool
+            .call("lease keepalive", |mut c| async move {
+                match c.lease_keep_alive(lease).await {
+                    Ok(_) => Ok(true),
+                    // etcd-client reports a TTL <= 0 answer (lease unknown) this way.
+                    Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        Ok(r)
+    }
+
+    async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
+        self.pool
+            .call("lease revoke", |mut c| async move {
+                match c.lease_revoke(lease).await {
+                    Ok(_) => Ok(()),
+                    Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.tx.subscribe()
+    }
+}
+
+/// Options of [`connect_with`] beyond the flags.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// Lease TTL of the sentinel election (Stolon: 20 s). Tests shorten it.
+    pub election_ttl: Duration,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            election_ttl: DEFAULT_ELECTION_TTL,
+        }
+    }
+}
+
+/// The etcd v3 [`Store`].
+pub struct EtcdStore {
+    inner: KvStore<EtcdBackend>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("cluster_path", &self.inner.layout.cluster_path())
+            .finish()
+    }
+}
+
+impl EtcdStore {
+    /// Connects (lazily: no request is sent yet) to the configured endpoints and starts the
+    /// change watch. Must run inside a Tokio runtime.
+    pub async fn connect(cfg: &StoreConfig) -> Result<EtcdStore, StoreError> {
+        let pool = Arc::new(EndpointPool::new(cfg).await?);
+        let layout = KeyLayout::new(&cfg.prefix, &cfg.cluster_name);
+        let backend = Arc::new(EtcdBackend::new(pool, layout.cluster_prefix()));
+        Ok(EtcdStore {
+            inner: KvStore::new(backend, layout),
+        })
+    }
+
+    /// The key layout.
+    pub fn layout(&self) -> &KeyLayout {
+        &self.inner.layout
+    }
+
+    /// An election for this store's cluster, sharing its connections.
+    pub fn election(&self, ttl: Duration) -> EtcdElection {
+        EtcdElection {
+            inner: LeaseElection::new(self.inner.backend.clone(), self.inner.layout.clone(), ttl),
+        }
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl EtcdStore {
+    /// Test support: writes raw bytes at `key` (no lease), e.g. malformed clusterdata.
+    pub async fn raw_put(&self, key: &str, value: &[u8]) -> Result<i64, StoreError> {
+        self.inner.backend.put(key, value.to_vec(), None).await
+    }
+
+    /// Test support: the raw value at `key`.
+    pub async fn raw_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inner.backend.get(key).await?.map(|(v, _)| v))
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get_cluster_data(&self) -> Result<ClusterDataRead, StoreError> {
+        self.inner.get_cluster_data().await
+    }
+    async fn put_cluster_data(
+        &self,
+        cd: &ClusterData,
+        expected: Option<&Revision>,
+    ) -> Result<Revision, StoreError> {
+        self.inner.put_cluster_data(cd, expected).await
+    }
+    async fn force_put_cluster_data(&self, cd: &ClusterData) -> Result<Revision, StoreError> {
+        self.inner.force_put_cluster_data(cd).await
+    }
+    async fn put_keeper_info(&self, info: &KeeperInfo, ttl: Duration) -> Result<(), StoreError> {
+        self.inner.put_keeper_info(info, ttl).await
+    }
+    async fn get_keepers_info(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, KeeperInfo>, StoreError> {
+        self.inner.get_keepers_info().await
+    }
+    async fn put_sentinel_info(
+        &self,
+        info: &SentinelInfo,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.put_sentinel_info(info, ttl).await
+    }
+    async fn get_sentinels_info(&self) -> Result<Vec<SentinelInfo>, StoreError> {
+        self.inner.get_sentinels_info().await
+    }
+    async fn put_proxy_info(&self, info: &ProxyInfo, ttl: Duration) -> Result<(), StoreError> {
+        self.inner.put_proxy_info(info, ttl).await
+    }
+    async fn get_proxies_info(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, ProxyInfo>, StoreError> {
+        self.inner.get_proxies_info().await
+    }
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes()
+    }
+}
+
+/// The etcd v3 [`Election`] (etcd `concurrency` election semantics, key
+/// `<cluster>/sentinel-leader/<lease hex>`). Dropping it without [`Election::resign`] behaves
+/// like a crashed candidate: the lease runs out after its TTL.
+pub struct EtcdElection {
+    inner: LeaseElection<EtcdBackend>,
+}
+
+#[async_trait]
+impl Election for EtcdElection {
+    async fn campaign(&self, candidate: &str) -> Result<watch::Receiver<bool>, StoreError> {
+        self.inner.campaign(candidate).await
+    }
+    async fn leader(&self) -> Result<Option<String>, StoreError> {
+        self.inner.leader().await
+    }
+    async fn resign(&self) -> Result<(), StoreError> {
+        self.inner.resign().await
+    }
+}

@@ -1,0 +1,658 @@
+//! The backend conformance suite: the behaviour every [`Store`]/[`Election`] backend must show.
+//! Run it with [`run_all`] against a [`Harness`] that makes fresh stores on one backend.
+//!
+//! Every wait is a bounded poll (count and time) on tokio time, so it works both against a real
+//! etcd (real time) and against `MemStore` under `#[tokio::test(start_paused = true)]` (the
+//! paused clock advances by itself while everything waits).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stolon_core::Timestamp;
+use stolon_core::model::{Cluster, ClusterData, KeeperInfo, ProxyInfo, SentinelInfo};
+use tokio::sync::watch;
+
+use crate::mem::MemKv;
+use crate::{Election, Revision, Store, StoreError};
+
+/// Boxed future, for harness methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the suite needs from a backend.
+pub trait Harness: Send + Sync {
+    /// A store and election for `cluster` (a fresh name per test, so tests do not interfere),
+    /// with election lease TTL `election_ttl`. Several calls with the same cluster name must
+    /// give independent clients of the same data (two sentinels).
+    fn open(
+        &self,
+        cluster: &str,
+        election_ttl: Duration,
+    ) -> BoxFuture<'_, (Arc<dyn Store>, Arc<dyn Election>)>;
+
+    /// Writes raw bytes at `<prefix>/<cluster>/clusterdata` (to plant malformed data).
+    fn put_raw_cluster_data<'a>(&'a self, cluster: &'a str, raw: &'a [u8]) -> BoxFuture<'a, ()>;
+
+    /// TTL used for infos and elections in the timing tests (etcd rounds to whole seconds and
+    /// enforces a minimum of about 2 s).
+    fn short_ttl(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+}
+
+/// Result of one suite case.
+pub type CaseResult = Result<(), String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            return Err(format!($($arg)+));
+        }
+    };
+}
+
+fn err(e: StoreError) -> String {
+    e.to_string()
+}
+
+/// A minimal valid-looking clusterdata with a marker in the cluster UID.
+pub fn sample_cluster_data(uid: &str) -> ClusterData {
+    let cluster = Cluster {
+        uid: uid.to_string(),
+        generation: 1,
+        ..Cluster::default()
+    };
+    ClusterData::new(cluster, Timestamp::zero())
+}
+
+fn uid_of(cd: &ClusterData) -> &str {
+    cd.cluster.as_ref().map(|c| c.uid.as_str()).unwrap_or("")
+}
+
+/// Polls `check` every `step` until it returns `Some`, at most `limit` in total.
+async fn wait_for<T, F, Fut>(limit: Duration, step: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let max_polls = (limit.as_millis() / step.as_millis().max(1)) as u64 + 1;
+    for _ in 0..max_polls {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        tokio::time::sleep(step).await;
+    }
+    None
+}
+
+/// Waits until `rx` changes (bounded).
+async fn changed_within(rx: &mut watch::Receiver<u64>, limit: Duration) -> bool {
+    matches!(tokio::time::timeout(limit, rx.changed()).await, Ok(Ok(())))
+}
+
+/// CAS: create-if-absent, conflict on a stale revision, conflict on create when present,
+/// success on the current revision.
+pub async fn cas(h: &dyn Harness, cluster: &str) -> CaseResult {
+    let (s, _e) = h.open(cluster, Duration::from_secs(20)).await;
+    let read = s.get_cluster_data().await.map_err(err)?;
+    ensure!(
+        read.data.is_none() && read.revision.is_none(),
+        "fresh store not empty: {read:?}"
+    );
+
+    let r1 = s
+        .put_cluster_data(&sample_cluster_data("one"), None)
+        .await
+        .map_err(err)?;
+    match s
+        .put_cluster_data(&sample_cluster_data("again"), None)
+        .await
+    {
+        Err(StoreError::Conflict) => {}
+        other => return Err(format!("create-if-absent on a present key: {other:?}")),
+    }
+    let read = s.get_cluster_data().await.map_err(err)?;
+    ensure!(
+        read.revision.as_ref() == Some(&r1),
+        "revision after create: {read:?} vs {r1:?}"
+    );
+    ensure!(
+        read.data.as_ref().map(uid_of) == Some("one"),
+        "data after create: {read:?}"
+    );
+
+    let r2 = s
+        .put_cluster_data(&sample_cluster_data("two"), Some(&r1))
+        .await
+        .map_err(err)?;
+    ensure!(r2 != r1, "revision did not change on write");
+    match s
+        .put_cluster_data(&sample_cluster_data("stale"), Some(&r1))
+        .await
+    {
+        Err(StoreError::Conflict) => {}
+        other => return Err(format!("CAS on a stale revision: {other:?}")),
+    }
+    match s
+        .put_cluster_data(
+            &sample_cluster_data("foreign"),
+            Some(&Revision("not-a-rev".into())),
+        )
+        .await
+    {
+        Err(StoreError::Conflict) => {}
+        other => return Err(format!("CAS on a foreign revision: {other:?}")),
+    }
+    let read = s.get_cluster_data().await.map_err(err)?;
+    ensure!(
+        read.data.as_ref().map(uid_of) == Some("two"),
+        "stale write won: {read:?}"
+    );
+    ensure!(
+        read.revision.as_ref() == Some(&r2),
+        "revision: {read:?} vs {r2:?}"
+    );
+
+    // Two writers racing on the same revision: exactly one wins.
+    let (s2, _e2) = h.open(cluster, Duration::from_secs(20)).await;
+    let a = s
+        .put_cluster_data(&sample_cluster_data("a"), Some(&r2))
+        .await;
+    let b = s2
+        .put_cluster_data(&sample_cluster_data("b"), Some(&r2))
+        .await;
+    ensure!(
+        a.is_ok() != b.is_ok(),
+        "two CAS writes on one revision: {a:?} / {b:?}"
+    );
+    Ok(())
+}
+
+/// Force put: writes whatever is there, creates when absent.
+pub async fn force_put(h: &dyn Harness, cluster: &str) -> CaseResult {
+    let (s, _e) = h.open(cluster, Duration::from_secs(20)).await;
+    let r1 = s
+        .force_put_cluster_data(&sample_cluster_data("f1"))
+        .await
+        .map_err(err)?;
+    let r2 = s
+        .force_put_cluster_data(&sample_cluster_data("f2"))
+        .await
+        .map_err(err)?;
+    ensure!(r1 != r2, "force put did not bump the revision");
+    let read = s.get_cluster_data().await.map_err(err)?;
+    ensure!(
+        read.data.as_ref().map(uid_of) == Some("f2"),
+        "force put lost: {read:?}"
+    );
+    ensure!(
+        read.revision == Some(r2),
+        "revision after force put: {read:?}"
+    );
+    Ok(())
+}
+
+/// JSON `null` clusterdata reads as "no data" with a revision; garbage is a Format error.
+pub async fn null_and_malformed(h: &dyn Harness, cluster: &str) -> CaseResult {
+    let (s, _e) = h.open(cluster, Duration::from_secs(20)).await;
+    h.put_raw_cluster_data(cluster, b"null").await;
+    let read = s.get_cluster_data().await.map_err(err)?;
+    ensure!(
+        read.data.is_none(),
+        "null clusterdata decoded as data: {read:?}"
+    );
+    let rev = read
+        .revision
+        .ok_or_else(|| "null clusterdata has no revision".to_string())?;
+    // The revision of a null document works for CAS.
+    s.put_cluster_data(&sample_cluster_data("after-null"), Some(&rev))
+        .await
+        .map_err(err)?;
+
+    h.put_raw_cluster_data(cluster, b"{\"formatVersion\": \"one\"")
+        .await;
+    match s.get_cluster_data().await {
+        Err(StoreError::Format { .. }) => {}
+        other => return Err(format!("malformed clusterdata: {other:?}")),
+    }
+    Ok(())
+}
+
+fn keeper(uid: &str) -> KeeperInfo {
+    KeeperInfo {
+        uid: uid.to_string(),
+        info_uid: format!("info-{uid}"),
+        ..KeeperInfo::default()
+    }
+}
+
+fn proxy(uid: &str, generation: i64) -> ProxyInfo {
+    ProxyInfo {
+        uid: uid.to_string(),
+        info_uid: format!("info-{uid}"),
+        generation,
+        proxy_timeout: 15_000_000_000,
+    }
+}
+
+/// Infos are listed per kind and per cluster; republishing replaces.
+pub async fn listing(h: &dyn Harness, cluster: &str) -> CaseResult {
+    let (s, _e) = h.open(cluster, Duration::from_secs(20)).await;
+    let other_name = format!("{cluster}-other");
+    let (other, _oe) = h.open(&other_name, Duration::from_secs(20)).await;
+    let ttl = Duration::from_secs(60);
+    for k in ["k1", "k2"] {
+        s.put_keeper_info(&keeper(k), ttl).await.map_err(err)?;
+    }
+    s.put_sentinel_info(&SentinelInfo { uid: "s2".into() }, ttl)
+        .await
+        .map_err(err)?;
+    s.put_sentinel_info(&SentinelInfo { uid: "s1".into() }, ttl)
+        .await
+        .map_err(err)?;
+    s.put_proxy_info(&proxy("p1", 3), ttl).await.map_err(err)?;
+    // Same names in another cluster, and a cluster whose name extends ours.
+    other
+        .put_keeper_info(&keeper("k9"), ttl)
+        .await
+        .map_err(err)?;
+    other
+        .put_sentinel_info(&SentinelInfo { uid: "s9".into() }, ttl)
+        .await
+        .map_err(err)?;
+    other
+        .put_proxy_info(&proxy("p9", 1), ttl)
+        .await
+        .map_err(err)?;
+
+    let keepers = s.get_keepers_info().await.map_err(err)?;
+    ensure!(
+        keepers.keys().map(String::as_str).collect::<Vec<_>>() == ["k1", "k2"],
+        "keepers: {:?}",
+        keepers.keys()
+    );
+    ensure!(
+        keepers["k1"] == keeper("k1"),
+        "keeper info round trip: {:?}",
+        keepers["k1"]
+    );
+    let sentinels = s.get_sentinels_info().await.map_err(err)?;
+    ensure!(
+        sentinels.iter().map(|s| s.uid.as_str()).collect::<Vec<_>>() == ["s1", "s2"],
+        "sentinels: {sentinels:?}"
+    );
+    let proxies = s.get_proxies_info().await.map_err(err)?;
+    ensure!(
+        proxies.len() == 1 && proxies["p1"] == proxy("p1", 3),
+        "proxies: {proxies:?}"
+    );
+    // Republishing replaces the value.
+    s.put_proxy_info(&proxy("p1", 4), ttl).await.map_err(err)?;
+    let proxies = s.get_proxies_info().await.map_err(err)?;
+    ensure!(
+        proxies["p1"].generation == 4,
+        "republished proxy: {proxies:?}"
+    );
+
+    let okeepers = other.get_keepers_info().await.map_err(err)?;
+    ensure!(
+        okeepers.keys().map(String::as_str).collect::<Vec<_>>() == ["k9"],
+        "other cluster keepers: {:?}",
+        okeepers.keys()
+    );
+    // Clusterdata is per cluster too.
+    s.put_cluster_data(&sample_cluster_data("mine"), None)
+        .await
+        .map_err(err)?;
+    let oread = other.get_cluster_data().await.map_err(err)?;
+    ensure!(
+        oread.data.is_none(),
+        "clusterdata leaked across clusters: {oread:?}"
+    );
+    Ok(())
+}
+
+/// Infos disappear after their TTL unless republished; republishing keeps them.
+pub async fn ttl_expiry(h: &dyn Harness, cluster: &str) -> CaseResult {
+    let (s, _e) = h.open(cluster, Duration::from_secs(20)).await;
+    let ttl = h.short_ttl();
+    s.put_keeper_info(&keeper("short"), ttl)
+        .await
+        .map_err(err)?;
+    s.put_keeper_info(&keeper("long"), Duration::from_secs(120))
+        .await
+        .map_err(err)?;
+    s.put_sentinel_info(
+        &SentinelInfo {
+            uid: "s-short".into(),
+        },
+        ttl,
+    )
+    .await
+    .map_err(err)?;
+    s.put_proxy_info(&proxy("p-short", 1), ttl)
+        .await
+        .map_err(err)?;
+    let k = s.get_keepers_info().await.map_err(err)?;
+    ensure!(
+        k.contains_key("short") && k.contains_key("long"),
+        "infos missing: {k:?}"
+    );
+
+    // Republishing within the TTL keeps the info alive past its first TTL.
+    let refreshed = SentinelInfo {
+        uid: "s-kept".into(),
+    };
+    s.put_sentinel_info(&refreshed, ttl).await.map_err(err)?;
+    let half = ttl / 2;
+    for _ in 0..4 {
+        tokio::time::sleep(half).await;
+        s.put_sentinel_info(&refreshed, ttl).await.map_err(err)?;
+    }
+    let sent = s.get_sentinels_info().await.map_err(err)?;
+    ensure!(
+        sent.iter().any(|x| x.uid == "s-kept"),
+        "republished sentinel info expired: {sent:?}"
+    );
+
+    let gone = wait_for(
+        ttl + Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            let s = s.clone();
+            async move {
+                let k = s.get_keepers_info().await.ok()?;
+                let se = s.get_sentinels_info().await.ok()?;
+                let p = s.get_proxies_info().await.ok()?;
+                (!k.contains_key("short") && !se.iter().any(|x| x.uid == "s-short") && p.is_empty())
+                    .then_some(k)
+            }
+        },
+    )
+    .await;
+    let k = gone.ok_or_else(|| "short-TTL infos did not expire".to_string())?;
+    ensure!(k.contains_key("long"), "long-TTL info expired too: {k:?}");
+    Ok(())
+}
+
+/// `changes()` wakes on a clusterdata write, an info write and an info expiry, and not for
+/// another cluster's writes.
+pub async fn change_wakeups(h: &dyn Harness, cluster: &str) -> CaseResult {
+    let (s, _e) = h.open(cluster, Duration::from_secs(20)).await;
+    let (writer, _we) = h.open(cluster, Duration::from_secs(20)).await;
+    let mut rx = s.changes();
+    // Let the backend settle (an etcd watch bumps once when established).
+    let _ = wait_for(Duration::from_secs(3), Duration::from_millis(100), || {
+        let v = *rx.borrow();
+        async move { (v > 0).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rx.borrow_and_update();
+
+    writer
+        .put_cluster_data(&sample_cluster_data("w"), None)
+        .await
+        .map_err(err)?;
+    ensure!(
+        changed_within(&mut rx, Duration::from_secs(10)).await,
+        "no wake-up on a clusterdata write"
+    );
+    rx.borrow_and_update();
+
+    writer
+        .put_keeper_info(&keeper("kw"), h.short_ttl())
+        .await
+        .map_err(err)?;
+    ensure!(
+        changed_within(&mut rx, Duration::from_secs(10)).await,
+        "no wake-up on an info write"
+    );
+    // Drain the write's own events, then wait for the expiry.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rx.borrow_and_update();
+    let expired = wait_for(
+        h.short_ttl() + Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            let changed = rx.has_changed().unwrap_or(false);
+            let s = s.clone();
+            async move {
+                if !changed {
+                    return None;
+                }
+                let k = s.get_keepers_info().await.ok()?;
+                (!k.contains_key("kw")).then_some(())
+            }
+        },
+    )
+    .await;
+    ensure!(expired.is_some(), "no wake-up on an info expiry");
+
+    // Another cluster's writes do not wake us (its name extends ours).
+    let (other, _oe) = h
+        .open(&format!("{cluster}x"), Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rx.borrow_and_update();
+    other
+        .put_cluster_data(&sample_cluster_data("other"), None)
+        .await
+        .map_err(err)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(
+        !rx.has_changed().unwrap_or(true),
+        "woken by another cluster's write"
+    );
+    Ok(())
+}
+
+/// Waits until `rx` is `true` (bounded).
+async fn wait_leading(rx: &watch::Receiver<bool>, limit: Duration) -> Result<(), String> {
+    let found = wait_for(limit, Duration::from_millis(50), || {
+        let v = *rx.borrow();
+        async move { v.then_some(()) }
+    })
+    .await;
+    found.ok_or_else(|| format!("the only candidate did not lead within {limit:?}"))
+}
+
+/// Samples two candidates until `done` holds, failing if both ever lead at once.
+async fn observe_two(
+    a: &watch::Receiver<bool>,
+    b: &watch::Receiver<bool>,
+    limit: Duration,
+    mut done: impl FnMut(bool, bool) -> bool,
+) -> Result<(bool, bool), String> {
+    let step = Duration::from_millis(50);
+    let polls = limit.as_millis() / step.as_millis() + 1;
+    for _ in 0..polls {
+        let (x, y) = (*a.borrow(), *b.borrow());
+        ensure!(!(x && y), "two leaders at once");
+        if done(x, y) {
+            return Ok((x, y));
+        }
+        tokio::time::sleep(step).await;
+    }
+    Err(format!(
+        "election did not reach the expected state within {limit:?} (a={}, b={})",
+        *a.borrow(),
+        *b.borrow()
+    ))
+}
+
+/// Two candidates: exactly one leads and `leader()` names it; when it resigns the other takes
+/// over; the resigned one can campaign again and does not lead while the other holds.
+pub async fn election_resign(h: &dyn Harness, cluster: &str) -> CaseResult {
+    let ttl = h.short_ttl() * 2;
+    let (_sa, ea) = h.open(cluster, ttl).await;
+    let (_sb, eb) = h.open(cluster, ttl).await;
+    ensure!(
+        ea.leader().await.map_err(err)?.is_none(),
+        "a leader before any campaign"
+    );
+    let ra = ea.campaign("cand-a").await.map_err(err)?;
+    // Let a win first so the outcome is deterministic.
+    wait_leading(&ra, Duration::from_secs(10)).await?;
+    let rb = eb.campaign("cand-b").await.map_err(err)?;
+    let limit = Duration::from_secs(15);
+    observe_two(&ra, &rb, limit, |x, _| x).await?;
+    // b stays a follower for a while.
+    let hold = ttl + ttl / 2;
+    let polls = hold.as_millis() / 100;
+    for _ in 0..polls {
+        ensure!(
+            *ra.borrow() && !*rb.borrow(),
+            "leadership moved without cause"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        ea.leader().await.map_err(err)?.as_deref() == Some("cand-a"),
+        "leader() does not name the leader"
+    );
+    ensure!(
+        eb.leader().await.map_err(err)?.as_deref() == Some("cand-a"),
+        "leader() differs between observers"
+    );
+
+    ea.resign().await.map_err(err)?;
+    ensure!(!*ra.borrow(), "still leading after resign");
+    observe_two(&ra, &rb, limit, |_, y| y).await?;
+    ensure!(
+        ea.leader().await.map_err(err)?.as_deref() == Some("cand-b"),
+        "leader() after resign"
+    );
+
+    // a campaigns again: b keeps leading.
+    let ra = ea.campaign("cand-a").await.map_err(err)?;
+    for _ in 0..20 {
+        ensure!(!*ra.borrow() && *rb.borrow(), "re-campaign took leadership");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eb.resign().await.map_err(err)?;
+    observe_two(&ra, &rb, limit, |x, _| x).await?;
+    ea.resign().await.map_err(err)?;
+    let none = wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        let ea = ea.clone();
+        async move { ea.leader().await.ok().filter(Option::is_none) }
+    })
+    .await;
+    ensure!(none.is_some(), "a leader left after everyone resigned");
+    Ok(())
+}
+
+/// When the leader's process dies (its election is dropped without resign, so its lease is
+/// no longer refreshed), the other candidate takes over once the lease ends.
+pub async fn election_lease_end(h: &dyn Harness, cluster: &str) -> CaseResult {
+    // Twice the short TTL: a loaded machine must not make the live leader miss its refreshes.
+    let ttl = h.short_ttl() * 2;
+    let (sa, ea) = h.open(cluster, ttl).await;
+    let (_sb, eb) = h.open(cluster, ttl).await;
+    let ra = ea.campaign("dying").await.map_err(err)?;
+    wait_leading(&ra, Duration::from_secs(10)).await?;
+    let rb = eb.campaign("survivor").await.map_err(err)?;
+    observe_two(&ra, &rb, Duration::from_secs(15), |x, _| x).await?;
+    // The leader keeps its lease alive well past one TTL.
+    tokio::time::sleep(ttl * 2).await;
+    ensure!(
+        *ra.borrow() && !*rb.borrow(),
+        "leader lost its lease while alive"
+    );
+
+    drop(ea);
+    drop(sa);
+    observe_two(&ra, &rb, ttl + Duration::from_secs(20), |_, y| y).await?;
+    ensure!(
+        eb.leader().await.map_err(err)?.as_deref() == Some("survivor"),
+        "leader() after the leader's lease ended"
+    );
+    eb.resign().await.map_err(err)?;
+    Ok(())
+}
+
+/// Names of the cases, in the order [`run_all`] runs them.
+pub const CASES: [&str; 8] = [
+    "cas",
+    "force_put",
+    "null_and_malformed",
+    "listing",
+    "ttl_expiry",
+    "change_wakeups",
+    "election_resign",
+    "election_lease_end",
+];
+
+/// Runs one case by name, on cluster `<prefix>-<case>`.
+pub async fn run_case(h: &dyn Harness, case: &str, cluster_prefix: &str) -> CaseResult {
+    let cluster = format!("{cluster_prefix}-{case}");
+    match case {
+        "cas" => cas(h, &cluster).await,
+        "force_put" => force_put(h, &cluster).await,
+        "null_and_malformed" => null_and_malformed(h, &cluster).await,
+        "listing" => listing(h, &cluster).await,
+        "ttl_expiry" => ttl_expiry(h, &cluster).await,
+        "change_wakeups" => change_wakeups(h, &cluster).await,
+        "election_resign" => election_resign(h, &cluster).await,
+        "election_lease_end" => election_lease_end(h, &cluster).await,
+        other => Err(format!("unknown case {other}")),
+    }
+}
+
+/// Runs every case (sequentially) and returns all failures as `case: message` lines.
+pub async fn run_all(h: &dyn Harness, cluster_prefix: &str) -> Result<(), String> {
+    let mut failures = Vec::new();
+    for case in CASES {
+        if let Err(e) = run_case(h, case, cluster_prefix).await {
+            failures.push(format!("{case}: {e}"));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("\n"))
+    }
+}
+
+/// The [`Harness`] for the in-memory backend: every store opened shares one [`MemKv`].
+#[derive(Debug, Clone, Default)]
+pub struct MemHarness {
+    kv: MemKv,
+}
+
+impl MemHarness {
+    /// A harness on a new, empty [`MemKv`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The shared KV.
+    pub fn kv(&self) -> &MemKv {
+        &self.kv
+    }
+}
+
+const MEM_PREFIX: &str = "stolon/cluster";
+
+impl Harness for MemHarness {
+    fn open(
+        &self,
+        cluster: &str,
+        election_ttl: Duration,
+    ) -> BoxFuture<'_, (Arc<dyn Store>, Arc<dyn Election>)> {
+        let store = self.kv.store(MEM_PREFIX, cluster);
+        let election = store.election_with_ttl(election_ttl);
+        Box::pin(async move {
+            let store: Arc<dyn Store> = Arc::new(store);
+            let election: Arc<dyn Election> = Arc::new(election);
+            (store, election)
+        })
+    }
+
+    fn put_raw_cluster_data<'a>(&'a self, cluster: &'a str, raw: &'a [u8]) -> BoxFuture<'a, ()> {
+        let key = crate::keys::KeyLayout::new(MEM_PREFIX, cluster).cluster_data();
+        self.kv.raw_put(&key, raw);
+        Box::pin(async {})
+    }
+}
