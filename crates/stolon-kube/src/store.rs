@@ -1,0 +1,530 @@
+//! The Kubernetes [`Store`]: clusterdata in a ConfigMap annotation, component infos in pod
+//! annotations, change notifications from watches on both.
+//!
+//! Decisions:
+//! - Compare-and-swap uses the ConfigMap's `resourceVersion` as the [`Revision`]: the write is a
+//!   JSON merge patch carrying `metadata.resourceVersion`, which the API server refuses with 409
+//!   when the object changed since (one request, no read-modify-write race). Any change of the
+//!   ConfigMap (even of another annotation) therefore invalidates a revision; the caller re-reads.
+//! - Infos are rewritten only when they change in substance. An info whose only change is its
+//!   `infoUID` (new on every publish) is written at most every `status_refresh` (default: half the
+//!   TTL the component passes, 10 s for keepers), so the sentinels still see the `infoUID` move
+//!   (their freshness test) long before `failInterval` (20 s), while the API server gets one
+//!   write per pod every 10 s instead of one every sleep interval. The cache of what was last
+//!   written is per process: a restarted component writes at once.
+//! - No TTLs exist in Kubernetes: a pod that is being deleted or whose phase is not `Running` is
+//!   gone, its annotation ignored. Readiness is deliberately not required: the keepers' readiness
+//!   probe is `pg_isready`, and a keeper whose PostgreSQL is not up yet (initialisation, resync)
+//!   must still be seen by the sentinel, or the cluster could never start. A pod on a dead node
+//!   stays `Running` for a while; its `infoUID` stops moving and the sentinel's freshness test
+//!   catches it, as in Stolon.
+//! - Pods without a `stolon-status` annotation are skipped (no empty sentinel entry, unlike
+//!   Stolon: stolon-behaviour.md §3.3 quirk).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use stolon_core::model::{ClusterData, KeeperInfo, ProxyInfo, SentinelInfo};
+use stolon_store::{ClusterDataRead, Revision, Store, StoreConfig, StoreError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::api::{ApiFail, call};
+use crate::{KubeOptions, resource_name};
+
+/// Annotation of the ConfigMap holding the clusterdata JSON.
+pub const CLUSTERDATA_ANNOTATION: &str = "stolon-clusterdata";
+/// Annotation of each component's pod holding its info JSON.
+pub const STATUS_ANNOTATION: &str = "stolon-status";
+/// Pod label naming the component.
+pub const COMPONENT_LABEL: &str = "component";
+/// Pod (and ConfigMap) label naming the cluster.
+pub const CLUSTER_LABEL: &str = "stolon-cluster";
+/// `component` label values.
+pub const KEEPER_COMPONENT: &str = "stolon-keeper";
+/// `component` label value of sentinels.
+pub const SENTINEL_COMPONENT: &str = "stolon-sentinel";
+/// `component` label value of proxies.
+pub const PROXY_COMPONENT: &str = "stolon-proxy";
+
+/// How many times a create-if-absent or forced write retries after losing a race on the
+/// ConfigMap's existence or version before reporting a conflict.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// What this process last wrote to its pod's `stolon-status`, per component kind.
+struct LastStatus {
+    /// The info without its `infoUID`.
+    substance: Value,
+    /// When the write that stored it started.
+    written_at: Instant,
+}
+
+/// The Kubernetes [`Store`] of one cluster in one namespace.
+pub struct KubeStore {
+    configmaps: Api<ConfigMap>,
+    pods: Api<Pod>,
+    namespace: String,
+    cluster_name: String,
+    configmap_name: String,
+    pod_name: Option<String>,
+    timeout: Duration,
+    status_refresh: Option<Duration>,
+    last_status: Mutex<HashMap<&'static str, LastStatus>>,
+    /// The change counter and the task feeding it, started by the first [`Store::changes`].
+    watches: Mutex<Option<(watch::Receiver<u64>, JoinHandle<()>)>>,
+}
+
+impl std::fmt::Debug for KubeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeStore")
+            .field("namespace", &self.namespace)
+            .field("configmap", &self.configmap_name)
+            .field("pod_name", &self.pod_name)
+            .finish()
+    }
+}
+
+impl Drop for KubeStore {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.watches.lock()
+            && let Some((_, task)) = w.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl KubeStore {
+    /// A store for `cfg.cluster_name` in `namespace`. The watches feeding [`Store::changes`]
+    /// start with its first call (stolonctl, which never calls it, opens none).
+    pub fn new(client: Client, namespace: &str, cfg: &StoreConfig, opts: &KubeOptions) -> Self {
+        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let configmap_name = resource_name(&cfg.cluster_name);
+        KubeStore {
+            configmaps,
+            pods,
+            namespace: namespace.to_string(),
+            cluster_name: cfg.cluster_name.clone(),
+            configmap_name,
+            pod_name: opts.pod_name.clone(),
+            timeout: cfg.timeout,
+            status_refresh: opts.status_refresh,
+            last_status: Mutex::new(HashMap::new()),
+            watches: Mutex::new(None),
+        }
+    }
+
+    /// The namespace this store works in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn clusterdata_patch(value: &str, resource_version: Option<&str>) -> Value {
+        let mut meta = json!({ "annotations": { CLUSTERDATA_ANNOTATION: value } });
+        if let Some(rv) = resource_version {
+            meta["resourceVersion"] = Value::String(rv.to_string());
+        }
+        json!({ "metadata": meta })
+    }
+
+    async fn patch_configmap(&self, patch: &Value) -> Result<ConfigMap, ApiFail> {
+        call(
+            self.timeout,
+            self.configmaps.patch(
+                &self.configmap_name,
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            ),
+        )
+        .await
+    }
+
+    async fn create_configmap(&self, value: &str) -> Result<ConfigMap, ApiFail> {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(self.configmap_name.clone()),
+                labels: Some(BTreeMap::from([(
+                    CLUSTER_LABEL.to_string(),
+                    self.cluster_name.clone(),
+                )])),
+                annotations: Some(BTreeMap::from([(
+                    CLUSTERDATA_ANNOTATION.to_string(),
+                    value.to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        };
+        call(
+            self.timeout,
+            self.configmaps.create(&PostParams::default(), &cm),
+        )
+        .await
+    }
+
+    async fn put_cluster_data_if_absent(&self, value: &str) -> Result<Revision, StoreError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let cm = call(self.timeout, self.configmaps.get_opt(&self.configmap_name)).await?;
+            let result = match cm {
+                None => self.create_configmap(value).await,
+                Some(cm) => {
+                    if annotation(&cm.metadata, CLUSTERDATA_ANNOTATION).is_some() {
+                        return Err(StoreError::Conflict);
+                    }
+                    let Some(rv) = cm.metadata.resource_version.as_deref() else {
+                        return Err(missing_rv());
+                    };
+                    self.patch_configmap(&Self::clusterdata_patch(value, Some(rv)))
+                        .await
+                }
+            };
+            match result {
+                Ok(cm) => return revision_of(&cm),
+                // Created or changed by someone else meanwhile: look again.
+                Err(f) if f.is(409) || f.is(404) => continue,
+                Err(f) => return Err(f.into()),
+            }
+        }
+        Err(StoreError::Conflict)
+    }
+
+    /// Writes this pod's `stolon-status` unless only the `infoUID` changed since the last write
+    /// and that write is younger than the refresh interval.
+    async fn put_status<T: Serialize>(
+        &self,
+        kind: &'static str,
+        info: &T,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let pod = self.pod_name.as_deref().ok_or_else(|| {
+            StoreError::Config(
+                "POD_NAME is not set: the kubernetes store publishes each component's status on its own pod".into(),
+            )
+        })?;
+        let value = serde_json::to_value(info).map_err(|e| format_err(kind, e))?;
+        let text = serde_json::to_string(&value).map_err(|e| format_err(kind, e))?;
+        let mut substance = value;
+        if let Value::Object(m) = &mut substance {
+            m.remove("infoUID");
+        }
+        let refresh = self.status_refresh.unwrap_or(ttl / 2);
+        {
+            let last = self.last_status.lock().expect("status cache poisoned");
+            if let Some(l) = last.get(kind)
+                && l.substance == substance
+                && l.written_at.elapsed() < refresh
+            {
+                return Ok(());
+            }
+        }
+        let started = Instant::now();
+        let patch = json!({ "metadata": { "annotations": { STATUS_ANNOTATION: text } } });
+        let result = call(
+            self.timeout,
+            self.pods
+                .patch(pod, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await;
+        let mut last = self.last_status.lock().expect("status cache poisoned");
+        match result {
+            Ok(_) => {
+                last.insert(
+                    kind,
+                    LastStatus {
+                        substance,
+                        written_at: started,
+                    },
+                );
+                Ok(())
+            }
+            Err(f) => {
+                // Unknown outcome: write again next time.
+                last.remove(kind);
+                Err(match f {
+                    ApiFail::Status(404, _) => StoreError::Config(format!(
+                        "pod {pod:?} (POD_NAME) not found in namespace {:?}",
+                        self.namespace
+                    )),
+                    f => f.into_store(),
+                })
+            }
+        }
+    }
+
+    /// Live pods of one component with a decodable `stolon-status`, as (pod name, info).
+    async fn list_status<T: DeserializeOwned>(
+        &self,
+        component: &str,
+        what: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let lp = ListParams::default().labels(&format!(
+            "{COMPONENT_LABEL}={component},{CLUSTER_LABEL}={}",
+            self.cluster_name
+        ));
+        let pods = call(self.timeout, self.pods.list(&lp)).await?;
+        let mut out = Vec::new();
+        for pod in pods.items {
+            if !pod_is_live(&pod) {
+                continue;
+            }
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let Some(status) = annotation(&pod.metadata, STATUS_ANNOTATION) else {
+                continue;
+            };
+            match serde_json::from_str::<T>(status) {
+                Ok(v) => out.push((name, v)),
+                Err(e) => {
+                    tracing::warn!(pod = %name, error = %e, "skipping undecodable {what}");
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn format_err(what: &str, e: serde_json::Error) -> StoreError {
+    StoreError::Format {
+        what: what.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+fn missing_rv() -> StoreError {
+    StoreError::Unavailable("kubernetes API returned a ConfigMap without resourceVersion".into())
+}
+
+fn revision_of(cm: &ConfigMap) -> Result<Revision, StoreError> {
+    cm.metadata
+        .resource_version
+        .clone()
+        .map(Revision)
+        .ok_or_else(missing_rv)
+}
+
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+/// A pod counts while it runs and is not being deleted (module docs: no readiness check).
+pub fn pod_is_live(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+/// Decodes a clusterdata annotation: JSON `null` is "no clusterdata".
+fn decode_cluster_data(s: &str) -> Result<Option<ClusterData>, StoreError> {
+    serde_json::from_str::<Option<ClusterData>>(s).map_err(|e| format_err("clusterdata", e))
+}
+
+#[async_trait]
+impl Store for KubeStore {
+    async fn get_cluster_data(&self) -> Result<ClusterDataRead, StoreError> {
+        let cm = call(self.timeout, self.configmaps.get_opt(&self.configmap_name)).await?;
+        let absent = ClusterDataRead {
+            data: None,
+            revision: None,
+        };
+        let Some(cm) = cm else {
+            return Ok(absent);
+        };
+        let Some(value) = annotation(&cm.metadata, CLUSTERDATA_ANNOTATION) else {
+            return Ok(absent);
+        };
+        Ok(ClusterDataRead {
+            data: decode_cluster_data(value)?,
+            revision: Some(revision_of(&cm)?),
+        })
+    }
+
+    async fn put_cluster_data(
+        &self,
+        cd: &ClusterData,
+        expected: Option<&Revision>,
+    ) -> Result<Revision, StoreError> {
+        let value = serde_json::to_string(cd).map_err(|e| format_err("clusterdata", e))?;
+        let Some(expected) = expected else {
+            return self.put_cluster_data_if_absent(&value).await;
+        };
+        if expected.0.is_empty() || !expected.0.bytes().all(|b| b.is_ascii_digit()) {
+            // Not a resourceVersion this API server handed out (they are etcd revisions), so it
+            // cannot match; an empty one would even make the patch unconditional.
+            return Err(StoreError::Conflict);
+        }
+        let patch = Self::clusterdata_patch(&value, Some(&expected.0));
+        match self.patch_configmap(&patch).await {
+            Ok(cm) => revision_of(&cm),
+            // 409: changed since read; 404: deleted since read.
+            Err(f) if f.is(409) || f.is(404) => Err(StoreError::Conflict),
+            Err(f) => Err(f.into()),
+        }
+    }
+
+    async fn force_put_cluster_data(&self, cd: &ClusterData) -> Result<Revision, StoreError> {
+        let value = serde_json::to_string(cd).map_err(|e| format_err("clusterdata", e))?;
+        let patch = Self::clusterdata_patch(&value, None);
+        for _ in 0..WRITE_ATTEMPTS {
+            match self.patch_configmap(&patch).await {
+                Ok(cm) => return revision_of(&cm),
+                Err(f) if f.is(404) => {}
+                Err(f) => return Err(f.into()),
+            }
+            match self.create_configmap(&value).await {
+                Ok(cm) => return revision_of(&cm),
+                // Created by someone else meanwhile: patch it.
+                Err(f) if f.is(409) => {}
+                Err(f) => return Err(f.into()),
+            }
+        }
+        Err(StoreError::Conflict)
+    }
+
+    async fn put_keeper_info(&self, info: &KeeperInfo, ttl: Duration) -> Result<(), StoreError> {
+        self.put_status("keeper info", info, ttl).await
+    }
+
+    async fn get_keepers_info(&self) -> Result<BTreeMap<String, KeeperInfo>, StoreError> {
+        let list = self
+            .list_status::<KeeperInfo>(KEEPER_COMPONENT, "keeper info")
+            .await?;
+        Ok(list
+            .into_iter()
+            .map(|(pod, ki)| {
+                (
+                    if ki.uid.is_empty() {
+                        pod
+                    } else {
+                        ki.uid.clone()
+                    },
+                    ki,
+                )
+            })
+            .collect())
+    }
+
+    async fn put_sentinel_info(
+        &self,
+        info: &SentinelInfo,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.put_status("sentinel info", info, ttl).await
+    }
+
+    async fn get_sentinels_info(&self) -> Result<Vec<SentinelInfo>, StoreError> {
+        let mut list: Vec<SentinelInfo> = self
+            .list_status::<SentinelInfo>(SENTINEL_COMPONENT, "sentinel info")
+            .await?
+            .into_iter()
+            .map(|(pod, mut si)| {
+                if si.uid.is_empty() {
+                    si.uid = pod;
+                }
+                si
+            })
+            .collect();
+        list.sort_by(|a, b| a.uid.cmp(&b.uid));
+        Ok(list)
+    }
+
+    async fn put_proxy_info(&self, info: &ProxyInfo, ttl: Duration) -> Result<(), StoreError> {
+        self.put_status("proxy info", info, ttl).await
+    }
+
+    async fn get_proxies_info(&self) -> Result<BTreeMap<String, ProxyInfo>, StoreError> {
+        let list = self
+            .list_status::<ProxyInfo>(PROXY_COMPONENT, "proxy info")
+            .await?;
+        Ok(list
+            .into_iter()
+            .map(|(pod, pi)| {
+                (
+                    if pi.uid.is_empty() {
+                        pod
+                    } else {
+                        pi.uid.clone()
+                    },
+                    pi,
+                )
+            })
+            .collect())
+    }
+
+    /// Starts the watches on first use; must then be called inside a tokio runtime.
+    fn changes(&self) -> watch::Receiver<u64> {
+        let mut w = self.watches.lock().expect("watch state poisoned");
+        let (rx, _) = w.get_or_insert_with(|| {
+            let (tx, rx) = watch::channel(0u64);
+            let task = tokio::spawn(watch_changes(
+                self.configmaps.clone(),
+                self.pods.clone(),
+                self.configmap_name.clone(),
+                self.cluster_name.clone(),
+                tx,
+            ));
+            (rx, task)
+        });
+        rx.clone()
+    }
+}
+
+/// Whether a watcher event can mean a change: everything but the start and the items of a
+/// (re-)list, whose end (`InitDone`) is reported instead.
+fn is_change<K>(e: &watcher::Event<K>) -> bool {
+    !matches!(e, watcher::Event::Init | watcher::Event::InitApply(_))
+}
+
+/// Watches the cluster's ConfigMap and pods and bumps the change counter on every event. The
+/// `kube` watcher re-lists and re-watches by itself after errors (expired resourceVersion,
+/// dropped connection); the back-off keeps a broken API server from being hammered.
+async fn watch_changes(
+    configmaps: Api<ConfigMap>,
+    pods: Api<Pod>,
+    configmap_name: String,
+    cluster_name: String,
+    tx: watch::Sender<u64>,
+) {
+    let cm_events = watcher(
+        configmaps,
+        watcher::Config::default().fields(&format!("metadata.name={configmap_name}")),
+    )
+    .default_backoff()
+    .map(|r| r.map(|e| is_change(&e)));
+    let pod_events = watcher(
+        pods,
+        watcher::Config::default().labels(&format!("{CLUSTER_LABEL}={cluster_name}")),
+    )
+    .default_backoff()
+    .map(|r| r.map(|e| is_change(&e)));
+    let mut events = std::pin::pin!(futures::stream::select(cm_events, pod_events));
+    while let Some(ev) = events.next().await {
+        match ev {
+            // A change, or the end of a (re-)list: something may have changed meanwhile.
+            Ok(true) => {
+                tx.send_modify(|c| *c = c.wrapping_add(1));
+            }
+            // The start or the items of a (re-)list: wait for its end.
+            Ok(false) => {}
+            Err(e) => {
+                // The back-off spaces these out (at most one per 30 s per watch when failing).
+                tracing::warn!(error = %e, "kubernetes watch failed, re-establishing");
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
