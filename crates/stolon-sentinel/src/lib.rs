@@ -1,1 +1,337 @@
-//! placeholder
+//! stolon-sentinel: campaigns for leadership and, while leading, turns the observed cluster into
+//! the next clusterdata with the pure [`stolon_core::sentinel::decide`], written only by
+//! compare-and-swap on the revision read.
+//!
+//! Owns the IO loop: store reads, the election, change notifications, timers, logging of the
+//! decision's events and the metrics. Judges nothing itself.
+
+pub mod config;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stolon_core::model::{ClusterData, SentinelInfo};
+use stolon_core::sentinel::{
+    DecideInput, Event, SentinelMemory, Severity, decide, validate_invariants,
+};
+use stolon_core::timestamp::Timestamp;
+use stolon_core::uid::{UidSource, uid_from_bytes};
+use stolon_store::{Election, Store, StoreError};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Cli, Config, ConfigError};
+pub use metrics::Metrics;
+
+/// Minimum TTL of published infos (Stolon's `MinTTL`).
+const MIN_TTL: Duration = Duration::from_secs(20);
+/// Default resync period until clusterdata says otherwise.
+const DEFAULT_SLEEP: Duration = Duration::from_secs(5);
+/// Pause before campaigning again after an election error.
+const ELECTION_RETRY: Duration = Duration::from_secs(2);
+
+/// A new random UID in Stolon's form (8 hex characters).
+pub fn random_uid() -> String {
+    uid_from_bytes(rand::random::<[u8; 4]>())
+}
+
+/// Random UIDs for new DBs and clusters.
+#[derive(Debug, Default)]
+struct RandomUids;
+
+impl UidSource for RandomUids {
+    fn new_uid(&mut self) -> String {
+        random_uid()
+    }
+}
+
+/// Why the sentinel stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The metrics listener could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Metrics {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Logs one decision event with Stolon's message and the `db` / `keeper` fields.
+fn log_event(ev: &Event) {
+    let msg = ev.message();
+    let db = ev.db().unwrap_or("");
+    let keeper = ev.keeper().unwrap_or("");
+    let detail = ev.detail().unwrap_or_default();
+    macro_rules! at {
+        ($lvl:ident) => {
+            match (db.is_empty(), keeper.is_empty(), detail.is_empty()) {
+                (false, false, _) => tracing::$lvl!(db, keeper, detail, "{msg}"),
+                (false, true, _) => tracing::$lvl!(db, detail, "{msg}"),
+                (true, false, _) => tracing::$lvl!(keeper, detail, "{msg}"),
+                (true, true, false) => tracing::$lvl!(detail, "{msg}"),
+                (true, true, true) => tracing::$lvl!("{msg}"),
+            }
+        };
+    }
+    match ev.severity() {
+        Severity::Debug => at!(debug),
+        Severity::Info => at!(info),
+        Severity::Warn => at!(warn),
+    }
+}
+
+/// The loop's state between wake-ups.
+struct Sentinel {
+    cfg: Config,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    origin: Instant,
+    memory: SentinelMemory,
+    sleep: Duration,
+    last_info_publish: Option<Instant>,
+    wake_at: Option<Instant>,
+}
+
+impl Sentinel {
+    fn now_wall() -> Timestamp {
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Timestamp::from_unix_nanos(ns)
+    }
+
+    /// Publishes our SentinelInfo at most once per sleepInterval (a publish is itself a store
+    /// change and would otherwise wake us forever).
+    async fn publish_info(&mut self) -> Result<(), StoreError> {
+        let due = self
+            .last_info_publish
+            .is_none_or(|t| t.elapsed() >= self.sleep);
+        if !due {
+            return Ok(());
+        }
+        let ttl = (2 * self.sleep).max(MIN_TTL);
+        self.store
+            .put_sentinel_info(
+                &SentinelInfo {
+                    uid: self.cfg.uid.clone(),
+                },
+                ttl,
+            )
+            .await?;
+        self.last_info_publish = Some(Instant::now());
+        Ok(())
+    }
+
+    /// One check (stolon-behaviour.md §4.1). Errors are logged; the next wake retries.
+    async fn check(&mut self, leader: bool) {
+        let read = match self.store.get_cluster_data().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot get cluster data");
+                return;
+            }
+        };
+        if let Some(cd) = &read.data {
+            match cd.check_usable() {
+                Ok(spec) => {
+                    self.sleep = spec
+                        .effective()
+                        .sleep_interval
+                        .to_std()
+                        .max(Duration::from_millis(100))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "invalid cluster data");
+                    return;
+                }
+            }
+        } else if self.cfg.initial_spec.is_none() {
+            tracing::info!("no cluster data available, waiting for it to appear");
+            return;
+        }
+        if let Err(e) = self.publish_info().await {
+            tracing::error!(error = %e, "failed to update sentinel info");
+            return;
+        }
+        if !leader {
+            self.metrics.last_check_success.set(unix_seconds());
+            return;
+        }
+        let keepers = match self.store.get_keepers_info().await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot get keepers info");
+                return;
+            }
+        };
+        let proxies = match self.store.get_proxies_info().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot get proxies info");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let input = DecideInput {
+            cluster_data: read.data.as_ref(),
+            keepers_info: &keepers,
+            proxies_info: &proxies,
+            memory: &self.memory,
+            initial_spec: self.cfg.initial_spec.as_ref(),
+            now_mono: now.duration_since(self.origin),
+            now_wall: Self::now_wall(),
+        };
+        let mut chooser = |n: usize| rand::random::<usize>() % n.max(1);
+        let decision = decide(&input, &mut RandomUids, &mut chooser);
+        for ev in &decision.events {
+            log_event(ev);
+            if matches!(ev, Event::ElectingNewMaster { .. }) {
+                self.metrics.failovers.inc();
+            }
+        }
+        self.memory = decision.memory;
+        self.wake_at = decision.wake_at.map(|t| self.origin + t);
+        if let Some(next) = decision.next {
+            if let Err(v) = validate_invariants(read.data.as_ref(), &next) {
+                tracing::error!(error = %v, "refusing to write clusterdata breaking a safety invariant");
+                return;
+            }
+            if !self.write(&next, read.revision.as_ref()).await {
+                return;
+            }
+        }
+        self.metrics.last_check_success.set(unix_seconds());
+    }
+
+    async fn write(&self, next: &ClusterData, rev: Option<&stolon_store::Revision>) -> bool {
+        match self.store.put_cluster_data(next, rev).await {
+            Ok(_) => true,
+            Err(StoreError::Conflict) => {
+                tracing::warn!("clusterdata changed since it was read, deciding again");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "failed to update cluster data");
+                false
+            }
+        }
+    }
+}
+
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Campaigns until it works or `cancel` fires.
+async fn campaign(
+    election: &Arc<dyn Election>,
+    uid: &str,
+    cancel: &CancellationToken,
+) -> Option<tokio::sync::watch::Receiver<bool>> {
+    loop {
+        match election.campaign(uid).await {
+            Ok(rx) => return Some(rx),
+            Err(e) => tracing::error!(error = %e, "election error, retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(ELECTION_RETRY) => {}
+        }
+    }
+}
+
+/// Runs the sentinel until `cancel`: campaign, then check on every store change, leadership
+/// change, decision timer and `sleepInterval`. Resigns before returning.
+pub async fn run(
+    cfg: Config,
+    store: Arc<dyn Store>,
+    election: Arc<dyn Election>,
+    cancel: CancellationToken,
+) -> Result<(), RunError> {
+    let metrics = Metrics::new(&cfg.store.cluster_name);
+    let mut server = None;
+    if let Some(addr) = cfg.metrics_addr {
+        server = Some(
+            metrics
+                .clone()
+                .serve(addr, cancel.child_token())
+                .await
+                .map_err(|source| RunError::Metrics { addr, source })?,
+        );
+    }
+    tracing::info!(uid = %cfg.uid, "sentinel uid");
+    let uid = cfg.uid.clone();
+    let mut changes = store.changes();
+    let Some(mut leader_rx) = campaign(&election, &uid, &cancel).await else {
+        return Ok(());
+    };
+    let mut s = Sentinel {
+        cfg,
+        store,
+        metrics,
+        origin: Instant::now(),
+        memory: SentinelMemory::default(),
+        sleep: DEFAULT_SLEEP,
+        last_info_publish: None,
+        wake_at: None,
+    };
+    let mut was_leader = false;
+    loop {
+        let leader = *leader_rx.borrow_and_update();
+        if leader && !was_leader {
+            tracing::info!("sentinel leadership acquired");
+            s.memory = SentinelMemory::default();
+            s.metrics.leader_count.inc();
+        } else if !leader && was_leader {
+            tracing::info!("sentinel leadership lost");
+        }
+        was_leader = leader;
+        s.metrics.is_leader.set(i64::from(leader));
+        changes.borrow_and_update();
+        s.check(leader).await;
+
+        let wake = s.wake_at.filter(|_| leader);
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = changes.changed() => {
+                if r.is_err() {
+                    // The store dropped its notifier: fall back to the resync period.
+                    tokio::time::sleep(s.sleep).await;
+                }
+            }
+            r = leader_rx.changed() => {
+                if r.is_err() {
+                    tracing::warn!("election ended, campaigning again");
+                    match campaign(&election, &uid, &cancel).await {
+                        Some(rx) => leader_rx = rx,
+                        None => break,
+                    }
+                }
+            }
+            _ = tokio::time::sleep(s.sleep) => {}
+            _ = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    }
+    s.metrics.is_leader.set(0);
+    if let Err(e) = election.resign().await {
+        tracing::warn!(error = %e, "cannot resign leadership");
+    }
+    if let Some(h) = server {
+        let _ = h.await;
+    }
+    tracing::info!("sentinel stopped");
+    Ok(())
+}

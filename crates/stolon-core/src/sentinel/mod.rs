@@ -1,1 +1,25 @@
-//! placeholder: filled in by its issue.
+//! The sentinel's judgement as a pure function: [`decide`] turns the observed state (clusterdata,
+//! keeper and proxy infos), the leader's [`SentinelMemory`] and the time into the next clusterdata
+//! and [`Event`]s.
+//!
+//! Owns: health over `failInterval`, convergence timeouts, initialisation (`new`, `existing`,
+//! `pitr`), failover to the most advanced eligible standby, fencing of the old master, the proxy
+//! handshake, standby placement, synchronous standbys, spec propagation, and the safety
+//! invariants ([`invariants`]). Must not: do IO, read a clock, draw random numbers, log.
+
+mod classify;
+mod decide;
+mod event;
+pub mod invariants;
+mod memory;
+pub mod testing;
+mod update;
+
+pub use classify::{
+    DbKind, FAKE_STANDBY_NAME, NOT_INCREASING_XLOG_TIMES, Validity, db_kind,
+    is_different_timeline_branch, most_advanced_first, validity,
+};
+pub use decide::{Chooser, DecideInput, Decision, FirstChoice, decide};
+pub use event::{Event, Severity};
+pub use invariants::{InvariantViolation, validate_handshake, validate_invariants};
+pub use memory::{Convergence, InfoHistory, MonoInstant, SentinelMemory};

@@ -1,0 +1,287 @@
+//! DB classification helpers of the decision (stolon-behaviour.md §4.4): kind, validity,
+//! convergence, status, candidate ordering, and whether a standby can still sync.
+//!
+//! Pure. Orderings are deterministic: most advanced first (newest timeline, highest WAL
+//! position), then DB UID.
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use crate::model::{
+    ClusterData, Db, DbInitMode, DbRole, EffectiveSpec, FollowType, INITIAL_GENERATION,
+};
+
+use super::memory::{MonoInstant, SentinelMemory};
+
+/// Name of the fake synchronous standby that makes the primary block commits.
+pub const FAKE_STANDBY_NAME: &str = "stolonfakestandby";
+
+/// Consecutive observations of a still WAL position after which a lagging standby may be judged
+/// unable to sync.
+pub const NOT_INCREASING_XLOG_TIMES: u32 = 10;
+
+/// WAL segment size assumed when comparing WAL file names.
+const WAL_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+
+/// What a DB is, from its spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    /// The cluster's primary (role master, or a standby-cluster master following an external primary).
+    Master,
+    /// A standby following a DB of this cluster.
+    Standby,
+    /// A former master fenced at an election: role standby with no follow config. It may be
+    /// re-elected (it still holds the old primary's data) and is removed once the new master has
+    /// converged. Never counted as a master, so clusterdata names at most one.
+    Fenced,
+}
+
+/// The kind of a DB.
+pub fn db_kind(db: &Db) -> DbKind {
+    let Some(spec) = &db.spec else {
+        return DbKind::Fenced;
+    };
+    match (spec.role, spec.follow_config.as_ref().and_then(|f| f.kind)) {
+        (Some(DbRole::Master), _) => DbKind::Master,
+        (Some(DbRole::Standby), Some(FollowType::External)) => DbKind::Master,
+        (Some(DbRole::Standby), Some(FollowType::Internal)) => DbKind::Standby,
+        _ => DbKind::Fenced,
+    }
+}
+
+/// The keeper UID of a DB ("" when it has no spec).
+pub fn keeper_of(db: &Db) -> &str {
+    db.spec
+        .as_ref()
+        .map(|s| s.keeper_uid.as_str())
+        .unwrap_or("")
+}
+
+/// Convergence of a DB to its generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvergenceState {
+    /// The keeper applied the current generation.
+    Converged,
+    /// Not yet, within the timeout.
+    Converging,
+    /// Not within the timeout.
+    Failed,
+}
+
+/// Health of a DB for the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbStatusKind {
+    /// Converged and healthy on a healthy keeper.
+    Good,
+    /// Still converging.
+    Converging,
+    /// Keeper unhealthy, DB unhealthy, or convergence timed out.
+    Failed,
+}
+
+/// Validity of a standby relative to the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// Never reported.
+    Unknown,
+    /// Another system or a forked timeline.
+    Invalid,
+    /// Can follow the master.
+    Valid,
+}
+
+/// The read-only context every helper needs.
+pub struct Ctx<'a> {
+    /// Effective cluster spec.
+    pub spec: &'a EffectiveSpec,
+    /// Leader memory (convergence timers, counters).
+    pub mem: &'a SentinelMemory,
+    /// Now (monotonic).
+    pub now: MonoInstant,
+}
+
+impl Ctx<'_> {
+    /// Convergence of `db` with `timeout` (zero = never fails).
+    pub fn convergence(&self, db: &Db, timeout: Duration) -> ConvergenceState {
+        if db.status.current_generation == db.generation {
+            return ConvergenceState::Converged;
+        }
+        if !timeout.is_zero()
+            && let Some(c) = self.mem.db_convergence.get(&db.uid)
+            && c.generation == db.generation
+            && self.now.saturating_sub(c.since) > timeout
+        {
+            return ConvergenceState::Failed;
+        }
+        ConvergenceState::Converging
+    }
+
+    /// Status of `db` in `cd`.
+    pub fn db_status(&self, cd: &ClusterData, db: &Db) -> DbStatusKind {
+        let keeper_ok = cd
+            .keepers
+            .get(keeper_of(db))
+            .is_some_and(|k| k.status.healthy);
+        if !keeper_ok {
+            return DbStatusKind::Failed;
+        }
+        let resync_first = db.generation == INITIAL_GENERATION
+            && db.spec.as_ref().and_then(|s| s.init_mode) == Some(DbInitMode::Resync);
+        let timeout = if resync_first {
+            self.spec.sync_timeout.to_std()
+        } else {
+            self.spec.convergence_timeout.to_std()
+        };
+        match self.convergence(db, timeout) {
+            ConvergenceState::Failed => DbStatusKind::Failed,
+            ConvergenceState::Converging => DbStatusKind::Converging,
+            ConvergenceState::Converged if !db.status.healthy => DbStatusKind::Failed,
+            ConvergenceState::Converged => DbStatusKind::Good,
+        }
+    }
+
+    /// Async lag check: `master.xLogPos - db.xLogPos <= maxStandbyLag`.
+    pub fn lag_below_max(&self, master: &Db, db: &Db) -> bool {
+        let lag = i128::from(master.status.xlog_pos) - i128::from(db.status.xlog_pos);
+        lag <= i128::from(self.spec.max_standby_lag)
+    }
+
+    /// Good, valid standbys on the master's timeline, most advanced first. With `lag_check`,
+    /// only those within `maxStandbyLag`.
+    pub fn best_standbys<'c>(
+        &self,
+        cd: &'c ClusterData,
+        master: &Db,
+        lag_check: bool,
+    ) -> Vec<&'c Db> {
+        let mut v: Vec<&Db> = cd
+            .dbs
+            .values()
+            .filter(|db| db.uid != master.uid && db_kind(db) == DbKind::Standby)
+            .filter(|db| validity(master, db) == Validity::Valid)
+            .filter(|db| self.db_status(cd, db) == DbStatusKind::Good)
+            .filter(|db| db.status.timeline_id == master.status.timeline_id)
+            .filter(|db| !lag_check || self.lag_below_max(master, db))
+            .collect();
+        v.sort_by(|a, b| most_advanced_first(a, b));
+        v
+    }
+
+    /// Candidates to replace `master`, most advanced first: best standbys whose keeper may be
+    /// master, plus good former masters (fenced or master-type) on the same timeline. With
+    /// `lag_check` (asynchronous replication) only those within `maxStandbyLag`.
+    pub fn best_new_masters<'c>(
+        &self,
+        cd: &'c ClusterData,
+        master: &Db,
+        lag_check: bool,
+    ) -> Vec<&'c Db> {
+        let can_be_master = |db: &Db| {
+            cd.keepers
+                .get(keeper_of(db))
+                .is_some_and(|k| k.status.can_be_master != Some(false))
+        };
+        let mut v: Vec<&Db> = self
+            .best_standbys(cd, master, lag_check)
+            .into_iter()
+            .filter(|db| can_be_master(db))
+            .collect();
+        for db in cd.dbs.values() {
+            if db.uid == master.uid || db_kind(db) == DbKind::Standby {
+                continue;
+            }
+            if db.status.current_generation == 0 || db.status.system_id != master.status.system_id {
+                continue;
+            }
+            if self.db_status(cd, db) != DbStatusKind::Good
+                || db.status.timeline_id != master.status.timeline_id
+                || (lag_check && !self.lag_below_max(master, db))
+                || !can_be_master(db)
+            {
+                continue;
+            }
+            v.push(db);
+        }
+        v.sort_by(|a, b| most_advanced_first(a, b));
+        v
+    }
+
+    /// False when `db` is a stalled standby whose needed WAL the master already removed
+    /// (stolon-behaviour.md §4.4 dbCanSync); such a DB must be recreated.
+    pub fn db_can_sync(&self, master: &Db, db: &Db) -> bool {
+        let older = &master.status.older_wal_file;
+        if older.len() != 24
+            || db.uid == master.uid
+            || db_kind(db) != DbKind::Standby
+            || db.generation == INITIAL_GENERATION
+            || !db.status.healthy
+            || db.status.xlog_pos == master.status.xlog_pos
+        {
+            return true;
+        }
+        let stalled = self
+            .mem
+            .db_not_increasing_xlog
+            .get(&db.uid)
+            .copied()
+            .unwrap_or(0);
+        if stalled <= NOT_INCREASING_XLOG_TIMES {
+            return true;
+        }
+        let x = db.status.xlog_pos;
+        let needed = format!(
+            "{:08X}{:08X}",
+            x >> 32,
+            (x & 0xffff_ffff) / WAL_SEGMENT_SIZE
+        );
+        needed.as_str() >= &older[8..].to_ascii_uppercase()
+    }
+}
+
+/// Orders DBs most advanced first: newest timeline, highest WAL position, then UID.
+pub fn most_advanced_first(a: &Db, b: &Db) -> Ordering {
+    b.status
+        .timeline_id
+        .cmp(&a.status.timeline_id)
+        .then(b.status.xlog_pos.cmp(&a.status.xlog_pos))
+        .then(a.uid.cmp(&b.uid))
+}
+
+/// Validity of `db` against `master`.
+pub fn validity(master: &Db, db: &Db) -> Validity {
+    if db.status.current_generation == 0 {
+        return Validity::Unknown;
+    }
+    if !db.status.system_id.is_empty() && db.status.system_id != master.status.system_id {
+        return Validity::Invalid;
+    }
+    if is_different_timeline_branch(master, db) {
+        return Validity::Invalid;
+    }
+    Validity::Valid
+}
+
+/// True when `db` is on a timeline branch `followed` cannot be followed from.
+pub fn is_different_timeline_branch(followed: &Db, db: &Db) -> bool {
+    let (ftl, dtl) = (followed.status.timeline_id, db.status.timeline_id);
+    let entry = |d: &Db, tl: u64| {
+        d.status
+            .timelines_history
+            .iter()
+            .find(|h| h.timeline_id == tl)
+            .map(|h| h.switch_point)
+    };
+    match ftl.cmp(&dtl) {
+        Ordering::Less => true,
+        Ordering::Equal => {
+            if dtl <= 1 {
+                return false;
+            }
+            match (entry(followed, dtl - 1), entry(db, dtl - 1)) {
+                (Some(a), Some(b)) => a != b,
+                _ => false,
+            }
+        }
+        Ordering::Greater => entry(followed, dtl).is_some_and(|sp| sp < db.status.xlog_pos),
+    }
+}

@@ -1,0 +1,1362 @@
+//! Named decision scenarios for the sentinel (stolon-behaviour.md §5.8 case families), each
+//! asserting the whole next clusterdata, built from the previous one plus the expected changes.
+
+use std::time::Duration;
+
+use pretty_assertions::assert_eq;
+use stolon_core::duration::GoDuration;
+use stolon_core::model::{
+    ClusterData, ClusterPhase, DbInitMode, DbRole, DbSpec, DbStatus, FollowConfig, FollowType,
+    Keeper, KeeperInfo, KeeperSpec, KeeperStatus, PostgresBinaryVersion, PostgresState,
+};
+use stolon_core::sentinel::testing::{ClusterFixture, db_uid};
+use stolon_core::sentinel::{Decision, Event, FAKE_STANDBY_NAME, validate_invariants};
+use stolon_core::timestamp::Timestamp;
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// Ticks one second at a time (keepers in `silent` do not republish) until a decision carries an
+/// event matching `pred`; returns the clusterdata before that decision and the decision.
+fn until(
+    f: &mut ClusterFixture,
+    silent: &[&str],
+    pred: impl Fn(&Event) -> bool,
+) -> (ClusterData, Decision) {
+    for _ in 0..60 {
+        f.tick(SEC, silent);
+        let before = f.cd.clone();
+        let d = f.decide();
+        if let Some(next) = &d.next {
+            validate_invariants(Some(&before), next).expect("invariants hold");
+        }
+        let hit = d.events.iter().any(&pred);
+        f.apply(&d);
+        if hit {
+            return (before, d);
+        }
+    }
+    panic!("event never happened; last events: {:?}", f.decide().events);
+}
+
+/// Steps (ticking a little each time) until `decide` writes nothing.
+#[allow(dead_code)]
+fn settle(f: &mut ClusterFixture, silent: &[&str]) {
+    for _ in 0..30 {
+        let before = f.cd.clone();
+        let d = f.decide();
+        match &d.next {
+            None => {
+                f.apply(&d);
+                return;
+            }
+            Some(next) => validate_invariants(Some(&before), next).expect("invariants hold"),
+        }
+        f.apply(&d);
+        f.proxies_ack();
+        f.tick(Duration::from_millis(100), silent);
+    }
+    panic!("did not settle: {:?}", f.decide().events);
+}
+
+fn next_of(d: &Decision) -> ClusterData {
+    d.next.clone().expect("a clusterdata write")
+}
+
+/// Expected effect of a fresh info on healthy keepers: lastHealthyTime refreshed.
+fn refreshed(cd: &mut ClusterData, now: Timestamp, keepers: &[&str]) {
+    for k in keepers {
+        let k = cd.keepers.get_mut(*k).expect("keeper");
+        k.status.last_healthy_time = now;
+        k.change_time = now;
+    }
+}
+
+fn touch_db(cd: &mut ClusterData, keeper: &str, now: Timestamp, bump: bool) {
+    let db = cd.dbs.get_mut(&db_uid(keeper)).expect("db");
+    db.change_time = now;
+    if bump {
+        db.generation += 1;
+    }
+}
+
+fn spec_mut<'a>(cd: &'a mut ClusterData, keeper: &str) -> &'a mut DbSpec {
+    cd.dbs
+        .get_mut(&db_uid(keeper))
+        .and_then(|d| d.spec.as_mut())
+        .expect("db spec")
+}
+
+fn touch_cluster(cd: &mut ClusterData, now: Timestamp) {
+    cd.change_time = now;
+}
+
+fn new_keeper(uid: &str, now: Timestamp) -> Keeper {
+    Keeper {
+        uid: uid.into(),
+        generation: 1,
+        change_time: now,
+        spec: Some(KeeperSpec {}),
+        status: KeeperStatus {
+            healthy: true,
+            last_healthy_time: now,
+            boot_uuid: format!("boot_{uid}"),
+            postgres_binary_version: PostgresBinaryVersion { maj: 15, min: 0 },
+            ..Default::default()
+        },
+    }
+}
+
+fn keeper_info(uid: &str, info_uid: &str, ps: Option<PostgresState>) -> KeeperInfo {
+    KeeperInfo {
+        info_uid: info_uid.into(),
+        uid: uid.into(),
+        cluster_uid: "cluster1".into(),
+        boot_uuid: format!("boot_{uid}"),
+        postgres_binary_version: PostgresBinaryVersion { maj: 15, min: 0 },
+        postgres_state: ps,
+        ..Default::default()
+    }
+}
+
+/// The whole clusterdata expected right after an asynchronous election of `new`'s DB replacing
+/// the failed `old` (alive keepers `alive` refreshed).
+fn expect_async_election(
+    before: &ClusterData,
+    now: Timestamp,
+    old: &str,
+    new: &str,
+    alive: &[&str],
+) -> ClusterData {
+    let mut expected = before.clone();
+    refreshed(&mut expected, now, alive);
+    let k = expected.keepers.get_mut(old).expect("old keeper");
+    k.status.healthy = false;
+    k.change_time = now;
+    expected
+        .dbs
+        .get_mut(&db_uid(old))
+        .expect("db")
+        .status
+        .healthy = false;
+    let s = spec_mut(&mut expected, old);
+    s.role = Some(DbRole::Standby);
+    s.follow_config = None;
+    s.followers = Some(vec![]);
+    touch_db(&mut expected, old, now, true);
+    let s = spec_mut(&mut expected, new);
+    s.role = Some(DbRole::Master);
+    s.follow_config = None;
+    touch_db(&mut expected, new, now, true);
+    let c = expected.cluster.as_mut().expect("cluster");
+    c.status.master = db_uid(new);
+    c.change_time = now;
+    let p = expected.proxy.as_mut().expect("proxy");
+    if !p.spec.master_db_uid.is_empty() {
+        p.spec.master_db_uid = String::new();
+        p.generation += 1;
+        p.change_time = now;
+    }
+    touch_cluster(&mut expected, now);
+    expected
+}
+
+/// The whole clusterdata expected when the master's synchronous set is (re)computed.
+fn expect_sync_set(
+    before: &ClusterData,
+    now: Timestamp,
+    master: &str,
+    set: &[&str],
+    external: &[&str],
+) -> ClusterData {
+    let mut expected = before.clone();
+    let s = spec_mut(&mut expected, master);
+    s.synchronous_replication = true;
+    s.synchronous_standbys = Some(set.iter().map(|k| db_uid(k)).collect());
+    s.external_synchronous_standbys = Some(external.iter().map(|e| e.to_string()).collect());
+    touch_db(&mut expected, master, now, true);
+    expected
+        .dbs
+        .get_mut(&db_uid(master))
+        .expect("db")
+        .status
+        .synchronous_standbys = Some(vec![]);
+    touch_cluster(&mut expected, now);
+    expected
+}
+
+// ---------------------------------------------------------------------------------------------
+// Initialisation
+
+#[test]
+fn init_new_with_no_keepers_waits() {
+    let mut f = ClusterFixture::new().initializing();
+    let d = f.step();
+    assert_eq!(d.next, None);
+    assert_eq!(d.events, vec![Event::NoKeepersForInitialMaster]);
+}
+
+#[test]
+fn init_new_with_one_keeper_creates_master_db() {
+    let mut f = ClusterFixture::new().initializing().first_run();
+    // A keeper appears: the first run only records it, the next sees it as fresh.
+    f.keepers_info
+        .insert("k1".into(), keeper_info("k1", "i1", None));
+    let d = f.step();
+    assert_eq!(
+        d.next, None,
+        "first run after gaining leadership makes no health decisions"
+    );
+    assert_eq!(d.events, vec![Event::NoKeepersForInitialMaster]);
+    f.keepers_info
+        .insert("k1".into(), keeper_info("k1", "i2", None));
+    let before = f.cd.clone();
+    let d = f.step();
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    expected.keepers.insert("k1".into(), new_keeper("k1", now));
+    let spec = expected
+        .cluster
+        .as_ref()
+        .and_then(|c| c.spec.clone())
+        .expect("spec");
+    let e = spec.effective();
+    expected.dbs.insert(
+        "new0001".into(),
+        stolon_core::model::Db {
+            uid: "new0001".into(),
+            generation: 1,
+            change_time: now,
+            spec: Some(DbSpec {
+                keeper_uid: "k1".into(),
+                request_timeout: e.request_timeout,
+                max_standbys: e.max_standbys,
+                additional_wal_senders: e.additional_wal_senders,
+                init_mode: Some(DbInitMode::New),
+                role: Some(DbRole::Master),
+                followers: Some(vec![]),
+                include_previous_config: true,
+                ..Default::default()
+            }),
+            status: DbStatus::default(),
+        },
+    );
+    let c = expected.cluster.as_mut().expect("cluster");
+    c.status.master = "new0001".into();
+    c.change_time = now;
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+    assert_eq!(
+        d.events,
+        vec![Event::InitializingCluster {
+            db: "new0001".into(),
+            keeper: "k1".into()
+        }]
+    );
+}
+
+#[test]
+fn init_new_with_many_keepers_uses_the_injected_choice_over_sorted_healthy_keepers() {
+    let f = ClusterFixture::new()
+        .initializing()
+        .keeper("k3")
+        .keeper("k1")
+        .keeper("k2");
+    let input_cd = f.cd.clone();
+    let mut chooser = |n: usize| {
+        assert_eq!(n, 3);
+        2
+    };
+    let mut uids = stolon_core::uid::SeqUids::new("new");
+    let input = stolon_core::sentinel::DecideInput {
+        cluster_data: Some(&input_cd),
+        keepers_info: &f.keepers_info,
+        proxies_info: &f.proxies_info,
+        memory: &f.memory,
+        initial_spec: None,
+        now_mono: f.now_mono,
+        now_wall: f.now_wall,
+    };
+    let d = stolon_core::sentinel::decide(&input, &mut uids, &mut chooser);
+    let next = next_of(&d);
+    assert_eq!(
+        next.dbs["new0001"].spec.as_ref().expect("spec").keeper_uid,
+        "k3"
+    );
+    let mut expected = input_cd.clone();
+    expected
+        .dbs
+        .insert("new0001".into(), next.dbs["new0001"].clone());
+    let c = expected.cluster.as_mut().expect("cluster");
+    c.status.master = "new0001".into();
+    c.change_time = f.now_wall;
+    expected.change_time = f.now_wall;
+    assert_eq!(next, expected);
+}
+
+#[test]
+fn init_new_failed_init_clears_master_and_retries() {
+    let mut f = ClusterFixture::new()
+        .fast()
+        .initializing()
+        .keeper("k1")
+        .spec(|s| {
+            s.init_timeout = Some(GoDuration::from_secs(10));
+        });
+    f.step(); // creates new0001 on k1, never converges (k1 reports no state)
+    assert_eq!(f.cd.dbs.len(), 1);
+    let (before, d) = until(&mut f, &[], |e| matches!(e, Event::DbInitFailed { .. }));
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    expected.dbs.clear();
+    let c = expected.cluster.as_mut().expect("cluster");
+    c.status.master = String::new();
+    c.change_time = now;
+    refreshed(&mut expected, now, &["k1"]);
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+    // Next round chooses again.
+    let d = f.step();
+    assert!(d.events.contains(&Event::InitializingCluster {
+        db: "new0002".into(),
+        keeper: "k1".into()
+    }));
+}
+
+#[test]
+fn init_new_converged_master_switches_to_normal_and_merges_parameters() {
+    let mut f = ClusterFixture::new().initializing().keeper("k1");
+    f.step();
+    // The keeper initialised the DB and reports it.
+    let mut ps = PostgresState {
+        uid: "new0001".into(),
+        generation: 1,
+        listen_address: "127.0.0.1".into(),
+        port: "5432".into(),
+        healthy: true,
+        system_id: "sys1".into(),
+        timeline_id: 1,
+        xlog_pos: 0x3000,
+        ..Default::default()
+    };
+    ps.pg_parameters
+        .insert("max_connections".into(), "100".into());
+    f.keepers_info
+        .insert("k1".into(), keeper_info("k1", "i-init", Some(ps)));
+    f.now_mono += SEC;
+    let before = f.cd.clone();
+    let d = f.step();
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    let db = expected.dbs.get_mut("new0001").expect("db");
+    db.status = DbStatus {
+        healthy: true,
+        current_generation: 1,
+        listen_address: "127.0.0.1".into(),
+        port: "5432".into(),
+        system_id: "sys1".into(),
+        timeline_id: 1,
+        xlog_pos: 0x3000,
+        pg_parameters: [("max_connections".to_string(), "100".to_string())].into(),
+        ..Default::default()
+    };
+    let s = db.spec.as_mut().expect("spec");
+    s.init_mode = Some(DbInitMode::None);
+    s.include_previous_config = false;
+    s.pg_parameters = [("max_connections".to_string(), "100".to_string())].into();
+    db.generation = 2;
+    db.change_time = now;
+    let c = expected.cluster.as_mut().expect("cluster");
+    c.status.phase = Some(ClusterPhase::Normal);
+    c.spec.as_mut().expect("spec").pg_parameters =
+        Some([("max_connections".to_string(), "100".to_string())].into());
+    c.change_time = now;
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+}
+
+#[test]
+fn init_existing_uses_the_named_keeper_and_pitr_follows_external_in_a_standby_cluster() {
+    let mut f = ClusterFixture::new()
+        .initializing()
+        .keeper("k1")
+        .keeper("k2")
+        .spec(|s| {
+            s.init_mode = Some(stolon_core::model::ClusterInitMode::Existing);
+            s.existing_config = Some(stolon_core::model::ExistingConfig {
+                keeper_uid: "k2".into(),
+            });
+        });
+    let d = f.step();
+    let db = &next_of(&d).dbs["new0001"];
+    let s = db.spec.as_ref().expect("spec");
+    assert_eq!(
+        (s.keeper_uid.as_str(), s.init_mode),
+        ("k2", Some(DbInitMode::Existing))
+    );
+
+    let mut f = ClusterFixture::new().initializing().keeper("k1").spec(|s| {
+        s.init_mode = Some(stolon_core::model::ClusterInitMode::Pitr);
+        s.role = Some(stolon_core::model::ClusterRole::Standby);
+        s.pitr_config = Some(stolon_core::model::PitrConfig {
+            data_restore_command: "restore %d".into(),
+            ..Default::default()
+        });
+        s.standby_config = Some(stolon_core::model::StandbyConfig {
+            standby_settings: Some(stolon_core::model::StandbySettings {
+                primary_conninfo: "host=10.0.0.1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    });
+    let d = f.step();
+    let s = next_of(&d).dbs["new0001"].spec.clone().expect("spec");
+    assert_eq!(s.init_mode, Some(DbInitMode::Pitr));
+    assert_eq!(s.role, Some(DbRole::Standby));
+    let fc = s.follow_config.expect("follow config");
+    assert_eq!(fc.kind, Some(FollowType::External));
+    assert_eq!(
+        fc.standby_settings.expect("settings").primary_conninfo,
+        "host=10.0.0.1"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steady state
+
+#[test]
+fn healthy_cluster_is_a_fixed_point() {
+    let mut f = ClusterFixture::new()
+        .master("k1")
+        .standby("k2")
+        .standby("k3")
+        .proxy("p1");
+    let d = f.step();
+    assert_eq!(d.next, None, "events: {:?}", d.events);
+    f.tick(Duration::from_millis(500), &[]);
+    let d = f.step();
+    assert_eq!(d.next, None, "events: {:?}", d.events);
+    // Synchronous replication already enabled and in sync: nothing to do either.
+    let mut f = ClusterFixture::new()
+        .master("k1")
+        .standby("k2")
+        .standby("k3")
+        .sync_standbys(&["k2"])
+        .proxy("p1");
+    f.tick(Duration::from_millis(500), &[]);
+    let d = f.step();
+    assert_eq!(d.next, None, "events: {:?}", d.events);
+}
+
+#[test]
+fn first_run_after_gaining_leadership_makes_no_health_decision() {
+    // k1 stopped publishing long ago, but a new leader has no history to judge it by.
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .first_run();
+    f.tick(Duration::from_secs(60), &["k1"]);
+    let d = f.step();
+    assert_eq!(d.next, None, "events: {:?}", d.events);
+    // It takes failInterval after the new leader's first look to declare k1 failed.
+    let (_, d) = until(&mut f, &["k1"], |e| {
+        matches!(e, Event::MasterDbFailed { .. })
+    });
+    assert!(
+        d.events
+            .iter()
+            .any(|e| matches!(e, Event::ElectingNewMaster { .. }))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failover
+
+#[test]
+fn failover_async_elects_standby_and_clears_proxy_target() {
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .proxy("p1");
+    f.kill("k1");
+    let (before, d) = until(&mut f, &["k1"], |e| {
+        matches!(e, Event::ElectingNewMaster { .. })
+    });
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    refreshed(&mut expected, now, &["k2"]);
+    let k1 = expected.keepers.get_mut("k1").expect("k1");
+    k1.status.healthy = false;
+    k1.change_time = now;
+    let db1 = expected.dbs.get_mut(&db_uid("k1")).expect("db1");
+    db1.status.healthy = false;
+    let s = spec_mut(&mut expected, "k1");
+    s.role = Some(DbRole::Standby);
+    s.follow_config = None;
+    s.followers = Some(vec![]);
+    touch_db(&mut expected, "k1", now, true);
+    let s = spec_mut(&mut expected, "k2");
+    s.role = Some(DbRole::Master);
+    s.follow_config = None;
+    touch_db(&mut expected, "k2", now, true);
+    let c = expected.cluster.as_mut().expect("cluster");
+    c.status.master = db_uid("k2");
+    c.change_time = now;
+    let p = expected.proxy.as_mut().expect("proxy");
+    p.spec.master_db_uid = String::new();
+    p.generation += 1;
+    p.change_time = now;
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+    let msgs: Vec<&str> = d.events.iter().map(|e| e.message()).collect();
+    for m in [
+        "master db is failed",
+        "trying to find a standby to replace failed master",
+        "electing db as the new master",
+    ] {
+        assert!(msgs.contains(&m), "missing {m:?} in {msgs:?}");
+    }
+}
+
+#[test]
+fn failover_async_elects_the_most_advanced_standby_within_max_lag() {
+    let mut f = ClusterFixture::new()
+        .fast()
+        .spec(|s| s.max_standby_lag = Some(0x10000))
+        .master("k1")
+        .standby("k2")
+        .standby("k3")
+        .standby("k4")
+        .standby("k5")
+        .xlog("k1", 0x40000)
+        .xlog("k2", 0x38000)
+        .xlog("k3", 0x3f000)
+        .xlog("k4", 0x3a000)
+        .xlog("k5", 0x10000) // 0x30000 behind: beyond maxStandbyLag
+        .spec(|s| s.max_standbys_per_sender = Some(4));
+    f.kill("k1");
+    let (before, d) = until(&mut f, &["k1"], |e| {
+        matches!(e, Event::ElectingNewMaster { .. })
+    });
+    let expected =
+        expect_async_election(&before, f.now_wall, "k1", "k3", &["k2", "k3", "k4", "k5"]);
+    assert_eq!(next_of(&d), expected);
+
+    // The one beyond maxStandbyLag is never elected, even as the only standby left.
+    let mut f = ClusterFixture::new()
+        .fast()
+        .spec(|s| s.max_standby_lag = Some(0x10000))
+        .master("k1")
+        .standby("k5")
+        .xlog("k1", 0x40000)
+        .xlog("k5", 0x10000);
+    f.kill("k1");
+    let (_, d) = until(&mut f, &["k1"], |e| matches!(e, Event::NoEligibleMasters));
+    assert!(
+        d.events
+            .iter()
+            .all(|e| !matches!(e, Event::ElectingNewMaster { .. }))
+    );
+    for _ in 0..20 {
+        f.tick(SEC, &["k1"]);
+        let d = f.step();
+        assert!(
+            d.events
+                .iter()
+                .all(|e| !matches!(e, Event::ElectingNewMaster { .. }))
+        );
+    }
+    assert_eq!(
+        f.cd.cluster.as_ref().expect("c").status.master,
+        db_uid("k1")
+    );
+}
+
+#[test]
+fn failover_sync_elects_only_in_sync_standby() {
+    // k3 is more advanced but not a synchronous standby: k2 must win.
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .standby("k3")
+        .xlog("k2", 0x1000)
+        .xlog("k3", 0x9000)
+        .sync_standbys(&["k2"]);
+    f.kill("k1");
+    let (before, d) = until(&mut f, &["k1"], |e| {
+        matches!(e, Event::ElectingNewMaster { .. })
+    });
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    refreshed(&mut expected, now, &["k2", "k3"]);
+    let k1 = expected.keepers.get_mut("k1").expect("k1");
+    k1.status.healthy = false;
+    k1.change_time = now;
+    expected
+        .dbs
+        .get_mut(&db_uid("k1"))
+        .expect("db")
+        .status
+        .healthy = false;
+    let s = spec_mut(&mut expected, "k1");
+    s.role = Some(DbRole::Standby);
+    s.follow_config = None;
+    s.followers = Some(vec![]);
+    s.synchronous_replication = false;
+    s.synchronous_standbys = None;
+    s.external_synchronous_standbys = None;
+    touch_db(&mut expected, "k1", now, true);
+    let s = spec_mut(&mut expected, "k2");
+    s.role = Some(DbRole::Master);
+    s.follow_config = None;
+    s.synchronous_replication = true;
+    // The old master replaces the new one in the list: commits block until a real sync standby.
+    s.synchronous_standbys = Some(vec![db_uid("k1")]);
+    s.external_synchronous_standbys = Some(vec![]);
+    touch_db(&mut expected, "k2", now, true);
+    let c = expected.cluster.as_mut().expect("cluster");
+    c.status.master = db_uid("k2");
+    c.change_time = now;
+    let p = expected.proxy.as_mut().expect("proxy");
+    p.spec.master_db_uid = String::new();
+    p.generation += 1;
+    p.change_time = now;
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+}
+
+#[test]
+fn failover_sync_without_standby_in_both_sets_elects_nobody() {
+    // k2 is in the spec list but the master never reported it in sync.
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .sync_standbys(&["k2"]);
+    if let Some(db) = f.cd.dbs.get_mut(&db_uid("k1")) {
+        db.status.synchronous_standbys = Some(vec![]);
+    }
+    f.kill("k1");
+    let (_, d) = until(&mut f, &["k1"], |e| {
+        matches!(e, Event::NoEligibleSyncMasters { .. })
+    });
+    assert!(
+        d.events
+            .iter()
+            .all(|e| !matches!(e, Event::ElectingNewMaster { .. }))
+    );
+}
+
+#[test]
+fn failover_skips_keepers_that_cannot_be_master() {
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .standby("k3")
+        .xlog("k2", 0x9000)
+        .xlog("k3", 0x2000)
+        .can_be_master("k2", false);
+    f.kill("k1");
+    let (before, d) = until(&mut f, &["k1"], |e| {
+        matches!(e, Event::ElectingNewMaster { .. })
+    });
+    let expected = expect_async_election(&before, f.now_wall, "k1", "k3", &["k2", "k3"]);
+    assert_eq!(next_of(&d), expected);
+}
+
+#[test]
+fn standby_not_converged_is_not_elected() {
+    let mut f = ClusterFixture::new().fast().master("k1").standby("k2");
+    // k2's DB is at a generation its keeper has not applied.
+    f.cd.dbs.get_mut(&db_uid("k2")).expect("db").generation = 2;
+    f.kill("k1");
+    let mut saw_no_eligible = false;
+    for _ in 0..20 {
+        f.tick(SEC, &["k1"]);
+        if let Some(ps) = f
+            .keepers_info
+            .get_mut("k2")
+            .and_then(|i| i.postgres_state.as_mut())
+        {
+            ps.generation = 1;
+        }
+        let d = f.step();
+        assert!(
+            d.events
+                .iter()
+                .all(|e| !matches!(e, Event::ElectingNewMaster { .. }))
+        );
+        saw_no_eligible |= d.events.contains(&Event::NoEligibleMasters);
+    }
+    assert!(saw_no_eligible);
+    assert_eq!(
+        f.cd.cluster.as_ref().expect("c").status.master,
+        db_uid("k1")
+    );
+}
+
+#[test]
+fn master_not_converged_triggers_failover() {
+    let mut f = ClusterFixture::new().fast().master("k1").standby("k2");
+    // The master's keeper never applies generation 2.
+    f.cd.dbs.get_mut(&db_uid("k1")).expect("db").generation = 2;
+    let mut hit = false;
+    for _ in 0..30 {
+        f.tick(SEC, &[]);
+        if let Some(ps) = f
+            .keepers_info
+            .get_mut("k1")
+            .and_then(|i| i.postgres_state.as_mut())
+        {
+            ps.generation = 1;
+        }
+        let d = f.step();
+        if d.events
+            .iter()
+            .any(|e| matches!(e, Event::MasterDbNotConverged { .. }))
+        {
+            assert!(
+                d.events
+                    .iter()
+                    .any(|e| matches!(e, Event::ElectingNewMaster { .. }))
+            );
+            hit = true;
+            break;
+        }
+    }
+    assert!(hit);
+    assert_eq!(
+        f.cd.cluster.as_ref().expect("c").status.master,
+        db_uid("k2")
+    );
+}
+
+#[test]
+fn new_master_converged_removes_old_master_and_names_it_to_proxies() {
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .proxy("p1");
+    f.kill("k1");
+    until(&mut f, &["k1"], |e| {
+        matches!(e, Event::ElectingNewMaster { .. })
+    });
+    // The new master converges (tick republishes its generation): the old master's DB goes,
+    // but the proxy has not acknowledged the cleared target, so nobody is named yet.
+    f.tick(SEC, &["k1"]);
+    let before = f.cd.clone();
+    let d = f.step();
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    refreshed(&mut expected, now, &["k2"]);
+    expected.dbs.remove(&db_uid("k1"));
+    expected
+        .dbs
+        .get_mut(&db_uid("k2"))
+        .expect("db")
+        .status
+        .current_generation = before.dbs[&db_uid("k2")].generation;
+    touch_db(&mut expected, "k2", now, false);
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+    assert!(
+        d.events.contains(&Event::WaitingForProxies),
+        "{:?}",
+        d.events
+    );
+    assert!(d.events.contains(&Event::RemovingOldMasterDb {
+        db: db_uid("k1"),
+        keeper: "k1".into()
+    }));
+    // The proxy acknowledges: the new master is named.
+    f.proxies_ack();
+    f.tick(SEC, &["k1"]);
+    let before = f.cd.clone();
+    let d = f.step();
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    refreshed(&mut expected, now, &["k2"]);
+    let p = expected.proxy.as_mut().expect("proxy");
+    p.spec.master_db_uid = db_uid("k2");
+    p.spec.enabled_proxies = vec!["p1".into()];
+    p.generation += 1;
+    p.change_time = now;
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+    assert!(
+        d.events
+            .contains(&Event::ProxiesRouteToMaster { db: db_uid("k2") })
+    );
+}
+
+#[test]
+fn enabled_proxies_follow_the_active_proxies() {
+    let mut f = ClusterFixture::new().fast().master("k1").proxy("p1");
+    f.proxies_info.insert(
+        "p2".into(),
+        stolon_core::model::ProxyInfo {
+            info_uid: "px".into(),
+            uid: "p2".into(),
+            generation: 0,
+            proxy_timeout: 2_000_000_000,
+        },
+    );
+    let before = f.cd.clone();
+    let d = f.step();
+    let mut expected = before.clone();
+    let p = expected.proxy.as_mut().expect("proxy");
+    p.spec.enabled_proxies = vec!["p1".into(), "p2".into()];
+    p.generation += 1;
+    p.change_time = f.now_wall;
+    touch_cluster(&mut expected, f.now_wall);
+    assert_eq!(next_of(&d), expected);
+    // p2 stops publishing: inactive after 2 * its proxyTimeout.
+    until(&mut f, &["p2"], |e| {
+        matches!(e, Event::EnabledProxiesChanged { .. })
+    });
+    assert_eq!(f.proxy_spec().enabled_proxies, vec!["p1".to_string()]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Standby placement
+
+#[test]
+fn free_keeper_gets_a_resync_standby_up_to_max_standbys_per_sender() {
+    let mut f = ClusterFixture::new()
+        .spec(|s| s.max_standbys_per_sender = Some(2))
+        .master("k1")
+        .standby("k2")
+        .keeper("k3")
+        .keeper("k4");
+    let before = f.cd.clone();
+    let d = f.step();
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    let e = expected
+        .cluster
+        .as_ref()
+        .and_then(|c| c.spec.clone())
+        .expect("s")
+        .effective();
+    expected.dbs.insert(
+        "new0001".into(),
+        stolon_core::model::Db {
+            uid: "new0001".into(),
+            generation: 1,
+            change_time: now,
+            spec: Some(DbSpec {
+                keeper_uid: "k3".into(),
+                request_timeout: e.request_timeout,
+                max_standbys: e.max_standbys,
+                additional_wal_senders: e.additional_wal_senders,
+                init_mode: Some(DbInitMode::Resync),
+                role: Some(DbRole::Standby),
+                followers: Some(vec![]),
+                follow_config: Some(FollowConfig {
+                    kind: Some(FollowType::Internal),
+                    db_uid: db_uid("k1"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: DbStatus::default(),
+        },
+    );
+    spec_mut(&mut expected, "k1").followers = Some(vec![db_uid("k2"), "new0001".into()]);
+    touch_db(&mut expected, "k1", now, true);
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+}
+
+#[test]
+fn lowered_max_standbys_per_sender_removes_the_least_advanced_standby() {
+    let mut f = ClusterFixture::new()
+        .master("k1")
+        .standby("k2")
+        .standby("k3")
+        .xlog("k2", 0x500)
+        .xlog("k3", 0x900)
+        .spec(|s| s.max_standbys_per_sender = Some(1));
+    let before = f.cd.clone();
+    let d = f.step();
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    expected.dbs.remove(&db_uid("k2"));
+    spec_mut(&mut expected, "k1").followers = Some(vec![db_uid("k3")]);
+    touch_db(&mut expected, "k1", now, true);
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+}
+
+#[test]
+fn failed_standby_is_replaced_when_enough_good_standbys() {
+    let mut f = ClusterFixture::new()
+        .fast()
+        .spec(|s| s.max_standbys_per_sender = Some(1))
+        .master("k1")
+        .standby("k2")
+        .keeper("k3");
+    f.kill("k2");
+    // k2 fails; a standby is created on the free keeper k3.
+    let (_, d) = until(&mut f, &["k2"], |e| {
+        matches!(e, Event::AddingStandby { .. })
+    });
+    assert!(d.events.contains(&Event::AddingStandby {
+        db: "new0001".into(),
+        keeper: "k3".into()
+    }));
+}
+
+#[test]
+fn dead_keeper_without_db_is_removed() {
+    let mut f = ClusterFixture::new()
+        .fast()
+        .spec(|s| s.dead_keeper_removal_interval = Some(GoDuration::from_secs(10)))
+        .master("k1")
+        .standby("k2")
+        .keeper("k9")
+        .spec(|s| s.max_standbys_per_sender = Some(1));
+    f.kill("k9");
+    let (before, d) = until(&mut f, &["k9"], |e| {
+        matches!(e, Event::RemovingDeadKeeper { .. })
+    });
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    expected.keepers.remove("k9");
+    refreshed(&mut expected, now, &["k1", "k2"]);
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+    // A keeper with a DB is never removed.
+    let mut f = ClusterFixture::new()
+        .fast()
+        .spec(|s| s.dead_keeper_removal_interval = Some(GoDuration::from_secs(5)))
+        .master("k1")
+        .standby("k2");
+    f.kill("k2");
+    for _ in 0..30 {
+        f.tick(SEC, &["k2"]);
+        f.step();
+    }
+    assert!(f.cd.keepers.contains_key("k2"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spec propagation
+
+#[test]
+fn spec_parameters_propagate_to_db_specs_with_generation_bumps() {
+    let mut f = ClusterFixture::new().master("k1").standby("k2");
+    f.cd.cluster
+        .as_mut()
+        .and_then(|c| c.spec.as_mut())
+        .expect("spec")
+        .pg_parameters = Some([("work_mem".to_string(), "8MB".to_string())].into());
+    f.cd.cluster
+        .as_mut()
+        .and_then(|c| c.spec.as_mut())
+        .expect("spec")
+        .additional_master_replication_slots = Some(vec!["slot1".into()]);
+    let before = f.cd.clone();
+    let d = f.step();
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    for k in ["k1", "k2"] {
+        spec_mut(&mut expected, k).pg_parameters =
+            [("work_mem".to_string(), "8MB".to_string())].into();
+        touch_db(&mut expected, k, now, true);
+    }
+    spec_mut(&mut expected, "k1").additional_replication_slots = Some(vec!["slot1".into()]);
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synchronous replication
+
+#[test]
+fn sync_enable_lists_the_most_advanced_standby_in_two_steps() {
+    let mut f = ClusterFixture::new()
+        .master("k1")
+        .standby("k2")
+        .standby("k3")
+        .xlog("k2", 0x500)
+        .xlog("k3", 0x900)
+        .spec(|s| s.synchronous_replication = Some(true));
+    let before = f.cd.clone();
+    let d = f.step();
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    let s = spec_mut(&mut expected, "k1");
+    s.synchronous_replication = true;
+    s.synchronous_standbys = Some(vec![db_uid("k3")]);
+    s.external_synchronous_standbys = Some(vec![]);
+    touch_db(&mut expected, "k1", now, true);
+    expected
+        .dbs
+        .get_mut(&db_uid("k1"))
+        .expect("db")
+        .status
+        .synchronous_standbys = Some(vec![]);
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+
+    // Until the master reports k3 in sync, the sentinel waits.
+    f.tick(SEC, &[]);
+    let d = f.step();
+    assert!(
+        d.events
+            .contains(&Event::WaitingForSyncStandbys { db: db_uid("k1") })
+    );
+    // Reported in sync: the status follows, nothing else.
+    let f2 = f.clone().reported_sync(&["k3"]);
+    let mut f = f2;
+    let before = f.cd.clone();
+    let d = f.step();
+    let mut expected = before.clone();
+    expected
+        .dbs
+        .get_mut(&db_uid("k1"))
+        .expect("db")
+        .status
+        .synchronous_standbys = Some(vec![db_uid("k3")]);
+    touch_db(&mut expected, "k1", f.now_wall, false);
+    touch_cluster(&mut expected, f.now_wall);
+    assert_eq!(next_of(&d), expected);
+}
+
+#[test]
+fn sync_without_standbys_uses_the_fake_standby() {
+    let mut f = ClusterFixture::new()
+        .master("k1")
+        .spec(|s| s.synchronous_replication = Some(true));
+    let before = f.cd.clone();
+    let d = f.step();
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    let s = spec_mut(&mut expected, "k1");
+    s.synchronous_replication = true;
+    s.synchronous_standbys = Some(vec![]);
+    s.external_synchronous_standbys = Some(vec![FAKE_STANDBY_NAME.into()]);
+    touch_db(&mut expected, "k1", now, true);
+    expected
+        .dbs
+        .get_mut(&db_uid("k1"))
+        .expect("db")
+        .status
+        .synchronous_standbys = Some(vec![]);
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+}
+
+#[test]
+fn sync_min_zero_never_uses_the_fake_standby() {
+    let mut f = ClusterFixture::new().master("k1").spec(|s| {
+        s.synchronous_replication = Some(true);
+        s.min_synchronous_standbys = Some(0);
+    });
+    let before = f.cd.clone();
+    let d = f.step();
+    assert_eq!(
+        next_of(&d),
+        expect_sync_set(&before, f.now_wall, "k1", &[], &[])
+    );
+    // With min 0, a failed sync standby is dropped without a fake replacement.
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .sync_standbys(&["k2"])
+        .spec(|s| s.min_synchronous_standbys = Some(0));
+    f.kill("k2");
+    until(&mut f, &["k2"], |e| {
+        matches!(e, Event::SyncStandbysChanged { .. })
+    });
+    let s = f.cd.dbs[&db_uid("k1")].spec.clone().expect("spec");
+    assert_eq!(s.synchronous_standbys, Some(vec![]));
+    assert_eq!(s.external_synchronous_standbys, Some(vec![]));
+}
+
+#[test]
+fn sync_failed_standby_is_replaced_in_two_steps() {
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .standby("k3")
+        .sync_standbys(&["k2"])
+        .reported_sync(&["k2"]);
+    f.kill("k2");
+    // Step 1: k2 failed -> spec becomes status ({} since the master no longer reports k2? no:
+    // status keeps k2 as known in sync) then k3 is added next to k2 (old ∪ new).
+    let (_, d) = until(&mut f, &["k2"], |e| {
+        matches!(e, Event::SyncStandbysChanged { .. })
+    });
+    let s = next_of(&d).dbs[&db_uid("k1")].spec.clone().expect("spec");
+    assert_eq!(
+        s.synchronous_standbys,
+        Some(vec![db_uid("k2"), db_uid("k3")])
+    );
+    // Step 2: once k3 is reported in sync, k2 is dropped.
+    f = f.reported_sync(&["k3"]);
+    until(&mut f, &["k2"], |e| {
+        matches!(e, Event::SyncStandbysChanged { .. })
+    });
+    let db = &f.cd.dbs[&db_uid("k1")];
+    assert_eq!(
+        db.spec.as_ref().expect("s").synchronous_standbys,
+        Some(vec![db_uid("k3")])
+    );
+    assert_eq!(db.status.synchronous_standbys, Some(vec![db_uid("k3")]));
+}
+
+#[test]
+fn sync_min_max_two_lists_two_sorted_standbys() {
+    let mut f = ClusterFixture::new()
+        .master("k1")
+        .standby("k3")
+        .standby("k2")
+        .standby("k4")
+        .xlog("k2", 0x900)
+        .xlog("k3", 0x100)
+        .xlog("k4", 0x500)
+        .spec(|s| {
+            s.synchronous_replication = Some(true);
+            s.min_synchronous_standbys = Some(2);
+            s.max_synchronous_standbys = Some(2);
+        });
+    let before = f.cd.clone();
+    let d = f.step();
+    // The two most advanced (k2, k4), listed sorted.
+    assert_eq!(
+        next_of(&d),
+        expect_sync_set(&before, f.now_wall, "k1", &["k2", "k4"], &[])
+    );
+}
+
+#[test]
+fn sync_skips_keepers_that_cannot_be_synchronous_replicas() {
+    let mut f = ClusterFixture::new()
+        .master("k1")
+        .standby("k2")
+        .standby("k3")
+        .xlog("k2", 0x900)
+        .xlog("k3", 0x100)
+        .can_be_sync("k2", false)
+        .spec(|s| s.synchronous_replication = Some(true));
+    let before = f.cd.clone();
+    let d = f.step();
+    assert_eq!(
+        next_of(&d),
+        expect_sync_set(&before, f.now_wall, "k1", &["k3"], &[])
+    );
+}
+
+#[test]
+fn sync_disable_clears_sync_fields() {
+    let mut f = ClusterFixture::new()
+        .master("k1")
+        .standby("k2")
+        .sync_standbys(&["k2"])
+        .spec(|s| s.synchronous_replication = Some(false));
+    let before = f.cd.clone();
+    let d = f.step();
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    let s = spec_mut(&mut expected, "k1");
+    s.synchronous_replication = false;
+    s.synchronous_standbys = None;
+    s.external_synchronous_standbys = None;
+    let db = expected.dbs.get_mut(&db_uid("k1")).expect("db");
+    db.status.synchronous_standbys = None;
+    touch_db(&mut expected, "k1", now, true);
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keeper health details
+
+#[test]
+fn force_fail_is_a_one_shot_that_triggers_failover() {
+    let mut f = ClusterFixture::new().master("k1").standby("k2");
+    f.cd.keepers.get_mut("k1").expect("k1").status.force_fail = true;
+    f.tick(Duration::from_millis(100), &[]);
+    let d = f.step();
+    assert!(d.events.contains(&Event::KeeperForceFailed {
+        keeper: "k1".into()
+    }));
+    assert!(
+        d.events
+            .iter()
+            .any(|e| matches!(e, Event::ElectingNewMaster { .. }))
+    );
+    let next = next_of(&d);
+    assert!(!next.keepers["k1"].status.force_fail);
+    assert_eq!(next.cluster.expect("c").status.master, db_uid("k2"));
+}
+
+#[test]
+fn keeper_reporting_another_db_uid_makes_its_db_fail() {
+    let mut f = ClusterFixture::new().fast().master("k1").standby("k2");
+    if let Some(ps) = f
+        .keepers_info
+        .get_mut("k2")
+        .and_then(|i| i.postgres_state.as_mut())
+    {
+        ps.uid = "other".into();
+    }
+    let (_, d) = until(&mut f, &[], |e| matches!(e, Event::UnexpectedDbUid { .. }));
+    assert!(d.events.contains(&Event::UnexpectedDbUid {
+        db: db_uid("k2"),
+        keeper: "k2".into(),
+        reported: "other".into()
+    }));
+}
+
+#[test]
+fn a_new_standby_still_initialising_is_not_doubled() {
+    let mut f = ClusterFixture::new()
+        .spec(|s| s.max_standbys_per_sender = Some(1))
+        .master("k1")
+        .keeper("k2")
+        .keeper("k3");
+    let d = f.step();
+    assert!(d.events.contains(&Event::AddingStandby {
+        db: "new0001".into(),
+        keeper: "k2".into()
+    }));
+    // k2 has not reported its new DB yet: no second standby on k3.
+    f.tick(Duration::from_millis(500), &[]);
+    let d = f.step();
+    assert!(
+        d.events
+            .iter()
+            .all(|e| !matches!(e, Event::AddingStandby { .. })),
+        "{:?}",
+        d.events
+    );
+    assert_eq!(f.cd.dbs.len(), 2);
+}
+
+#[test]
+fn stalled_standby_missing_wal_on_the_master_is_recreated() {
+    let mut f = ClusterFixture::new()
+        .master("k1")
+        .standby("k2")
+        .xlog("k1", 0x5_0000_0000)
+        .xlog("k2", 0x1_0000_0000);
+    f.cd.dbs.get_mut(&db_uid("k2")).expect("db").generation = 2;
+    f.refresh_db_specs();
+    // The master's oldest WAL segment is 000000010000000400000000: k2 needs segment 1/0.
+    if let Some(ps) = f
+        .keepers_info
+        .get_mut("k1")
+        .and_then(|i| i.postgres_state.as_mut())
+    {
+        ps.older_wal_file = "000000010000000400000000".into();
+    }
+    if let Some(db) = f.cd.dbs.get_mut(&db_uid("k1")) {
+        db.status.older_wal_file = "000000010000000400000000".into();
+    }
+    let mut removed = None;
+    for _ in 0..20 {
+        f.tick(SEC, &[]);
+        let before = f.cd.clone();
+        let d = f.step();
+        if d.events
+            .iter()
+            .any(|e| matches!(e, Event::RemovingDbCannotSync { .. }))
+        {
+            removed = Some((before, d));
+            break;
+        }
+    }
+    let (before, d) = removed.expect("k2 removed after more than 10 stalled reports");
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    expected.dbs.remove(&db_uid("k2"));
+    // k2 is free again: it gets a fresh resync standby in the same round.
+    let next = next_of(&d);
+    let new_db = next.dbs.get("new0001").expect("recreated standby").clone();
+    assert_eq!(new_db.spec.as_ref().expect("s").keeper_uid, "k2");
+    assert_eq!(
+        new_db.spec.as_ref().expect("s").init_mode,
+        Some(DbInitMode::Resync)
+    );
+    expected.dbs.insert("new0001".into(), new_db);
+    spec_mut(&mut expected, "k1").followers = Some(vec!["new0001".into()]);
+    touch_db(&mut expected, "k1", now, true);
+    touch_cluster(&mut expected, now);
+    assert_eq!(next, expected);
+}
+
+#[test]
+fn standby_on_a_forked_timeline_is_removed() {
+    let mut f = ClusterFixture::new().master("k1").standby("k2");
+    // The master is on timeline 2, branched at 0x800; k2 stayed on timeline 1 past it.
+    if let Some(db) = f.cd.dbs.get_mut(&db_uid("k1")) {
+        db.status.timeline_id = 2;
+        db.status.timelines_history = vec![stolon_core::model::TimelineHistory {
+            timeline_id: 1,
+            switch_point: 0x800,
+            reason: String::new(),
+        }];
+    }
+    if let Some(ps) = f
+        .keepers_info
+        .get_mut("k1")
+        .and_then(|i| i.postgres_state.as_mut())
+    {
+        ps.timeline_id = 2;
+        ps.timelines_history = f.cd.dbs[&db_uid("k1")].status.timelines_history.clone();
+    }
+    let before = f.cd.clone();
+    let d = f.step();
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    expected.dbs.remove(&db_uid("k2"));
+    let next = next_of(&d);
+    // k2 is recreated as a fresh standby.
+    let new_db = next.dbs.get("new0001").expect("recreated standby").clone();
+    expected.dbs.insert("new0001".into(), new_db);
+    spec_mut(&mut expected, "k1").followers = Some(vec!["new0001".into()]);
+    touch_db(&mut expected, "k1", now, true);
+    touch_cluster(&mut expected, now);
+    assert_eq!(next, expected);
+    assert!(d.events.contains(&Event::RemovingInvalidDb {
+        db: db_uid("k2"),
+        keeper: "k2".into()
+    }));
+}
+
+#[test]
+fn stolon_mid_failover_clusterdata_is_repaired_by_fencing_the_old_master() {
+    // Stolon keeps the old master at role master until the new one converges.
+    let mut f = ClusterFixture::new().master("k1").standby("k2");
+    if let Some(s) =
+        f.cd.dbs
+            .get_mut(&db_uid("k2"))
+            .and_then(|d| d.spec.as_mut())
+    {
+        s.role = Some(DbRole::Master);
+        s.follow_config = None;
+    }
+    // The new master has not converged yet (its keeper still reports generation 1).
+    f.cd.dbs.get_mut(&db_uid("k2")).expect("db").generation = 2;
+    if let Some(c) = f.cd.cluster.as_mut() {
+        c.status.master = db_uid("k2");
+    }
+    if let Some(p) = f.cd.proxy.as_mut() {
+        p.spec.master_db_uid = String::new();
+    }
+    let d = f.decide();
+    let next = next_of(&d);
+    validate_invariants(None, &next).expect("one master-type db");
+    let s = next.dbs[&db_uid("k1")].spec.clone().expect("spec");
+    assert_eq!((s.role, s.follow_config), (Some(DbRole::Standby), None));
+}
