@@ -27,20 +27,25 @@ fn main() -> ExitCode {
             Err(e) => die(&format!("cannot write to stdout: {e}")),
         };
     }
-    match run(&cli.common, &cmd) {
+    let kube = stolon_kube::KubeOptions::from_flags(&cli.kubeconfig, &cli.kube_context, &cli.kube_namespace);
+    match run(&cli.common, &kube, &cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => die(&format!("{e:#}")),
     }
 }
 
-fn run(common: &stolon_store::CommonArgs, cmd: &Cmd) -> anyhow::Result<()> {
+fn run(
+    common: &stolon_store::CommonArgs,
+    kube: &stolon_kube::KubeOptions,
+    cmd: &Cmd,
+) -> anyhow::Result<()> {
     let cfg = StoreConfig::from_common(common)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
     rt.block_on(async {
-        let (store, election) = stolon_store::connect(&cfg).await?;
+        let (store, election) = stolon_kube::connect_any(&cfg, kube).await?;
         let stdin = std::io::stdin();
         let mut stdin = stdin.lock();
         let mut stdout = std::io::stdout();
