@@ -45,7 +45,13 @@ async fn main() -> ExitCode {
     if cli.debug {
         tracing::warn!("--debug is deprecated, use --log-level=debug instead");
     }
-    let (store, election) = match stolon_store::connect(&cfg.store).await {
+    // POD_NAME is read here, at the edge: the kubernetes backend needs it, etcd ignores it.
+    let connected =
+        match stolon_kube::KubeOptions::for_component(&cfg.store, std::env::var("POD_NAME").ok()) {
+            Ok(kube) => stolon_kube::connect_any(&cfg.store, &kube).await,
+            Err(e) => Err(e),
+        };
+    let (store, election) = match connected {
         Ok(x) => x,
         Err(e) => {
             eprintln!("stolon-sentinel: cannot create store: {e}");
