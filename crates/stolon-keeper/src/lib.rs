@@ -1,1 +1,16 @@
-//! placeholder
+//! stolon-keeper: manages exactly one PostgreSQL instance and converges it to the DB the sentinel
+//! assigned in clusterdata, then publishes what it sees (`KeeperInfo`).
+//!
+//! Module map: [`config`] (flags, startup checks), [`state`] (local files, data-dir lock),
+//! [`runtime`] (the event-driven loop and the executor of the pure plan from
+//! `stolon_core::keeper`), [`metrics`] (Prometheus), [`logging`] (Stolon-compatible log lines).
+//! `main.rs` only wires these together.
+
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod runtime;
+pub mod state;
+
+pub use config::{Cli, KeeperConfig};
+pub use runtime::Keeper;

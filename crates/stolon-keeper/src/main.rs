@@ -1,0 +1,152 @@
+//! `stolon-keeper` binary: parse flags (env `STKEEPER_*`), run the startup checks, take the
+//! data-dir lock, resolve the keeper UID, connect to the store, and run the keeper loop until
+//! SIGTERM/SIGINT (postgres is then stopped in fast mode and we exit 0).
+
+use std::sync::Arc;
+
+use clap::{CommandFactory, FromArgMatches};
+use stolon_keeper::{Cli, Keeper, logging, metrics, state};
+use stolon_pg::{Credentials, PgBinaries, ProcessPg, ProcessPgConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+fn fatal(msg: impl std::fmt::Display) -> ! {
+    error!("{msg}");
+    std::process::exit(1);
+}
+
+fn main() {
+    let cmd = stolon_store::config::apply_env_prefix(Cli::command(), "STKEEPER");
+    let matches = cmd.get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "stolon-keeper must not run as root (PostgreSQL refuses to run as root): run it as an unprivileged user such as postgres"
+        );
+        std::process::exit(1);
+    }
+    let level = if cli.debug {
+        "debug".to_string()
+    } else {
+        cli.common.log_level.clone()
+    };
+    if stolon_store::config::check_log_level(&level).is_err() {
+        eprintln!("invalid log level: {level:?}");
+        std::process::exit(1);
+    }
+    logging::init(&level);
+    let (cfg, warnings) = match cli.validate() {
+        Ok(v) => v,
+        Err(e) => {
+            // Warnings found before the failure (e.g. trailing newlines) are part of the story.
+            fatal(e)
+        }
+    };
+    for w in &warnings {
+        warn!("{w}");
+    }
+    let _lock = if cfg.disable_data_dir_locking {
+        None
+    } else {
+        match state::lock_data_dir(&cfg.data_dir) {
+            Ok(l) => {
+                info!("exclusive lock on data dir taken");
+                Some(l)
+            }
+            Err(e) => fatal(e),
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => fatal(format!("cannot start the async runtime: {e}")),
+    };
+    let code = rt.block_on(run(cfg));
+    std::process::exit(code);
+}
+
+async fn run(cfg: stolon_keeper::KeeperConfig) -> i32 {
+    let saved = match state::load_keeper_state(&cfg.data_dir) {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => fatal(format!("failed to load keeper state: {e}")),
+    };
+    let mut ks = saved.clone();
+    if !saved.uid.is_empty() {
+        if !cfg.uid.is_empty() && cfg.uid != saved.uid {
+            fatal(format!(
+                "saved uid {:?} differs from configuration uid: {:?}",
+                saved.uid, cfg.uid
+            ));
+        }
+    } else {
+        ks.uid = if cfg.uid.is_empty() {
+            let u = state::new_uid();
+            info!(uid = %u, "uid not provided, generating a random uid");
+            u
+        } else {
+            cfg.uid.clone()
+        };
+        if let Err(e) = state::save_keeper_state(&cfg.data_dir, &ks) {
+            fatal(format!("failed to save keeper state: {e}"));
+        }
+    }
+    info!(uid = %ks.uid, "keeper uid");
+    let boot_uuid = uuid::Uuid::new_v4().to_string();
+
+    let (store, _election) = match stolon_store::connect(&cfg.store).await {
+        Ok(s) => s,
+        Err(e) => fatal(format!("cannot create store: {e}")),
+    };
+    let binaries = match &cfg.pg_bin_path {
+        Some(p) => PgBinaries::in_dir(p),
+        None => PgBinaries::from_path(),
+    };
+    let pg_cfg = ProcessPgConfig::new(
+        binaries,
+        cfg.data_dir.join("postgres"),
+        "/tmp",
+        cfg.pg_port,
+        Credentials::new(cfg.su.username.clone(), cfg.su.password.clone()),
+        Credentials::new(cfg.repl.username.clone(), cfg.repl.password.clone()),
+    );
+    let pg = match ProcessPg::new(pg_cfg) {
+        Ok(p) => Arc::new(p),
+        Err(e) => fatal(format!("cannot create postgres manager: {e}")),
+    };
+    let m = metrics::Metrics::new(&cfg.store.cluster_name);
+    let cancel = CancellationToken::new();
+    if let Some(addr) = &cfg.metrics_listen_address {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tokio::spawn(metrics::serve(l, m.clone(), cancel.clone()));
+            }
+            Err(e) => fatal(format!("metrics http server error: {e}")),
+        }
+    }
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => info!("received SIGTERM"),
+                _ = int.recv() => info!("received SIGINT"),
+            }
+            cancel.cancel();
+        });
+    }
+    let keeper = match Keeper::new(cfg, store, pg, m, ks, boot_uuid) {
+        Ok(k) => k,
+        Err(e) => fatal(format!("failed to load db state: {e}")),
+    };
+    keeper.run(cancel).await;
+    0
+}

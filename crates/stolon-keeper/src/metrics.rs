@@ -1,0 +1,182 @@
+//! The keeper's Prometheus metrics (stolon-behaviour.md §6.8) and the tiny HTTP server that
+//! serves them on `--metrics-listen-address` (`GET /metrics`).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+type Labels = Vec<(String, String)>;
+type FGauge = Gauge<f64, AtomicU64>;
+
+/// Every keeper metric.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// `stolon_keeper_clusterdata_last_valid_update_seconds`.
+    pub clusterdata_last_valid_update: FGauge,
+    /// `stolon_keeper_target_role{role}`.
+    pub target_role: Family<Labels, Gauge>,
+    /// `stolon_keeper_local_role{role}`.
+    pub local_role: Family<Labels, Gauge>,
+    /// `stolon_keeper_needs_reload`.
+    pub needs_reload: Gauge,
+    /// `stolon_keeper_needs_restart`.
+    pub needs_restart: Gauge,
+    /// `stolon_keeper_last_sync_success_seconds`.
+    pub last_sync_success: FGauge,
+    /// `stolon_keeper_sleep_interval`.
+    pub sleep_interval: FGauge,
+    /// `stolon_keeper_shutdown_seconds`.
+    pub shutdown_seconds: FGauge,
+}
+
+const ROLES: [&str; 3] = ["undefined", "master", "standby"];
+
+fn role_label(r: &str) -> Labels {
+    vec![("role".to_string(), r.to_string())]
+}
+
+impl Metrics {
+    /// Registers every metric; `cluster_name` labels `stolon_cluster_identifier`.
+    pub fn new(cluster_name: &str) -> Self {
+        let mut r = Registry::default();
+        let ident: Family<Labels, Gauge> = Family::default();
+        r.register(
+            "stolon_cluster_identifier",
+            "set to 1, labelled with the cluster name and component",
+            ident.clone(),
+        );
+        ident
+            .get_or_create(&vec![
+                ("cluster_name".into(), cluster_name.into()),
+                ("component".into(), "keeper".into()),
+            ])
+            .set(1);
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            clusterdata_last_valid_update: FGauge::default(),
+            target_role: Family::default(),
+            local_role: Family::default(),
+            needs_reload: Gauge::default(),
+            needs_restart: Gauge::default(),
+            last_sync_success: FGauge::default(),
+            sleep_interval: FGauge::default(),
+            shutdown_seconds: FGauge::default(),
+        };
+        r.register(
+            "stolon_keeper_clusterdata_last_valid_update_seconds",
+            "Last time we received a valid clusterdata from our store as seconds since unix epoch",
+            m.clusterdata_last_valid_update.clone(),
+        );
+        r.register(
+            "stolon_keeper_target_role",
+            "Keeper last requested target role",
+            m.target_role.clone(),
+        );
+        r.register(
+            "stolon_keeper_local_role",
+            "Keeper current local role",
+            m.local_role.clone(),
+        );
+        r.register(
+            "stolon_keeper_needs_reload",
+            "Set to 1 if Postgres requires reload",
+            m.needs_reload.clone(),
+        );
+        r.register(
+            "stolon_keeper_needs_restart",
+            "Set to 1 if Postgres requires restart",
+            m.needs_restart.clone(),
+        );
+        r.register(
+            "stolon_keeper_last_sync_success_seconds",
+            "Last time we successfully synced our keeper",
+            m.last_sync_success.clone(),
+        );
+        r.register(
+            "stolon_keeper_sleep_interval",
+            "Seconds to sleep between sync loops",
+            m.sleep_interval.clone(),
+        );
+        r.register(
+            "stolon_keeper_shutdown_seconds",
+            "Shutdown time (received termination signal) since unix epoch in seconds",
+            m.shutdown_seconds.clone(),
+        );
+        for role in ROLES {
+            m.target_role.get_or_create(&role_label(role)).set(0);
+            m.local_role.get_or_create(&role_label(role)).set(0);
+        }
+        Metrics {
+            registry: Arc::new(r),
+            ..m
+        }
+    }
+
+    /// Sets the `role` series of `family` to 1 and the others to 0.
+    pub fn set_role(family: &Family<Labels, Gauge>, role: &str) {
+        for r in ROLES {
+            family
+                .get_or_create(&role_label(r))
+                .set(i64::from(r == role));
+        }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = encode(&mut s, &self.registry);
+        s
+    }
+}
+
+/// Seconds since the unix epoch, as metrics report times.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Serves `GET /metrics` on `listener` until `cancel`.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics, cancel: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((mut sock, _)) = accepted else {
+            continue;
+        };
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = if path == "/metrics" || path.starts_with("/metrics?") {
+                ("200 OK", m.encode())
+            } else {
+                ("404 Not Found", "not found\n".to_string())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}

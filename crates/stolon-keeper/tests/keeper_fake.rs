@@ -1,0 +1,209 @@
+//! The keeper runtime (loop + executor) over the in-memory store and `FakePg`: fast,
+//! deterministic checks of the event-driven loop (reacts to clusterdata changes and postgres
+//! exits well before `sleepInterval`) and of the boot-id rule.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stolon_core::keeper::KeeperLocalState;
+use stolon_core::model::{
+    Cluster, ClusterData, ClusterPhase, ClusterSpec, ClusterStatus, Db, DbInitMode, DbRole, DbSpec,
+    Keeper as CdKeeper,
+};
+use stolon_core::pgconf::AuthMethod;
+use stolon_keeper::Keeper;
+use stolon_keeper::config::{KeeperConfig, RoleConfig};
+use stolon_keeper::metrics::Metrics;
+use stolon_pg::fake::FakePg;
+use stolon_store::{MemKv, Store, StoreBackend, StoreConfig};
+use tokio_util::sync::CancellationToken;
+
+fn config(data_dir: &std::path::Path) -> KeeperConfig {
+    KeeperConfig {
+        store: StoreConfig {
+            backend: StoreBackend::EtcdV3,
+            endpoints: vec![],
+            timeout: Duration::from_secs(5),
+            prefix: "stolon/cluster".into(),
+            cluster_name: "fake".into(),
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            skip_tls_verify: false,
+            kube_resource_kind: None,
+        },
+        uid: "keeper1".into(),
+        data_dir: data_dir.to_path_buf(),
+        pg_listen_address: "127.0.0.1".into(),
+        pg_port: 5432,
+        pg_advertise_address: "127.0.0.1".into(),
+        pg_advertise_port: "5432".into(),
+        pg_bin_path: None,
+        su: RoleConfig {
+            username: "su".into(),
+            auth: AuthMethod::Md5,
+            password: Some("supw".into()),
+        },
+        repl: RoleConfig {
+            username: "repl".into(),
+            auth: AuthMethod::Md5,
+            password: Some("replpw".into()),
+        },
+        can_be_master: true,
+        can_be_synchronous_replica: true,
+        disable_data_dir_locking: false,
+        metrics_listen_address: None,
+        log_level: "info".into(),
+    }
+}
+
+/// A long sleepInterval: anything that happens quickly is event-driven.
+fn cd(boot: &str, with_db: bool) -> ClusterData {
+    let spec: ClusterSpec =
+        serde_json::from_str(r#"{"initMode":"new","sleepInterval":"1m0s"}"#).unwrap();
+    let mut cd = ClusterData::new(
+        Cluster {
+            uid: "c1".into(),
+            generation: 1,
+            change_time: Default::default(),
+            spec: Some(spec),
+            status: ClusterStatus {
+                current_generation: 0,
+                phase: Some(ClusterPhase::Normal),
+                master: if with_db { "db1".into() } else { String::new() },
+            },
+        },
+        Default::default(),
+    );
+    let mut k = CdKeeper {
+        uid: "keeper1".into(),
+        generation: 1,
+        ..Default::default()
+    };
+    k.status.boot_uuid = boot.into();
+    cd.keepers.insert("keeper1".into(), k);
+    if with_db {
+        cd.dbs.insert(
+            "db1".into(),
+            Db {
+                uid: "db1".into(),
+                generation: 1,
+                spec: Some(DbSpec {
+                    keeper_uid: "keeper1".into(),
+                    max_standbys: 5,
+                    additional_wal_senders: 5,
+                    role: Some(DbRole::Master),
+                    init_mode: Some(DbInitMode::New),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    cd
+}
+
+async fn wait<F: FnMut() -> bool>(what: &str, limit: Duration, mut f: F) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_driven_init_crash_restart_and_boot_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = MemKv::new();
+    let store: Arc<dyn Store> = Arc::new(kv.store("stolon/cluster", "fake"));
+    let pg = Arc::new(FakePg::new(dir.path().join("postgres")));
+    let ks = KeeperLocalState {
+        uid: "keeper1".into(),
+        cluster_uid: String::new(),
+    };
+    let keeper = Keeper::new(
+        config(dir.path()),
+        store.clone(),
+        pg.clone(),
+        Metrics::new("fake"),
+        ks,
+        "boot-a".into(),
+    )
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(keeper.run(cancel.clone()));
+
+    // Clusterdata with a stale boot id: the keeper publishes its info, postgres untouched.
+    store
+        .force_put_cluster_data(&cd("old-boot", true))
+        .await
+        .unwrap();
+    let mut info = None;
+    let start = Instant::now();
+    while info.is_none() {
+        info = store.get_keepers_info().await.unwrap().remove("keeper1");
+        assert!(start.elapsed() < Duration::from_secs(10), "no keeper info");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let info = info.unwrap();
+    assert_eq!(info.boot_uuid, "boot-a");
+    assert_eq!(info.cluster_uid, "c1");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !pg.state().initialized,
+        "acted on clusterdata made for another process"
+    );
+
+    // Now the clusterdata knows this process: init, roles, start, well before sleepInterval.
+    store
+        .force_put_cluster_data(&cd("boot-a", true))
+        .await
+        .unwrap();
+    let took = wait("initialised and running", Duration::from_secs(20), || {
+        let s = pg.state();
+        s.initialized && s.running
+    })
+    .await;
+    eprintln!("clusterdata change -> running new master: {took:?}");
+    assert!(took < Duration::from_secs(20));
+    let calls = pg.calls();
+    let pos = |name: &str| calls.iter().position(|c| c.starts_with(name));
+    assert!(pos("init_db") < pos("create_role"), "{calls:?}");
+    assert!(pg.state().roles.contains_key("repl"));
+    // dbstate records convergence.
+    wait("dbstate generation 1", Duration::from_secs(10), || {
+        stolon_keeper::state::load_db_state(dir.path())
+            .map(|s| s.uid == "db1" && s.generation == 1 && !s.initializing)
+            .unwrap_or(false)
+    })
+    .await;
+
+    // Postgres dies on its own: restarted at once (not after sleepInterval).
+    pg.crash();
+    let took = wait(
+        "postgres restarted after a crash",
+        Duration::from_secs(10),
+        || pg.state().running,
+    )
+    .await;
+    eprintln!("postgres exit -> restarted: {took:?}");
+
+    // No DB assigned any more: postgres stopped.
+    store
+        .force_put_cluster_data(&cd("boot-a", false))
+        .await
+        .unwrap();
+    wait("postgres stopped", Duration::from_secs(10), || {
+        !pg.state().running
+    })
+    .await;
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("keeper stops on cancel")
+        .unwrap();
+}
