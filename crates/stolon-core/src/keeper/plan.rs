@@ -491,6 +491,16 @@ pub fn plan(
         }
         // 10. standby.
         DbRole::Standby => {
+            if spec.follow_config.is_none() {
+                // The sentinel fences a replaced master by making its DB a standby that follows
+                // nothing (so clusterdata never names two masters). Stop serving until the DB is
+                // removed (and this keeper resynced) or elected master again.
+                if o.running {
+                    a.push(KeeperAction::Stop);
+                }
+                a.push(KeeperAction::Wait(WaitReason::Fenced));
+                return a;
+            }
             a.push(KeeperAction::Note(Note::RequestedRole("standby")));
             match local {
                 LocalRole::Master => {

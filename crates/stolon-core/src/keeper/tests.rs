@@ -626,6 +626,27 @@ fn master_never_demoted_in_place() {
 }
 
 #[test]
+fn fenced_old_master_is_stopped_not_demoted() {
+    // The sentinel replaced this master: its DB is now a standby that follows nothing.
+    let mut c = cd(DbRole::Standby, DbInitMode::Resync);
+    for db in c.dbs.values_mut() {
+        db.spec.as_mut().unwrap().follow_config = None;
+    }
+    let o = converged(&c, DbRole::Master);
+    assert!(o.running, "the old primary is still running");
+    let p = plan(Some(&c), &id(), &o);
+    assert_eq!(p, vec![A::Stop, A::Wait(WaitReason::Fenced)]);
+
+    let mut stopped = o.clone();
+    stopped.running = false;
+    assert_eq!(
+        plan(Some(&c), &id(), &stopped),
+        vec![A::Wait(WaitReason::Fenced)],
+        "a stopped fenced primary stays stopped"
+    );
+}
+
+#[test]
 fn master_without_data_fails() {
     let c = cd(DbRole::Master, DbInitMode::New);
     let mut o = converged(&c, DbRole::Master);

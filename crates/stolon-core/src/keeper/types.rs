@@ -145,6 +145,8 @@ pub enum WaitReason {
     BootUuidMismatch,
     /// The local data has no role (not initialised) while a standby is wanted.
     LocalRoleNone,
+    /// Our DB was replaced as master and follows nothing: postgres stays stopped.
+    Fenced,
 }
 
 impl std::fmt::Display for WaitReason {
@@ -159,6 +161,9 @@ impl std::fmt::Display for WaitReason {
                 "our db boot UID is different than the cluster data one, waiting for it to be updated"
             }
             WaitReason::LocalRoleNone => "our db role is none",
+            WaitReason::Fenced => {
+                "our db was replaced as master and follows nothing: postgres stopped (fenced)"
+            }
         })
     }
 }
