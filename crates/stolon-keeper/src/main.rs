@@ -95,7 +95,13 @@ async fn run(cfg: stolon_keeper::KeeperConfig) -> i32 {
     info!(uid = %ks.uid, "keeper uid");
     let boot_uuid = uuid::Uuid::new_v4().to_string();
 
-    let (store, _election) = match stolon_store::connect(&cfg.store).await {
+    // POD_NAME is read here, at the edge: the kubernetes backend needs it, etcd ignores it.
+    let connected =
+        match stolon_kube::KubeOptions::for_component(&cfg.store, std::env::var("POD_NAME").ok()) {
+            Ok(kube) => stolon_kube::connect_any(&cfg.store, &kube).await,
+            Err(e) => Err(e),
+        };
+    let (store, _election) = match connected {
         Ok(s) => s,
         Err(e) => fatal(format!("cannot create store: {e}")),
     };
