@@ -3,7 +3,11 @@
 //! reads are fresh), closes every proxied connection when that target changes, and optionally
 //! serves a read-only port spread over healthy standbys.
 //!
-//! This crate owns the IO: the forwarding [`engine`]. Deciding where to route is the pure
+//! This crate owns the IO: the forwarding [`engine`], the flags ([`config`]) and the check loop
+//! ([`daemon`]). Deciding where to route is the pure
 //! `route()` of stolon-core.
 
+pub mod config;
+pub mod daemon;
 pub mod engine;
+pub mod metrics;

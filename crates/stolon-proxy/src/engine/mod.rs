@@ -16,7 +16,7 @@ mod routing;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -84,6 +84,10 @@ pub struct Stats {
     pub closed_by_route_change: u64,
     /// Proxied connections currently open (including those still connecting upstream).
     pub active: usize,
+    /// Times the routed destinations changed.
+    pub route_changes: u64,
+    /// Whether the listening socket is open.
+    pub listening: bool,
 }
 
 /// A TCP forwarder with a controllable destination. Cheap to clone (shared state).
@@ -105,6 +109,8 @@ struct Inner {
     refused: AtomicU64,
     closed_by_route_change: AtomicU64,
     active: AtomicUsize,
+    route_changes: AtomicU64,
+    listening_now: AtomicBool,
 }
 
 /// A running accept loop.
@@ -141,6 +147,8 @@ impl Forwarder {
                 refused: AtomicU64::new(0),
                 closed_by_route_change: AtomicU64::new(0),
                 active: AtomicUsize::new(0),
+                route_changes: AtomicU64::new(0),
+                listening_now: AtomicBool::new(false),
             }),
         }
     }
@@ -155,6 +163,7 @@ impl Forwarder {
         };
         let changed = self.inner.routing().replace(targets, None);
         if changed {
+            self.inner.route_changes.fetch_add(1, Ordering::Relaxed);
             tracing::info!(listener = self.inner.name, destination = ?dest, "destination changed");
         }
         changed
@@ -171,6 +180,7 @@ impl Forwarder {
     ) -> bool {
         let changed = self.inner.routing().replace(&standbys, fallback);
         if changed {
+            self.inner.route_changes.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 listener = self.inner.name,
                 ?standbys,
@@ -191,10 +201,10 @@ impl Forwarder {
     /// current address, even if it differs from `addr`.
     pub async fn start_listening(&self, addr: SocketAddr) -> Result<SocketAddr, EngineError> {
         let mut listening = self.inner.listening.lock().await;
-        if let Some(acc) = listening.as_ref() {
-            if !acc.task.is_finished() {
-                return Ok(acc.local);
-            }
+        if let Some(acc) = listening.as_ref()
+            && !acc.task.is_finished()
+        {
+            return Ok(acc.local);
         }
         let listener = TcpListener::bind(addr)
             .await
@@ -205,6 +215,7 @@ impl Forwarder {
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept_loop(self.inner.clone(), listener, stop.clone()));
         *listening = Some(Accepting { local, stop, task });
+        self.inner.listening_now.store(true, Ordering::Relaxed);
         tracing::info!(listener = self.inner.name, address = %local, "listening");
         Ok(local)
     }
@@ -214,6 +225,7 @@ impl Forwarder {
     pub async fn stop_listening(&self) {
         let mut listening = self.inner.listening.lock().await;
         if let Some(acc) = listening.take() {
+            self.inner.listening_now.store(false, Ordering::Relaxed);
             acc.stop.cancel();
             if let Err(e) = acc.task.await {
                 tracing::warn!(listener = self.inner.name, error = %e, "accept loop failed");
@@ -227,6 +239,11 @@ impl Forwarder {
         self.inner.listening.lock().await.as_ref().map(|a| a.local)
     }
 
+    /// The name given at creation ("primary", "read-only").
+    pub fn name(&self) -> &'static str {
+        self.inner.name
+    }
+
     /// Counters of this forwarder.
     pub fn stats(&self) -> Stats {
         Stats {
@@ -234,6 +251,8 @@ impl Forwarder {
             refused: self.inner.refused.load(Ordering::Relaxed),
             closed_by_route_change: self.inner.closed_by_route_change.load(Ordering::Relaxed),
             active: self.inner.active.load(Ordering::Relaxed),
+            route_changes: self.inner.route_changes.load(Ordering::Relaxed),
+            listening: self.inner.listening_now.load(Ordering::Relaxed),
         }
     }
 

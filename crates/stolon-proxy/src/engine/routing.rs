@@ -47,10 +47,10 @@ impl Routing {
         let before = self.addresses_sorted();
         let mut old: Vec<Target> = self.targets.drain(..).collect();
         // A fallback equal to a target shares that target's token: keep one entry per address.
-        if let Some(fb) = self.fallback.take() {
-            if !old.iter().any(|t| t.addr == fb.addr) {
-                old.push(fb);
-            }
+        if let Some(fb) = self.fallback.take()
+            && !old.iter().any(|t| t.addr == fb.addr)
+        {
+            old.push(fb);
         }
 
         // Reuse the token of an address that stays, so its connections survive.

@@ -1,0 +1,90 @@
+//! The `stolon-proxy` binary: parse flags (with `STPROXY_*` env forms), set up logging, connect
+//! to the store and run the proxy daemon until SIGINT or SIGTERM. Bad flags are one line on
+//! stderr and exit code 1.
+
+use std::process::ExitCode;
+
+use stolon_proxy::config::{self, ProxyConfig};
+use stolon_proxy::daemon::{self, RunOptions};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = match config::parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            return die(&e.to_string());
+        }
+    };
+    let cfg = match ProxyConfig::from_cli(&cli) {
+        Ok(cfg) => cfg,
+        Err(e) => return die(&e.to_string()),
+    };
+    init_logging(&cfg);
+    if cli.proxy.debug {
+        tracing::warn!("--debug is deprecated, use --log-level=debug instead");
+    }
+    match run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => die(&format!("{e:#}")),
+    }
+}
+
+fn run(cfg: ProxyConfig) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    rt.block_on(async move {
+        let (store, _election) = stolon_store::connect(&cfg.store).await?;
+        let uid = stolon_core::uid::uid_from_bytes(rand::random::<[u8; 4]>());
+        let cancel = CancellationToken::new();
+        tokio::spawn(stop_on_signal(cancel.clone()));
+        daemon::run(cfg, store, RunOptions::new(uid), cancel).await?;
+        Ok(())
+    })
+}
+
+/// Cancels `cancel` on SIGINT or SIGTERM.
+async fn stop_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot handle SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            cancel.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stop signal received");
+    cancel.cancel();
+}
+
+fn init_logging(cfg: &ProxyConfig) {
+    use std::io::IsTerminal;
+    let ansi = cfg
+        .log_color
+        .unwrap_or_else(|| std::io::stderr().is_terminal());
+    let filter = tracing_subscriber::EnvFilter::new(&cfg.log_level);
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}
+
+/// One line on stderr, exit 1.
+fn die(msg: &str) -> ExitCode {
+    let line = msg.replace(['\n', '\r'], " ");
+    eprintln!("{}", line.trim_end());
+    ExitCode::FAILURE
+}

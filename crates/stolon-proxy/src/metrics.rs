@@ -1,0 +1,218 @@
+//! Prometheus metrics of the proxy, served as text on `GET /metrics` at
+//! `--metrics-listen-address` (stolon-behaviour.md §6.8: Stolon's proxy exports only
+//! `stolon_cluster_identifier`; the engine counters here are additions).
+//!
+//! The HTTP side is deliberately tiny: one request per connection, `GET /metrics` answered,
+//! anything else 404, bounded request size and time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Forwarder;
+
+/// Largest request head read.
+const MAX_REQUEST: usize = 8 * 1024;
+/// Time allowed to send the request head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the metrics endpoint reports.
+pub struct Metrics {
+    cluster_name: String,
+    forwarders: Vec<Forwarder>,
+    /// Unix time (seconds) of the last successful check; 0 = never.
+    last_check_success: AtomicI64,
+}
+
+impl Metrics {
+    /// Metrics of `forwarders` for cluster `cluster_name`.
+    pub fn new(cluster_name: &str, forwarders: Vec<Forwarder>) -> Arc<Self> {
+        Arc::new(Self {
+            cluster_name: cluster_name.to_string(),
+            forwarders,
+            last_check_success: AtomicI64::new(0),
+        })
+    }
+
+    /// Records a successful check now.
+    pub fn check_succeeded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.last_check_success.store(now, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        out.push_str("# HELP stolon_cluster_identifier Set to 1, labelled with the cluster name and component.\n# TYPE stolon_cluster_identifier gauge\n");
+        out.push_str(&format!(
+            "stolon_cluster_identifier{{cluster_name=\"{}\",component=\"proxy\"}} 1\n",
+            escape(&self.cluster_name)
+        ));
+        out.push_str("# HELP stolon_proxy_last_check_success_seconds Unix time of the last successful store check (0: never).\n# TYPE stolon_proxy_last_check_success_seconds gauge\n");
+        out.push_str(&format!(
+            "stolon_proxy_last_check_success_seconds {}\n",
+            self.last_check_success.load(Ordering::Relaxed)
+        ));
+        type Pick = fn(&crate::engine::Stats) -> u64;
+        let series: [(&str, &str, &str, Pick); 6] = [
+            (
+                "stolon_proxy_listening",
+                "gauge",
+                "1 while the listening socket is open.",
+                |s| u64::from(s.listening),
+            ),
+            (
+                "stolon_proxy_connections_active",
+                "gauge",
+                "Proxied connections open now.",
+                |s| s.active as u64,
+            ),
+            (
+                "stolon_proxy_connections_accepted_total",
+                "counter",
+                "Client connections accepted.",
+                |s| s.accepted,
+            ),
+            (
+                "stolon_proxy_connections_refused_total",
+                "counter",
+                "Client connections closed at once for lack of a destination.",
+                |s| s.refused,
+            ),
+            (
+                "stolon_proxy_connections_closed_by_route_change_total",
+                "counter",
+                "Proxied connections closed because their destination was withdrawn.",
+                |s| s.closed_by_route_change,
+            ),
+            (
+                "stolon_proxy_route_changes_total",
+                "counter",
+                "Times the routed destinations changed.",
+                |s| s.route_changes,
+            ),
+        ];
+        let stats: Vec<_> = self
+            .forwarders
+            .iter()
+            .map(|f| (f.name(), f.stats()))
+            .collect();
+        for (name, kind, help, pick) in series {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (listener, s) in &stats {
+                out.push_str(&format!("{name}{{listener=\"{listener}\"}} {}\n", pick(s)));
+            }
+        }
+        out
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves `GET /metrics` on `listener` until `cancel`.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            res = listener.accept() => res,
+        };
+        match accepted {
+            Ok((sock, _)) => {
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(sock, &metrics).await {
+                        tracing::debug!(error = %e, "metrics request failed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer(mut sock: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+            let n = sock.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        std::io::Result::Ok(())
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, read_head).await {
+        Ok(res) => res?,
+        Err(_) => return Ok(()),
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next(), words.next());
+    let path = path.map(|p| p.split('?').next().unwrap_or(p));
+    let (status, body) = if method == Some("GET") && path == Some("/metrics") {
+        ("200 OK", metrics.render())
+    } else {
+        ("404 Not Found", "404 page not found\n".to_string())
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(response.as_bytes()).await?;
+    sock.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+
+    #[tokio::test]
+    async fn serves_metrics_and_404() {
+        let fwd = Forwarder::new("primary", EngineConfig::default());
+        let metrics = Metrics::new("my\"cluster", vec![fwd.clone()]);
+        fwd.set_destination(Some("127.0.0.1:1".parse().unwrap()));
+        metrics.check_succeeded();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(listener, metrics, cancel.clone()));
+
+        let get = |path: &'static str| async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let ok = get("/metrics").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(ok.contains(
+            "stolon_cluster_identifier{cluster_name=\"my\\\"cluster\",component=\"proxy\"} 1"
+        ));
+        assert!(ok.contains("stolon_proxy_route_changes_total{listener=\"primary\"} 1"));
+        assert!(ok.contains("stolon_proxy_listening{listener=\"primary\"} 0"));
+        assert!(!ok.contains("stolon_proxy_last_check_success_seconds 0\n"));
+        assert!(get("/other").await.starts_with("HTTP/1.1 404"));
+        cancel.cancel();
+    }
+}
