@@ -40,7 +40,10 @@ fn run(cfg: ProxyConfig) -> anyhow::Result<()> {
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
     rt.block_on(async move {
-        let (store, _election) = stolon_store::connect(&cfg.store).await?;
+        // POD_NAME is read here, at the edge: the kubernetes backend needs it, etcd ignores it.
+        let kube =
+            stolon_kube::KubeOptions::for_component(&cfg.store, std::env::var("POD_NAME").ok())?;
+        let (store, _election) = stolon_kube::connect_any(&cfg.store, &kube).await?;
         let uid = stolon_core::uid::uid_from_bytes(rand::random::<[u8; 4]>());
         let cancel = CancellationToken::new();
         tokio::spawn(stop_on_signal(cancel.clone()));
