@@ -119,8 +119,12 @@ pub fn route(cd: Option<&ClusterData>, proxy_uid: &str) -> Route {
         .filter(|db| db.uid != master.uid)
         .filter(|db| {
             db.spec.as_ref().is_some_and(|s| {
+                // Only standbys following the current master: one still attached to a previous
+                // master may be on a dead timeline branch.
                 s.role == Some(DbRole::Standby)
-                    && s.follow_config.as_ref().and_then(|f| f.kind) == Some(FollowType::Internal)
+                    && s.follow_config.as_ref().is_some_and(|f| {
+                        f.kind == Some(FollowType::Internal) && f.db_uid == master.uid
+                    })
             })
         })
         .filter(|db| {
@@ -189,6 +193,15 @@ mod tests {
         );
         cd.dbs
             .insert("s2".into(), db("s2", DbRole::Standby, "10.0.0.3", 1_000));
+        let mut s3 = db("s3", DbRole::Standby, "10.0.0.4", 10_000_000);
+        s3.spec
+            .as_mut()
+            .unwrap()
+            .follow_config
+            .as_mut()
+            .unwrap()
+            .db_uid = "old".into();
+        cd.dbs.insert("s3".into(), s3);
         cd.proxy = Some(Proxy {
             generation: 7,
             spec: ProxySpec {
