@@ -27,7 +27,11 @@ fn main() -> ExitCode {
             Err(e) => die(&format!("cannot write to stdout: {e}")),
         };
     }
-    let kube = stolon_kube::KubeOptions::from_flags(&cli.kubeconfig, &cli.kube_context, &cli.kube_namespace);
+    let kube = stolon_kube::KubeOptions::from_flags(
+        &cli.kubeconfig,
+        &cli.kube_context,
+        &cli.kube_namespace,
+    );
     match run(&cli.common, &kube, &cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => die(&format!("{e:#}")),

@@ -43,12 +43,19 @@ async fn init_update_and_read_through_the_kubernetes_api() {
     let cd: serde_json::Value = serde_json::from_str(annotation).expect("clusterdata JSON");
     assert_eq!(cd["formatVersion"], 1);
     assert_eq!(cd["cluster"]["status"]["phase"], "initializing");
-    assert_eq!(cd["cluster"]["spec"], serde_json::json!({"initMode": "new"}));
+    assert_eq!(
+        cd["cluster"]["spec"],
+        serde_json::json!({"initMode": "new"})
+    );
 
-    run(vec!["update", "--patch", r#"{"synchronousReplication":true}"#])
-        .await
-        .expect("join")
-        .ok();
+    run(vec![
+        "update",
+        "--patch",
+        r#"{"synchronousReplication":true}"#,
+    ])
+    .await
+    .expect("join")
+    .ok();
     let spec = run(vec!["spec"]).await.expect("join");
     let spec: serde_json::Value = serde_json::from_str(spec.ok()).expect("spec JSON");
     assert_eq!(spec["synchronousReplication"], true);
