@@ -29,7 +29,7 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use crate::config::{StoreBackend, StoreConfig};
-use crate::testing::suite::{BoxFuture, Harness};
+use crate::testing::suite::{self, BoxFuture, Component, Harness};
 use crate::tls::{TlsFlags, client_config};
 use crate::{BackendOptions, Election, Store, connect_with};
 
@@ -851,6 +851,36 @@ impl Harness for EtcdHarness {
                 .await
                 .expect("connect to the test etcd")
         })
+    }
+
+    /// Any client may publish any info in etcd: another connection.
+    fn open_as<'a>(
+        &'a self,
+        cluster: &'a str,
+        component: Component,
+        name: &'a str,
+    ) -> BoxFuture<'a, suite::Member> {
+        let cfg = self.config(cluster);
+        Box::pin(async move {
+            let store: Arc<dyn Store> = Arc::new(
+                crate::EtcdStore::connect(&cfg)
+                    .await
+                    .expect("connect to the test etcd"),
+            );
+            suite::Member {
+                cluster: cluster.to_string(),
+                component,
+                name: name.to_string(),
+                store,
+            }
+        })
+    }
+
+    /// The member stops: its connection is dropped and its infos' TTL lease runs out in etcd
+    /// (nothing is revoked, so the suite tests the expiry).
+    fn make_member_disappear(&self, member: suite::Member) -> BoxFuture<'_, ()> {
+        drop(member);
+        Box::pin(async {})
     }
 
     fn put_raw_cluster_data<'a>(&'a self, cluster: &'a str, raw: &'a [u8]) -> BoxFuture<'a, ()> {

@@ -1,6 +1,13 @@
 //! The backend conformance suite: the behaviour every [`Store`]/[`Election`] backend must show.
 //! Run it with [`run_all`] against a [`Harness`] that makes fresh stores on one backend.
 //!
+//! The same case functions run on every backend. Where backends differ in how components live,
+//! the harness supplies the difference: [`Harness::open_as`] gives a handle publishing as one
+//! member (etcd, in-memory: just another client; Kubernetes: a client bound to that member's own
+//! pod), and [`Harness::make_member_disappear`] makes a member go away the way it does on that
+//! backend (etcd, in-memory: the member stops and its infos' TTL runs out; Kubernetes: its pod
+//! stops running or is deleted).
+//!
 //! Every wait is a bounded poll (count and time) on tokio time, so it works both against a real
 //! etcd (real time) and against `MemStore` under `#[tokio::test(start_paused = true)]` (the
 //! paused clock advances by itself while everything waits).
@@ -34,10 +41,61 @@ pub trait Harness: Send + Sync {
     /// Writes raw bytes at `<prefix>/<cluster>/clusterdata` (to plant malformed data).
     fn put_raw_cluster_data<'a>(&'a self, cluster: &'a str, raw: &'a [u8]) -> BoxFuture<'a, ()>;
 
+    /// A store handle for `cluster` that publishes as the member `name` of kind `component`:
+    /// the cases publish that member's infos (with `uid` = `name`) only through it. On backends
+    /// where any client may publish any info (etcd, in-memory) this is just another client; on
+    /// Kubernetes it is a client bound to the member's own running pod, labelled as that
+    /// component of that cluster. Opening the same member twice gives two handles of one member.
+    fn open_as<'a>(
+        &'a self,
+        cluster: &'a str,
+        component: Component,
+        name: &'a str,
+    ) -> BoxFuture<'a, Member>;
+
+    /// Makes `member` go away as a stopped component does on this backend, consuming its handle
+    /// (it publishes no more). With TTLs (etcd, in-memory) nothing else may happen: its infos
+    /// must vanish when the TTL they were published with runs out, not sooner, so the suite
+    /// tests the expiry. On Kubernetes (no TTLs) its pod stops `Running` or is deleted.
+    fn make_member_disappear(&self, member: Member) -> BoxFuture<'_, ()>;
+
     /// TTL used for infos and elections in the timing tests (etcd rounds to whole seconds and
     /// enforces a minimum of about 2 s).
     fn short_ttl(&self) -> Duration {
         Duration::from_secs(2)
+    }
+}
+
+/// The kind of a component publishing infos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Component {
+    /// stolon-keeper ([`KeeperInfo`]).
+    Keeper,
+    /// stolon-sentinel ([`SentinelInfo`]).
+    Sentinel,
+    /// stolon-proxy ([`ProxyInfo`]).
+    Proxy,
+}
+
+/// A store handle publishing as one member of a cluster (made by [`Harness::open_as`]).
+pub struct Member {
+    /// The cluster name.
+    pub cluster: String,
+    /// What kind of component the member is.
+    pub component: Component,
+    /// The member's name: the `uid` of the infos it publishes.
+    pub name: String,
+    /// The handle it publishes through.
+    pub store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("cluster", &self.cluster)
+            .field("component", &self.component)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -236,35 +294,52 @@ fn proxy(uid: &str, generation: i64) -> ProxyInfo {
     }
 }
 
-/// Infos are listed per kind and per cluster; republishing replaces.
+/// Opens member `name` and publishes its info (`uid` = `name`; proxies with generation 1).
+async fn publish(
+    h: &dyn Harness,
+    cluster: &str,
+    component: Component,
+    name: &str,
+    ttl: Duration,
+) -> Result<Member, String> {
+    let m = h.open_as(cluster, component, name).await;
+    match component {
+        Component::Keeper => m.store.put_keeper_info(&keeper(name), ttl).await,
+        Component::Sentinel => {
+            m.store
+                .put_sentinel_info(&SentinelInfo { uid: name.into() }, ttl)
+                .await
+        }
+        Component::Proxy => m.store.put_proxy_info(&proxy(name, 1), ttl).await,
+    }
+    .map_err(|e| format!("publishing {component:?} {name}: {e}"))?;
+    Ok(m)
+}
+
+/// Infos of several members are listed per kind and per cluster by any client; republishing
+/// replaces.
 pub async fn listing(h: &dyn Harness, cluster: &str) -> CaseResult {
+    // An observer that publishes nothing itself (a sentinel reading, stolonctl).
     let (s, _e) = h.open(cluster, Duration::from_secs(20)).await;
     let other_name = format!("{cluster}-other");
     let (other, _oe) = h.open(&other_name, Duration::from_secs(20)).await;
     let ttl = Duration::from_secs(60);
+    let mut members = Vec::new();
     for k in ["k1", "k2"] {
-        s.put_keeper_info(&keeper(k), ttl).await.map_err(err)?;
+        members.push(publish(h, cluster, Component::Keeper, k, ttl).await?);
     }
-    s.put_sentinel_info(&SentinelInfo { uid: "s2".into() }, ttl)
+    for se in ["s2", "s1"] {
+        members.push(publish(h, cluster, Component::Sentinel, se, ttl).await?);
+    }
+    let p1 = h.open_as(cluster, Component::Proxy, "p1").await;
+    p1.store
+        .put_proxy_info(&proxy("p1", 3), ttl)
         .await
         .map_err(err)?;
-    s.put_sentinel_info(&SentinelInfo { uid: "s1".into() }, ttl)
-        .await
-        .map_err(err)?;
-    s.put_proxy_info(&proxy("p1", 3), ttl).await.map_err(err)?;
-    // Same names in another cluster, and a cluster whose name extends ours.
-    other
-        .put_keeper_info(&keeper("k9"), ttl)
-        .await
-        .map_err(err)?;
-    other
-        .put_sentinel_info(&SentinelInfo { uid: "s9".into() }, ttl)
-        .await
-        .map_err(err)?;
-    other
-        .put_proxy_info(&proxy("p9", 1), ttl)
-        .await
-        .map_err(err)?;
+    // Same kinds in another cluster, whose name extends ours.
+    members.push(publish(h, &other_name, Component::Keeper, "k9", ttl).await?);
+    members.push(publish(h, &other_name, Component::Sentinel, "s9", ttl).await?);
+    members.push(publish(h, &other_name, Component::Proxy, "p9", ttl).await?);
 
     let keepers = s.get_keepers_info().await.map_err(err)?;
     ensure!(
@@ -287,11 +362,20 @@ pub async fn listing(h: &dyn Harness, cluster: &str) -> CaseResult {
         proxies.len() == 1 && proxies["p1"] == proxy("p1", 3),
         "proxies: {proxies:?}"
     );
+    // Every member sees the others too.
+    let seen_by_member = members[0].store.get_sentinels_info().await.map_err(err)?;
+    ensure!(
+        seen_by_member == sentinels,
+        "a member lists differently: {seen_by_member:?} vs {sentinels:?}"
+    );
     // Republishing replaces the value.
-    s.put_proxy_info(&proxy("p1", 4), ttl).await.map_err(err)?;
+    p1.store
+        .put_proxy_info(&proxy("p1", 4), ttl)
+        .await
+        .map_err(err)?;
     let proxies = s.get_proxies_info().await.map_err(err)?;
     ensure!(
-        proxies["p1"].generation == 4,
+        proxies.len() == 1 && proxies["p1"].generation == 4,
         "republished proxy: {proxies:?}"
     );
 
@@ -300,6 +384,20 @@ pub async fn listing(h: &dyn Harness, cluster: &str) -> CaseResult {
         okeepers.keys().map(String::as_str).collect::<Vec<_>>() == ["k9"],
         "other cluster keepers: {:?}",
         okeepers.keys()
+    );
+    let osentinels = other.get_sentinels_info().await.map_err(err)?;
+    ensure!(
+        osentinels
+            .iter()
+            .map(|s| s.uid.as_str())
+            .collect::<Vec<_>>()
+            == ["s9"],
+        "other cluster sentinels: {osentinels:?}"
+    );
+    let oproxies = other.get_proxies_info().await.map_err(err)?;
+    ensure!(
+        oproxies.keys().map(String::as_str).collect::<Vec<_>>() == ["p9"],
+        "other cluster proxies: {oproxies:?}"
     );
     // Clusterdata is per cluster too.
     s.put_cluster_data(&sample_cluster_data("mine"), None)
@@ -313,42 +411,57 @@ pub async fn listing(h: &dyn Harness, cluster: &str) -> CaseResult {
     Ok(())
 }
 
-/// Infos disappear after their TTL unless republished; republishing keeps them.
-pub async fn ttl_expiry(h: &dyn Harness, cluster: &str) -> CaseResult {
+/// Members that stop disappear from the listings (on TTL backends: when the TTL they published
+/// with runs out); members that go on republishing stay past their TTL; a member published with
+/// a long TTL is not taken along.
+pub async fn member_disappearance(h: &dyn Harness, cluster: &str) -> CaseResult {
     let (s, _e) = h.open(cluster, Duration::from_secs(20)).await;
     let ttl = h.short_ttl();
-    s.put_keeper_info(&keeper("short"), ttl)
-        .await
-        .map_err(err)?;
-    s.put_keeper_info(&keeper("long"), Duration::from_secs(120))
-        .await
-        .map_err(err)?;
-    s.put_sentinel_info(
-        &SentinelInfo {
-            uid: "s-short".into(),
-        },
-        ttl,
+    let short_keeper = publish(h, cluster, Component::Keeper, "short", ttl).await?;
+    let _long_keeper = publish(
+        h,
+        cluster,
+        Component::Keeper,
+        "long",
+        Duration::from_secs(120),
     )
-    .await
-    .map_err(err)?;
-    s.put_proxy_info(&proxy("p-short", 1), ttl)
-        .await
-        .map_err(err)?;
+    .await?;
+    let short_sentinel = publish(h, cluster, Component::Sentinel, "s-short", ttl).await?;
+    let short_proxy = publish(h, cluster, Component::Proxy, "p-short", ttl).await?;
     let k = s.get_keepers_info().await.map_err(err)?;
     ensure!(
         k.contains_key("short") && k.contains_key("long"),
         "infos missing: {k:?}"
     );
+    let se = s.get_sentinels_info().await.map_err(err)?;
+    ensure!(
+        se.iter().any(|x| x.uid == "s-short"),
+        "sentinel info missing: {se:?}"
+    );
+    let p = s.get_proxies_info().await.map_err(err)?;
+    ensure!(p.contains_key("p-short"), "proxy info missing: {p:?}");
 
-    // Republishing within the TTL keeps the info alive past its first TTL.
+    // The short-lived members stop.
+    for m in [short_keeper, short_sentinel, short_proxy] {
+        h.make_member_disappear(m).await;
+    }
+
+    // A member republishing within the TTL stays listed past its first TTL.
+    let kept = h.open_as(cluster, Component::Sentinel, "s-kept").await;
     let refreshed = SentinelInfo {
         uid: "s-kept".into(),
     };
-    s.put_sentinel_info(&refreshed, ttl).await.map_err(err)?;
+    kept.store
+        .put_sentinel_info(&refreshed, ttl)
+        .await
+        .map_err(err)?;
     let half = ttl / 2;
     for _ in 0..4 {
         tokio::time::sleep(half).await;
-        s.put_sentinel_info(&refreshed, ttl).await.map_err(err)?;
+        kept.store
+            .put_sentinel_info(&refreshed, ttl)
+            .await
+            .map_err(err)?;
     }
     let sent = s.get_sentinels_info().await.map_err(err)?;
     ensure!(
@@ -371,16 +484,20 @@ pub async fn ttl_expiry(h: &dyn Harness, cluster: &str) -> CaseResult {
         },
     )
     .await;
-    let k = gone.ok_or_else(|| "short-TTL infos did not expire".to_string())?;
-    ensure!(k.contains_key("long"), "long-TTL info expired too: {k:?}");
+    let k = gone.ok_or_else(|| "stopped members did not disappear".to_string())?;
+    ensure!(
+        k.contains_key("long"),
+        "long-TTL member disappeared too: {k:?}"
+    );
     Ok(())
 }
 
-/// `changes()` wakes on a clusterdata write, an info write and an info expiry, and not for
-/// another cluster's writes.
+/// `changes()` wakes on a clusterdata write, an info write and a member's disappearance, and not
+/// for another cluster's writes.
 pub async fn change_wakeups(h: &dyn Harness, cluster: &str) -> CaseResult {
     let (s, _e) = h.open(cluster, Duration::from_secs(20)).await;
     let (writer, _we) = h.open(cluster, Duration::from_secs(20)).await;
+    let member = h.open_as(cluster, Component::Keeper, "kw").await;
     let mut rx = s.changes();
     // Let the backend settle (an etcd watch bumps once when established).
     let _ = wait_for(Duration::from_secs(3), Duration::from_millis(100), || {
@@ -401,7 +518,8 @@ pub async fn change_wakeups(h: &dyn Harness, cluster: &str) -> CaseResult {
     );
     rx.borrow_and_update();
 
-    writer
+    member
+        .store
         .put_keeper_info(&keeper("kw"), h.short_ttl())
         .await
         .map_err(err)?;
@@ -409,9 +527,12 @@ pub async fn change_wakeups(h: &dyn Harness, cluster: &str) -> CaseResult {
         changed_within(&mut rx, Duration::from_secs(10)).await,
         "no wake-up on an info write"
     );
-    // Drain the write's own events, then wait for the expiry.
+    // Drain the write's own events, then make the member go and wait for the wake-up.
     tokio::time::sleep(Duration::from_millis(300)).await;
     rx.borrow_and_update();
+    let k = s.get_keepers_info().await.map_err(err)?;
+    ensure!(k.contains_key("kw"), "published keeper not listed: {k:?}");
+    h.make_member_disappear(member).await;
     let expired = wait_for(
         h.short_ttl() + Duration::from_secs(15),
         Duration::from_millis(200),
@@ -428,18 +549,18 @@ pub async fn change_wakeups(h: &dyn Harness, cluster: &str) -> CaseResult {
         },
     )
     .await;
-    ensure!(expired.is_some(), "no wake-up on an info expiry");
+    ensure!(expired.is_some(), "no wake-up on a member's disappearance");
 
-    // Another cluster's writes do not wake us (its name extends ours).
-    let (other, _oe) = h
-        .open(&format!("{cluster}x"), Duration::from_secs(20))
-        .await;
+    // Another cluster's writes and members do not wake us (its name extends ours).
+    let other_name = format!("{cluster}x");
+    let (other, _oe) = h.open(&other_name, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     rx.borrow_and_update();
     other
         .put_cluster_data(&sample_cluster_data("other"), None)
         .await
         .map_err(err)?;
+    let _other_member = publish(h, &other_name, Component::Keeper, "kx", h.short_ttl()).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     ensure!(
         !rx.has_changed().unwrap_or(true),
@@ -578,7 +699,7 @@ pub const CASES: [&str; 8] = [
     "force_put",
     "null_and_malformed",
     "listing",
-    "ttl_expiry",
+    "member_disappearance",
     "change_wakeups",
     "election_resign",
     "election_lease_end",
@@ -592,7 +713,7 @@ pub async fn run_case(h: &dyn Harness, case: &str, cluster_prefix: &str) -> Case
         "force_put" => force_put(h, &cluster).await,
         "null_and_malformed" => null_and_malformed(h, &cluster).await,
         "listing" => listing(h, &cluster).await,
-        "ttl_expiry" => ttl_expiry(h, &cluster).await,
+        "member_disappearance" => member_disappearance(h, &cluster).await,
         "change_wakeups" => change_wakeups(h, &cluster).await,
         "election_resign" => election_resign(h, &cluster).await,
         "election_lease_end" => election_lease_end(h, &cluster).await,
@@ -648,6 +769,30 @@ impl Harness for MemHarness {
             let election: Arc<dyn Election> = Arc::new(election);
             (store, election)
         })
+    }
+
+    /// Any client may publish any info here: another store on the shared KV.
+    fn open_as<'a>(
+        &'a self,
+        cluster: &'a str,
+        component: Component,
+        name: &'a str,
+    ) -> BoxFuture<'a, Member> {
+        let store: Arc<dyn Store> = Arc::new(self.kv.store(MEM_PREFIX, cluster));
+        let member = Member {
+            cluster: cluster.to_string(),
+            component,
+            name: name.to_string(),
+            store,
+        };
+        Box::pin(async move { member })
+    }
+
+    /// The member stops: its handle is dropped and its infos' TTL lease runs out (nothing is
+    /// revoked, so the suite tests the expiry).
+    fn make_member_disappear(&self, member: Member) -> BoxFuture<'_, ()> {
+        drop(member);
+        Box::pin(async {})
     }
 
     fn put_raw_cluster_data<'a>(&'a self, cluster: &'a str, raw: &'a [u8]) -> BoxFuture<'a, ()> {
