@@ -2,9 +2,9 @@
 //!
 //! The [`Store`] trait holds the domain operations every component needs (clusterdata read and
 //! compare-and-swap write, infos published under TTL leases, change notifications) and the
-//! [`Election`] trait the sentinels' leadership. Backends: etcd v3 (real), in-memory (unit and
-//! simulation tests, injectable clock); Kubernetes lives in the stolon-kube crate, which implements these traits. One conformance suite
-//! ([`testing::suite`]) runs against every backend.
+//! [`Election`] trait the sentinels' leadership. Backends: etcd v3 (real) and in-memory (unit and
+//! simulation tests, injectable clock) here; Kubernetes in the stolon-kube crate, which implements
+//! the same traits. One conformance suite ([`testing::suite`]) runs against every backend.
 //!
 //! Decision: the traits are object-safe (`async_trait`) and components hold `Arc<dyn Store>`. The
 //! style guide suggests generic runtimes over an enum; with several backends chosen at run time
