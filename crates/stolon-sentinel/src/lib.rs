@@ -68,12 +68,16 @@ fn log_event(ev: &Event) {
     let detail = ev.detail().unwrap_or_default();
     macro_rules! at {
         ($lvl:ident) => {
-            match (db.is_empty(), keeper.is_empty(), detail.is_empty()) {
-                (false, false, _) => tracing::$lvl!(db, keeper, detail, "{msg}"),
-                (false, true, _) => tracing::$lvl!(db, detail, "{msg}"),
-                (true, false, _) => tracing::$lvl!(keeper, detail, "{msg}"),
-                (true, true, false) => tracing::$lvl!(detail, "{msg}"),
-                (true, true, true) => tracing::$lvl!("{msg}"),
+            // Only the fields an event has: no `detail=""` noise on every line.
+            match (!db.is_empty(), !keeper.is_empty(), !detail.is_empty()) {
+                (true, true, true) => tracing::$lvl!(db, keeper, detail, "{msg}"),
+                (true, true, false) => tracing::$lvl!(db, keeper, "{msg}"),
+                (true, false, true) => tracing::$lvl!(db, detail, "{msg}"),
+                (true, false, false) => tracing::$lvl!(db, "{msg}"),
+                (false, true, true) => tracing::$lvl!(keeper, detail, "{msg}"),
+                (false, true, false) => tracing::$lvl!(keeper, "{msg}"),
+                (false, false, true) => tracing::$lvl!(detail, "{msg}"),
+                (false, false, false) => tracing::$lvl!("{msg}"),
             }
         };
     }
