@@ -401,19 +401,7 @@ impl Store for KubeStore {
         let list = self
             .list_status::<KeeperInfo>(KEEPER_COMPONENT, "keeper info")
             .await?;
-        Ok(list
-            .into_iter()
-            .map(|(pod, ki)| {
-                (
-                    if ki.uid.is_empty() {
-                        pod
-                    } else {
-                        ki.uid.clone()
-                    },
-                    ki,
-                )
-            })
-            .collect())
+        Ok(stolon_store::infos::keepers_by_uid(list))
     }
 
     async fn put_sentinel_info(
@@ -425,19 +413,10 @@ impl Store for KubeStore {
     }
 
     async fn get_sentinels_info(&self) -> Result<Vec<SentinelInfo>, StoreError> {
-        let mut list: Vec<SentinelInfo> = self
+        let list = self
             .list_status::<SentinelInfo>(SENTINEL_COMPONENT, "sentinel info")
-            .await?
-            .into_iter()
-            .map(|(pod, mut si)| {
-                if si.uid.is_empty() {
-                    si.uid = pod;
-                }
-                si
-            })
-            .collect();
-        list.sort_by(|a, b| a.uid.cmp(&b.uid));
-        Ok(list)
+            .await?;
+        Ok(stolon_store::infos::sentinels_sorted(list))
     }
 
     async fn put_proxy_info(&self, info: &ProxyInfo, ttl: Duration) -> Result<(), StoreError> {
@@ -448,19 +427,7 @@ impl Store for KubeStore {
         let list = self
             .list_status::<ProxyInfo>(PROXY_COMPONENT, "proxy info")
             .await?;
-        Ok(list
-            .into_iter()
-            .map(|(pod, pi)| {
-                (
-                    if pi.uid.is_empty() {
-                        pod
-                    } else {
-                        pi.uid.clone()
-                    },
-                    pi,
-                )
-            })
-            .collect())
+        Ok(stolon_store::infos::proxies_by_uid(list))
     }
 
     /// Starts the watches on first use; must then be called inside a tokio runtime.

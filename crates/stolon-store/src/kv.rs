@@ -195,19 +195,7 @@ impl<B: KvBackend> Store for KvStore<B> {
         let list = self
             .list_decoded::<KeeperInfo>(&prefix, "keeper info")
             .await?;
-        Ok(list
-            .into_iter()
-            .map(|(name, ki)| {
-                (
-                    if ki.uid.is_empty() {
-                        name
-                    } else {
-                        ki.uid.clone()
-                    },
-                    ki,
-                )
-            })
-            .collect())
+        Ok(crate::infos::keepers_by_uid(list))
     }
 
     async fn put_sentinel_info(
@@ -226,19 +214,10 @@ impl<B: KvBackend> Store for KvStore<B> {
 
     async fn get_sentinels_info(&self) -> Result<Vec<SentinelInfo>, StoreError> {
         let prefix = self.layout.sentinels_info_dir();
-        let mut list: Vec<SentinelInfo> = self
+        let list = self
             .list_decoded::<SentinelInfo>(&prefix, "sentinel info")
-            .await?
-            .into_iter()
-            .map(|(name, mut si)| {
-                if si.uid.is_empty() {
-                    si.uid = name;
-                }
-                si
-            })
-            .collect();
-        list.sort_by(|a, b| a.uid.cmp(&b.uid));
-        Ok(list)
+            .await?;
+        Ok(crate::infos::sentinels_sorted(list))
     }
 
     async fn put_proxy_info(&self, info: &ProxyInfo, ttl: Duration) -> Result<(), StoreError> {
@@ -251,19 +230,7 @@ impl<B: KvBackend> Store for KvStore<B> {
         let list = self
             .list_decoded::<ProxyInfo>(&prefix, "proxy info")
             .await?;
-        Ok(list
-            .into_iter()
-            .map(|(name, pi)| {
-                (
-                    if pi.uid.is_empty() {
-                        name
-                    } else {
-                        pi.uid.clone()
-                    },
-                    pi,
-                )
-            })
-            .collect())
+        Ok(crate::infos::proxies_by_uid(list))
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

@@ -14,6 +14,7 @@ pub mod config;
 mod election;
 pub mod error;
 pub mod etcd;
+pub mod infos;
 pub mod keys;
 mod kv;
 pub mod mem;
