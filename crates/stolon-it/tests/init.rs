@@ -1,0 +1,250 @@
+//! Cluster initialisation scenarios (stolon-behaviour.md §5.1): a new cluster, users and
+//! passwords, the initial cluster spec, the data dir lock, pgParameters merging.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::json;
+use stolon_core::model::ClusterPhase;
+use stolon_it::{Cluster, ClusterConfig, KeeperOpts, pg, test_spec};
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn user(name: &str, password: &str) -> Option<(String, String)> {
+    Some((name.to_string(), password.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_single_keeper() -> Result<()> {
+    // TestInit, plus: the proxy reaches it and it is writable.
+    let c = Cluster::start(ClusterConfig::new(test_spec(json!({})), 1, 1, 1)).await?;
+    c.wait_db_up(0, secs(120)).await?;
+    c.wait_master_is(0, secs(60)).await?;
+    c.wait_right_master(0, secs(60)).await?;
+    c.create_table(secs(30)).await?;
+    c.write_row(1, secs(30)).await?;
+    c.wait_rows(0, "table01", 1, secs(10)).await?;
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_users_and_passwords_checks() -> Result<()> {
+    // TestInitUsers (a) and TestPasswordTrailingNewLine: startup checks, no cluster needed.
+    let mut c = Cluster::empty(test_spec(json!({}))).await?;
+    let cases: Vec<(KeeperOpts, Vec<&str>)> = vec![
+        (
+            KeeperOpts {
+                su: user("user01", "password01"),
+                repl: user("user01", "password02"),
+                ..Default::default()
+            },
+            vec![
+                "provided superuser name and replication user name are the same but provided passwords are different",
+            ],
+        ),
+        (
+            KeeperOpts {
+                su: user(pg::SU_USER, "supassword\n"),
+                repl: user(pg::REPL_USER, "replpassword\n"),
+                ..Default::default()
+            },
+            vec![
+                "superuser password contain trailing new line, removing",
+                "replication user password contain trailing new line, removing",
+            ],
+        ),
+        (
+            KeeperOpts {
+                repl: user(pg::REPL_USER, "\n"),
+                ..Default::default()
+            },
+            vec!["replication user password is empty after removing trailing new line"],
+        ),
+        (
+            KeeperOpts {
+                su: user(pg::SU_USER, "\n"),
+                ..Default::default()
+            },
+            vec!["superuser password is empty after removing trailing new line"],
+        ),
+    ];
+    for (opts, lines) in cases {
+        let i = c.add_keeper_with(opts)?;
+        for l in lines {
+            c.keepers[i].proc.wait_log_line(l, secs(30)).await?;
+        }
+        c.keepers[i].kill()?;
+    }
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_users_su_is_repl() -> Result<()> {
+    // TestInitUsers (b): one user for both roles gets the replication role added.
+    let mut c = Cluster::start(ClusterConfig::new(test_spec(json!({})), 1, 0, 0)).await?;
+    c.add_keeper_with(KeeperOpts {
+        su: user("user01", "password"),
+        repl: user("user01", "password"),
+        ..Default::default()
+    })?;
+    c.wait_phase(ClusterPhase::Initializing, secs(30)).await?;
+    c.keepers[0]
+        .proc
+        .wait_log_line("replication role added to superuser", secs(120))
+        .await?;
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_users_separate() -> Result<()> {
+    // TestInitUsers (c): su user01, repl user02.
+    let mut c = Cluster::start(ClusterConfig::new(test_spec(json!({})), 1, 0, 0)).await?;
+    c.add_keeper_with(KeeperOpts {
+        su: user("user01", "password01"),
+        repl: user("user02", "password02"),
+        ..Default::default()
+    })?;
+    let k = &c.keepers[0].proc;
+    k.wait_log_line("superuser password set", secs(120)).await?;
+    k.wait_log_line("replication role created", secs(60))
+        .await?;
+    let text = k.log_text();
+    ensure!(
+        text.lines()
+            .any(|l| l.contains("replication role created") && l.contains("user02")),
+        "no `replication role created` line naming user02"
+    );
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_cluster_spec_is_stored() -> Result<()> {
+    // TestInitialClusterSpec.
+    let c = Cluster::start(ClusterConfig::new(
+        test_spec(json!({ "synchronousReplication": true })),
+        1,
+        0,
+        0,
+    ))
+    .await?;
+    c.wait_phase(ClusterPhase::Initializing, secs(60)).await?;
+    let cd = c.cluster_data().await?.context("clusterdata")?;
+    let spec = cd.cluster.and_then(|c| c.spec).context("spec")?;
+    let v = serde_json::to_value(&spec)?;
+    ensure!(
+        v.get("synchronousReplication") == Some(&json!(true)),
+        "stored spec {v}"
+    );
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_data_dir_lock() -> Result<()> {
+    // TestExclusiveLock.
+    let mut c = Cluster::empty(test_spec(json!({}))).await?;
+    c.add_keeper()?;
+    c.keepers[0]
+        .proc
+        .wait_log_line("exclusive lock on data dir taken", secs(60))
+        .await?;
+    let j = c.add_keeper_with(KeeperOpts {
+        same_as: Some(0),
+        ..Default::default()
+    })?;
+    c.keepers[j]
+        .proc
+        .wait_log_line("cannot take exclusive lock on data dir", secs(60))
+        .await?;
+    c.pass();
+    Ok(())
+}
+
+async fn init_new_merge(merge: bool) -> Result<()> {
+    // TestInitNewMerge / TestInitNewNoMerge.
+    let c = Cluster::start(ClusterConfig::new(
+        test_spec(json!({ "mergePgParameters": merge, "failInterval": "10s" })),
+        1,
+        1,
+        0,
+    ))
+    .await?;
+    c.wait_phase(ClusterPhase::Normal, secs(120)).await?;
+    c.wait_db_up(0, secs(60)).await?;
+    let cd = c.cluster_data().await?.context("clusterdata")?;
+    let spec = cd.cluster.and_then(|c| c.spec).context("spec")?;
+    let v = serde_json::to_value(&spec)?;
+    let has = v
+        .get("pgParameters")
+        .and_then(|p| p.get("max_connections"))
+        .is_some();
+    ensure!(
+        has == merge,
+        "merge {merge}: spec pgParameters {:?}",
+        v.get("pgParameters")
+    );
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_new_merge_pg_parameters() -> Result<()> {
+    init_new_merge(true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_new_no_merge_pg_parameters() -> Result<()> {
+    init_new_merge(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_existing_merge() -> Result<()> {
+    // TestInitExistingMerge: re-init the cluster in `existing` mode on the keeper's data.
+    let c = Cluster::start(ClusterConfig::new(
+        test_spec(json!({ "pgParameters": { "archive_mode": "on" } })),
+        1,
+        1,
+        1,
+    ))
+    .await?;
+    c.wait_ready(secs(120)).await?;
+    c.create_table(secs(30)).await?;
+    c.write_row(1, secs(30)).await?;
+    let spec = json!({
+        "initMode": "existing",
+        "sleepInterval": "1s",
+        "failInterval": "5s",
+        "existingConfig": { "keeperUID": c.keepers[0].uid },
+        "mergePgParameters": true,
+        "pgParameters": { "log_destination": "stderr", "logging_collector": "false" },
+    });
+    let f = c.dir().join("existing-spec.json");
+    std::fs::write(&f, spec.to_string())?;
+    c.stolonctl_ok(&["init", "-y", "-f", &f.display().to_string()])
+        .await?;
+    c.wait_phase(ClusterPhase::Initializing, secs(60)).await?;
+    c.wait_phase(ClusterPhase::Normal, secs(120)).await?;
+    c.wait_db_up(0, secs(60)).await?;
+    c.wait_rows(0, "table01", 1, secs(30)).await?;
+    let v = pg::query_value(
+        c.keepers[0].pg_port,
+        "select setting from pg_settings where name = 'archive_mode'",
+    )
+    .await?;
+    ensure!(v == "on", "archive_mode {v}");
+    let cd = c.cluster_data().await?.context("clusterdata")?;
+    let spec = serde_json::to_value(cd.cluster.and_then(|c| c.spec).context("spec")?)?;
+    ensure!(
+        spec.pointer("/pgParameters/archive_mode") == Some(&json!("on")),
+        "spec pgParameters {:?}",
+        spec.get("pgParameters")
+    );
+    c.pass();
+    Ok(())
+}
