@@ -20,6 +20,9 @@ if [ -x scripts/validate-k8s.sh ]; then
 fi
 
 echo "== tests"
+# The end-to-end tests (crates/stolon-it) drive every binary of the workspace: build them all first,
+# with the same features as the test build so the artifacts are shared.
+cargo build --workspace --bins --all-features
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-features --profile ci --no-fail-fast
 else
