@@ -77,9 +77,6 @@ async fn standby_cluster_init_and_promote() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "blocked: the standby-cluster master does not create its followers' replication \
-            slots, so a second standby-cluster keeper never syncs (keeper plan, RefreshSlots only \
-            for role master); run with --ignored once fixed"]
 async fn standby_cluster_failover() -> Result<()> {
     // TestFailoverStandbyCluster: the standby cluster's standby becomes its master, following
     // the primary cluster.

@@ -545,7 +545,14 @@ pub fn plan(
                     o.applied = Some(cfg);
                 }
             }
-            a.push(KeeperAction::RefreshSlots { wanted: vec![] });
+            // A standby cluster's master (following an external primary) serves the cluster's
+            // other keepers: it keeps their slots. An internal standby has no followers.
+            let wanted = if ctx.is_external() {
+                wanted_slots(spec)
+            } else {
+                vec![]
+            };
+            a.push(KeeperAction::RefreshSlots { wanted });
         }
     }
 

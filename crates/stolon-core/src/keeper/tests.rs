@@ -729,6 +729,15 @@ fn external_standby_uses_standby_settings() {
     );
     assert_eq!(w.recovery.parameters["restore_command"], "cp /a/%f %p");
     assert!(!w.recovery.parameters.contains_key("primary_slot_name"));
+    // A standby cluster's master keeps slots for the cluster's other keepers.
+    spec_mut(&mut c, "db1").followers = Some(vec!["db9".into()]);
+    let p = plan(Some(&c), &id(), &o);
+    assert!(
+        p.contains(&A::RefreshSlots {
+            wanted: vec!["stolon_db9".into()]
+        }),
+        "{p:?}"
+    );
 }
 
 #[test]
