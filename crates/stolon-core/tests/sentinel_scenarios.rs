@@ -1201,6 +1201,33 @@ fn force_fail_is_a_one_shot_that_triggers_failover() {
 }
 
 #[test]
+fn force_fail_of_the_master_waits_for_an_eligible_standby() {
+    // The only standby may not be master: the request is kept, not lost, while no standby can
+    // replace the master.
+    let mut f = ClusterFixture::new()
+        .master("k1")
+        .standby("k2")
+        .can_be_master("k2", false);
+    f.cd.keepers.get_mut("k1").expect("k1").status.force_fail = true;
+    f.tick(Duration::from_millis(100), &[]);
+    let d = f.step();
+    assert!(d.events.contains(&Event::KeeperForceFailed {
+        keeper: "k1".into()
+    }));
+    assert!(
+        !d.events
+            .iter()
+            .any(|e| matches!(e, Event::ElectingNewMaster { .. }))
+    );
+    let next = next_of(&d);
+    assert!(
+        next.keepers["k1"].status.force_fail,
+        "kept for the next decision"
+    );
+    assert_eq!(next.cluster.expect("c").status.master, db_uid("k1"));
+}
+
+#[test]
 fn keeper_reporting_another_db_uid_makes_its_db_fail() {
     let mut f = ClusterFixture::new().fast().master("k1").standby("k2");
     if let Some(ps) = f

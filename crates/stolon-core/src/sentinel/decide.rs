@@ -172,6 +172,22 @@ pub fn decide(
         };
     }
 
+    // An operator's `failkeeper` on the master's keeper is kept until it had its effect: if no
+    // standby could replace the master this time (none eligible yet), the request stays for the
+    // next decision instead of being silently lost (Stolon drops it after one check).
+    let master_keeper = cd
+        .master_db()
+        .and_then(|db| db.spec.as_ref())
+        .map(|s| s.keeper_uid.clone());
+    for ev in &events {
+        if let Event::KeeperForceFailed { keeper } = ev
+            && master_keeper.as_deref() == Some(keeper.as_str())
+            && let Some(k) = cd.keepers.get_mut(keeper)
+        {
+            k.status.force_fail = true;
+        }
+    }
+
     // Forget timers of objects that no longer exist.
     mem.keeper_error_since
         .retain(|k, _| cd.keepers.contains_key(k));
