@@ -1201,6 +1201,31 @@ fn force_fail_is_a_one_shot_that_triggers_failover() {
 }
 
 #[test]
+fn dead_master_fails_fail_interval_after_its_last_report() {
+    // Default timings (sleepInterval 5s, failInterval 20s), decisions every second. The master's
+    // keeper reports at t = 0.1 s and never again. Stolon starts the failure clock only when it
+    // notices the missing update (sleepInterval later), failing at ~25 s; here the clock starts at
+    // the last report, so the master fails at ~20.1 s and not before.
+    let mut f = ClusterFixture::new().master("k1").standby("k2");
+    f.tick(Duration::from_millis(100), &[]);
+    f.step();
+    let mut failed_at = None;
+    for second in 1..=30u64 {
+        f.tick(Duration::from_secs(1), &["k1"]);
+        let d = f.step();
+        if d.events
+            .iter()
+            .any(|e| matches!(e, Event::MasterDbFailed { .. }))
+        {
+            failed_at = Some(second);
+            break;
+        }
+    }
+    // t = 0.1 + second; failInterval after the last report is t = 20.1, first seen at second 21.
+    assert_eq!(failed_at, Some(21));
+}
+
+#[test]
 fn force_fail_of_the_master_waits_for_an_eligible_standby() {
     // The only standby may not be master: the request is kept, not lost, while no standby can
     // replace the master.

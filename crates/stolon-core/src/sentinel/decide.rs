@@ -305,6 +305,14 @@ fn update_keepers_status<'a>(
         return fresh;
     }
 
+    // The last proof of life of each keeper: when its latest info was first seen.
+    let last_alive: BTreeMap<String, MonoInstant> = mem
+        .keeper_infos
+        .iter()
+        .filter(|(_, h)| h.seen)
+        .map(|(k, h)| (k.clone(), h.first_seen))
+        .collect();
+
     // Freshness: a keeper info counts while its infoUID is new, and for sleepInterval after.
     let sleep = spec.sleep_interval.to_std();
     let mut histories = BTreeMap::new();
@@ -363,7 +371,11 @@ fn update_keepers_status<'a>(
                 mem.keeper_error_since.remove(uid);
             }
             None => {
-                mem.keeper_error_since.entry(uid.clone()).or_insert(now);
+                // The failure clock starts at the last proof of life, not when the missing
+                // update was noticed (up to sleepInterval later): a dead keeper is declared
+                // failed failInterval after its last report. Stolon starts it at the noticing.
+                let since = last_alive.get(uid).copied().unwrap_or(now);
+                mem.keeper_error_since.entry(uid.clone()).or_insert(since);
             }
         }
         let was_healthy = keeper.status.healthy;
