@@ -613,8 +613,9 @@ fn failover_sync_elects_only_in_sync_standby() {
     s.role = Some(DbRole::Master);
     s.follow_config = None;
     s.synchronous_replication = true;
-    // The old master replaces the new one in the list: commits block until a real sync standby.
-    s.synchronous_standbys = Some(vec![db_uid("k1")]);
+    // The other good standby (k3) takes the elected one's place in the list at once: commits on
+    // the new master wait for k3 to re-attach and acknowledge (Stolon would list the dead k1).
+    s.synchronous_standbys = Some(vec![db_uid("k3")]);
     s.external_synchronous_standbys = Some(vec![]);
     touch_db(&mut expected, "k2", now, true);
     let c = expected.cluster.as_mut().expect("cluster");
@@ -626,6 +627,25 @@ fn failover_sync_elects_only_in_sync_standby() {
     p.change_time = now;
     touch_cluster(&mut expected, now);
     assert_eq!(next_of(&d), expected);
+}
+
+#[test]
+fn failover_sync_with_no_other_standby_lists_the_old_master() {
+    // With no other standby to take the elected one's place, the failed master stands in (as in
+    // Stolon): the new master blocks commits rather than acknowledge them without a sync standby.
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .sync_standbys(&["k2"]);
+    f.kill("k1");
+    let (_, d) = until(&mut f, &["k1"], |e| {
+        matches!(e, Event::ElectingNewMaster { .. })
+    });
+    let next = next_of(&d);
+    let s = next.dbs[&db_uid("k2")].spec.clone().expect("spec");
+    assert!(s.synchronous_replication);
+    assert_eq!(s.synchronous_standbys, Some(vec![db_uid("k1")]));
 }
 
 #[test]

@@ -414,6 +414,33 @@ fn elect(cd: &mut ClusterData, old: &Db, wanted: &str, ctx: &Ctx<'_>, events: &m
         .and_then(|s| s.synchronous_standbys.clone())
         .unwrap_or_default();
     let cluster_spec = cluster_spec(cd);
+    // With synchronous replication the new master needs synchronous standbys at once. Stolon
+    // puts the old (failed) master in the elected one's place, which blocks commits until later
+    // checks replace it; here the other good standbys that may be synchronous take that place
+    // directly (they must still re-attach and catch up before a commit is acknowledged, so no
+    // acknowledged commit can be lost). Only when there is none does the old master stand in.
+    let mut replacements: Vec<String> = Vec::new();
+    if e.sync_repl()
+        && let Some(new_master) = cd.dbs.get(wanted)
+    {
+        let keep = old_sync
+            .iter()
+            .filter(|u| *u != wanted && **u != old.uid)
+            .count();
+        let room = usize::from(e.max_synchronous_standbys).saturating_sub(keep);
+        replacements = ctx
+            .best_standbys(cd, new_master, false)
+            .into_iter()
+            .filter(|db| db.uid != old.uid && !old_sync.contains(&db.uid))
+            .filter(|db| {
+                cd.keepers
+                    .get(keeper_of(db))
+                    .is_some_and(|k| k.status.can_be_synchronous_replica != Some(false))
+            })
+            .take(room)
+            .map(|db| db.uid.clone())
+            .collect();
+    }
     if let Some(s) = cd.dbs.get_mut(wanted).and_then(|d| d.spec.as_mut()) {
         if e.role == ClusterRole::Standby {
             s.role = Some(DbRole::Standby);
@@ -425,11 +452,13 @@ fn elect(cd: &mut ClusterData, old: &Db, wanted: &str, ctx: &Ctx<'_>, events: &m
         if e.sync_repl() {
             let mut list: Vec<String> = old_sync
                 .iter()
-                .map(|u| {
-                    if u == wanted {
-                        old.uid.clone()
+                .flat_map(|u| {
+                    if u != wanted {
+                        vec![u.clone()]
+                    } else if replacements.is_empty() {
+                        vec![old.uid.clone()]
                     } else {
-                        u.clone()
+                        replacements.clone()
                     }
                 })
                 .collect();
