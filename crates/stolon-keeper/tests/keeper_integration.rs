@@ -97,19 +97,7 @@ async fn ha_flow(name: &str, rewind_works: bool) {
     .await;
 
     // Second keeper: resync standby of db1.
-    let port2 = free();
-    let k2 = w.spawn_keeper("keeper2", &w.keeper_args("keeper2", port2));
-    cd.keepers.insert(
-        "keeper2".into(),
-        stolon_core::model::Keeper {
-            uid: "keeper2".into(),
-            generation: 1,
-            ..Default::default()
-        },
-    );
-    w.write_cd(&cd).await;
-    w.wait_keeper_info("keeper2", T, |_| true).await;
-    w.sentinel_sync(&mut cd).await;
+    let (k2, port2) = w.join_keeper(&mut cd, "keeper2").await;
     let mut s2 = db_spec(&cd, "keeper2", DbRole::Standby, DbInitMode::Resync);
     s2.follow_config = follow("db1");
     set_db(&mut cd, "db2", s2);
@@ -690,19 +678,7 @@ async fn sync_primary_restart_allows_only_internal_until_standby_in_sync() {
             .is_some_and(|p| p.healthy && p.generation == 1)
     })
     .await;
-    let port2 = free();
-    let k2 = w.spawn_keeper("keeper2", &w.keeper_args("keeper2", port2));
-    cd.keepers.insert(
-        "keeper2".into(),
-        stolon_core::model::Keeper {
-            uid: "keeper2".into(),
-            generation: 1,
-            ..Default::default()
-        },
-    );
-    w.write_cd(&cd).await;
-    w.wait_keeper_info("keeper2", T, |_| true).await;
-    w.sentinel_sync(&mut cd).await;
+    let (k2, port2) = w.join_keeper(&mut cd, "keeper2").await;
     let mut s2 = db_spec(&cd, "keeper2", DbRole::Standby, DbInitMode::Resync);
     s2.follow_config = follow("db1");
     set_db(&mut cd, "db2", s2);
@@ -925,22 +901,10 @@ async fn init_pitr_restores_backup_and_archive() {
     drop(k1);
 
     // A fresh keeper restores it as the new cluster's master.
-    let port2 = free();
-    let k2 = w.spawn_keeper("keeper2", &w.keeper_args("keeper2", port2));
     cd.dbs.clear();
     cd.keepers.clear();
-    cd.keepers.insert(
-        "keeper2".into(),
-        stolon_core::model::Keeper {
-            uid: "keeper2".into(),
-            generation: 1,
-            ..Default::default()
-        },
-    );
     cd.cluster.as_mut().unwrap().status.master.clear();
-    w.write_cd(&cd).await;
-    w.wait_keeper_info("keeper2", T, |_| true).await;
-    w.sentinel_sync(&mut cd).await;
+    let (k2, port2) = w.join_keeper(&mut cd, "keeper2").await;
     let mut s = db_spec(&cd, "keeper2", DbRole::Master, DbInitMode::Pitr);
     s.pitr_config = Some(stolon_core::model::PitrConfig {
         data_restore_command: format!("tar xf {}/base/base.tar -C %d", backup.display()),

@@ -178,6 +178,27 @@ impl World {
             .expect("clusterdata present")
     }
 
+    /// Starts keeper `uid` on a free port and registers it in `cd` as a sentinel would: the keeper
+    /// appears in clusterdata (written), its first info is awaited and its boot UUID recorded.
+    /// Returns the process and its PostgreSQL port; no DB is assigned yet.
+    pub async fn join_keeper(&self, cd: &mut ClusterData, uid: &str) -> (KeeperProc, u16) {
+        let port = free();
+        let k = self.spawn_keeper(uid, &self.keeper_args(uid, port));
+        cd.keepers.insert(
+            uid.into(),
+            stolon_core::model::Keeper {
+                uid: uid.into(),
+                generation: 1,
+                ..Default::default()
+            },
+        );
+        self.write_cd(cd).await;
+        self.wait_keeper_info(uid, Duration::from_secs(60), |_| true)
+            .await;
+        self.sentinel_sync(cd).await;
+        (k, port)
+    }
+
     /// Copies every keeper's reported state into its DB status and the keepers' boot UUIDs into
     /// their keeper status, as the sentinel does.
     pub async fn sentinel_sync(&self, cd: &mut ClusterData) {
