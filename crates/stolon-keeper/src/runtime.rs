@@ -194,6 +194,11 @@ impl Keeper {
         } else {
             info!("postgres stopped");
         }
+        // Gone on purpose: withdraw our info now rather than let it linger for its TTL (a
+        // `stolonctl removekeeper` right after would otherwise see us re-added from it).
+        if let Err(e) = self.store.delete_keeper_info(&self.keeper_state.uid).await {
+            warn!("cannot withdraw keeper info: {e}");
+        }
     }
 
     /// One wake-up. `tick`: a timer/postgres wake-up (always act); otherwise a store change

@@ -397,6 +397,28 @@ impl Store for KubeStore {
         self.put_status("keeper info", info, ttl).await
     }
 
+    async fn delete_keeper_info(&self, _uid: &str) -> Result<(), StoreError> {
+        // The info is our own pod's status annotation; remove it if we published one.
+        let published = self
+            .last_status
+            .lock()
+            .expect("status cache poisoned")
+            .remove("keeper info")
+            .is_some();
+        let Some(pod) = self.pod_name.as_deref().filter(|_| published) else {
+            return Ok(());
+        };
+        let patch = json!({ "metadata": { "annotations": { STATUS_ANNOTATION: null } } });
+        call(
+            self.timeout,
+            self.pods
+                .patch(pod, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await
+        .map(|_| ())
+        .map_err(ApiFail::into_store)
+    }
+
     async fn get_keepers_info(&self) -> Result<BTreeMap<String, KeeperInfo>, StoreError> {
         let list = self
             .list_status::<KeeperInfo>(KEEPER_COMPONENT, "keeper info")

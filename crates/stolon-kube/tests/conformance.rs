@@ -177,6 +177,7 @@ cases!(
     null_and_malformed,
     listing,
     member_disappearance,
+    keeper_withdrawal,
     change_wakeups,
     election_resign,
     election_lease_end,

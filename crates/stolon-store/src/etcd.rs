@@ -529,6 +529,9 @@ impl Store for EtcdStore {
     async fn put_keeper_info(&self, info: &KeeperInfo, ttl: Duration) -> Result<(), StoreError> {
         self.inner.put_keeper_info(info, ttl).await
     }
+    async fn delete_keeper_info(&self, uid: &str) -> Result<(), StoreError> {
+        self.inner.delete_keeper_info(uid).await
+    }
     async fn get_keepers_info(
         &self,
     ) -> Result<std::collections::BTreeMap<String, KeeperInfo>, StoreError> {

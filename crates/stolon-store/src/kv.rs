@@ -190,6 +190,20 @@ impl<B: KvBackend> Store for KvStore<B> {
             .await
     }
 
+    async fn delete_keeper_info(&self, uid: &str) -> Result<(), StoreError> {
+        let key = self.layout.keeper_info(uid);
+        let lease = self
+            .info_leases
+            .lock()
+            .expect("info lease map poisoned")
+            .remove(&key);
+        match lease {
+            // The key lives on its lease: revoking it deletes the key.
+            Some(lease) => self.backend.revoke(lease).await,
+            None => Ok(()),
+        }
+    }
+
     async fn get_keepers_info(&self) -> Result<BTreeMap<String, KeeperInfo>, StoreError> {
         let prefix = self.layout.keepers_info_dir();
         let list = self

@@ -72,6 +72,9 @@ pub trait Store: Send + Sync + 'static {
     async fn put_keeper_info(&self, info: &KeeperInfo, ttl: Duration) -> Result<(), StoreError>;
     /// All live keeper infos by keeper UID. Undecodable entries are skipped with a warning.
     async fn get_keepers_info(&self) -> Result<BTreeMap<String, KeeperInfo>, StoreError>;
+    /// Withdraws the keeper info this store published for `uid` (a keeper stopping cleanly), so
+    /// the sentinel stops seeing it at once instead of after its TTL. Nothing published: no-op.
+    async fn delete_keeper_info(&self, uid: &str) -> Result<(), StoreError>;
 
     /// Publishes a sentinel's info under a TTL.
     async fn put_sentinel_info(&self, info: &SentinelInfo, ttl: Duration)

@@ -282,6 +282,9 @@ impl Store for Conflicting {
     async fn put_keeper_info(&self, info: &KeeperInfo, ttl: Duration) -> Result<(), StoreError> {
         self.inner.put_keeper_info(info, ttl).await
     }
+    async fn delete_keeper_info(&self, uid: &str) -> Result<(), StoreError> {
+        self.inner.delete_keeper_info(uid).await
+    }
     async fn get_keepers_info(&self) -> Result<BTreeMap<String, KeeperInfo>, StoreError> {
         self.inner.get_keepers_info().await
     }

@@ -173,6 +173,13 @@ async fn one_run(cfg: &Config) -> Result<RunResult> {
     // SIGKILL the keeper and its postgres back to back; the clock starts once both signals are
     // sent, so nothing sent afterwards can be acknowledged by the old primary.
     let killed_at = c.keepers[m].kill_with_postgres()?;
+    if std::env::var_os("STOLON_IT_DUMP_LOGS").is_some() {
+        // Wall-clock kill time, to line up with the component logs.
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        eprintln!("killed keeper{m} at unix {:.3}", unix.as_secs_f64());
+    }
 
     // First write acknowledged that was sent after the kill.
     let mut first_after: Option<Ack> = None;

@@ -492,6 +492,46 @@ pub async fn member_disappearance(h: &dyn Harness, cluster: &str) -> CaseResult 
     Ok(())
 }
 
+/// A keeper stopping cleanly withdraws its own info: gone from the listings at once, not after
+/// its TTL; withdrawing again, or from a client that never published it, changes nothing.
+pub async fn keeper_withdrawal(h: &dyn Harness, cluster: &str) -> CaseResult {
+    let (s, _e) = h.open(cluster, Duration::from_secs(20)).await;
+    let ttl = Duration::from_secs(120);
+    let leaving = publish(h, cluster, Component::Keeper, "leaving", ttl).await?;
+    let _staying = publish(h, cluster, Component::Keeper, "staying", ttl).await?;
+    // An observer cannot withdraw another member's info.
+    s.delete_keeper_info("staying").await.map_err(err)?;
+    leaving
+        .store
+        .delete_keeper_info("leaving")
+        .await
+        .map_err(err)?;
+    let k = s.get_keepers_info().await.map_err(err)?;
+    ensure!(
+        k.keys().map(String::as_str).collect::<Vec<_>>() == ["staying"],
+        "after withdrawal: {:?}",
+        k.keys()
+    );
+    leaving
+        .store
+        .delete_keeper_info("leaving")
+        .await
+        .map_err(|e| format!("second withdrawal: {e}"))?;
+    // Publishing again after a withdrawal brings it back.
+    leaving
+        .store
+        .put_keeper_info(&keeper("leaving"), ttl)
+        .await
+        .map_err(err)?;
+    let k = s.get_keepers_info().await.map_err(err)?;
+    ensure!(
+        k.len() == 2 && k["leaving"] == keeper("leaving"),
+        "republished after withdrawal: {:?}",
+        k.keys()
+    );
+    Ok(())
+}
+
 /// `changes()` wakes on a clusterdata write, an info write and a member's disappearance, and not
 /// for another cluster's writes.
 pub async fn change_wakeups(h: &dyn Harness, cluster: &str) -> CaseResult {
@@ -694,12 +734,13 @@ pub async fn election_lease_end(h: &dyn Harness, cluster: &str) -> CaseResult {
 }
 
 /// Names of the cases, in the order [`run_all`] runs them.
-pub const CASES: [&str; 8] = [
+pub const CASES: [&str; 9] = [
     "cas",
     "force_put",
     "null_and_malformed",
     "listing",
     "member_disappearance",
+    "keeper_withdrawal",
     "change_wakeups",
     "election_resign",
     "election_lease_end",
@@ -714,6 +755,7 @@ pub async fn run_case(h: &dyn Harness, case: &str, cluster_prefix: &str) -> Case
         "null_and_malformed" => null_and_malformed(h, &cluster).await,
         "listing" => listing(h, &cluster).await,
         "member_disappearance" => member_disappearance(h, &cluster).await,
+        "keeper_withdrawal" => keeper_withdrawal(h, &cluster).await,
         "change_wakeups" => change_wakeups(h, &cluster).await,
         "election_resign" => election_resign(h, &cluster).await,
         "election_lease_end" => election_lease_end(h, &cluster).await,
