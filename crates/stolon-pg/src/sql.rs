@@ -189,11 +189,17 @@ pub(crate) fn filter_in_sync(pairs: Vec<(String, String)>) -> Vec<String> {
     out
 }
 
+/// Whether a changed parameter waits for a restart. Recovery parameters do not count: they
+/// matter only while in recovery, and the keeper's plan restarts a standby itself when they
+/// change; a just-promoted primary (its recovery settings dropped from `postgresql.conf`) must
+/// not look as if it needed a restart.
 pub(crate) async fn pending_restart(c: &Client) -> Result<bool, PgError> {
     let what = "read pg_settings.pending_restart";
     let row = c
         .query_one(
-            "select count(*) > 0 from pg_settings where pending_restart",
+            "select count(*) > 0 from pg_settings where pending_restart \
+             and name not like 'recovery\\_%' \
+             and name not in ('primary_conninfo', 'primary_slot_name', 'restore_command')",
             &[],
         )
         .await

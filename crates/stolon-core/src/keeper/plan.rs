@@ -535,13 +535,21 @@ pub fn plan(
                 let cur = o.applied.as_ref().map(|c| &c.recovery);
                 if cur != Some(&recovery) {
                     a.push(KeeperAction::Note(Note::RecoveryChanged));
+                    let reload = cur.is_some_and(|c| reloadable_recovery_change(c, &recovery, &o));
                     let cfg = PgConfig {
                         parameters: params.clone(),
                         hba: ctx.hba(only_internal),
                         recovery,
                     };
                     a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
-                    a.push(KeeperAction::Restart);
+                    // PostgreSQL 13+ re-reads primary_conninfo / primary_slot_name on reload and
+                    // restarts its WAL receiver: a standby re-pointed at a new primary keeps
+                    // serving reads and re-attaches sooner than after a restart.
+                    a.push(if reload {
+                        KeeperAction::Reload
+                    } else {
+                        KeeperAction::Restart
+                    });
                     o.applied = Some(cfg);
                 }
             }
@@ -626,4 +634,23 @@ pub fn plan(
         });
     }
     a
+}
+
+/// A standby's recovery settings changed only in what PostgreSQL 13 and later apply on reload
+/// (`primary_conninfo`, `primary_slot_name`), with the same recovery mode.
+fn reloadable_recovery_change(
+    old: &RecoveryOptions,
+    new: &RecoveryOptions,
+    o: &Observed,
+) -> bool {
+    const RELOADABLE: [&str; 2] = ["primary_conninfo", "primary_slot_name"];
+    let version_ok = o.version.as_ref().is_some_and(|v| v.maj >= 13);
+    let rest = |r: &RecoveryOptions| {
+        r.parameters
+            .iter()
+            .filter(|(k, _)| !RELOADABLE.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    version_ok && old.mode == new.mode && rest(old) == rest(new)
 }

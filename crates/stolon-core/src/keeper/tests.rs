@@ -677,7 +677,8 @@ fn stopped_standby_is_started_following_its_db() {
 }
 
 #[test]
-fn standby_restarts_when_followed_db_moves() {
+fn standby_reloads_when_followed_db_moves() {
+    // PostgreSQL 13+: a new primary_conninfo is applied by a reload.
     let mut c = cd(DbRole::Standby, DbInitMode::Resync);
     let o = converged(&c, DbRole::Standby);
     c.dbs.get_mut("db2").unwrap().status.port = "6000".into();
@@ -688,8 +689,43 @@ fn standby_restarts_when_followed_db_moves() {
         panic!("{p:?}")
     };
     assert!(w.recovery.parameters["primary_conninfo"].contains("port=6000"));
-    assert_eq!(p[4], A::Restart);
+    assert_eq!(p[4], A::Reload);
+    assert!(!p.contains(&A::Restart), "{p:?}");
     assert!(p.contains(&A::Note(Note::ParametersNotChanged)));
+}
+
+#[test]
+fn standby_restarts_when_followed_db_moves_before_pg13() {
+    let mut c = cd(DbRole::Standby, DbInitMode::Resync);
+    let mut o = converged(&c, DbRole::Standby);
+    o.version = Some(PostgresBinaryVersion { maj: 12, min: 9 });
+    o.applied = Some(cfg(&c, &o, false, standby_recovery()));
+    c.dbs.get_mut("db2").unwrap().status.port = "6000".into();
+    let p = plan(Some(&c), &id(), &o);
+    assert_eq!(p[2], A::Note(Note::RecoveryChanged));
+    assert_eq!(p[4], A::Restart);
+    assert!(!p.contains(&A::Reload), "{p:?}");
+}
+
+#[test]
+fn standby_restarts_when_more_than_the_primary_changes() {
+    // A recovery change beyond primary_conninfo / primary_slot_name (here the last applied
+    // settings lacked the timeline target) still needs a restart, whatever the version.
+    let mut c = cd(DbRole::Standby, DbInitMode::Resync);
+    let mut o = converged(&c, DbRole::Standby);
+    let mut old = standby_recovery();
+    old.parameters.remove("recovery_target_timeline");
+    o.applied = Some(cfg(&c, &o, false, old));
+    c.dbs.get_mut("db2").unwrap().status.port = "6000".into();
+    let p = plan(Some(&c), &id(), &o);
+    assert_eq!(p[2], A::Note(Note::RecoveryChanged));
+    assert_eq!(p[4], A::Restart);
+    // Unknown version: restart too.
+    let mut o = converged(&c, DbRole::Standby);
+    o.version = None;
+    o.applied = Some(cfg(&c, &o, false, standby_recovery()));
+    let p = plan(Some(&c), &id(), &o);
+    assert_eq!(p[4], A::Restart, "{p:?}");
 }
 
 #[test]

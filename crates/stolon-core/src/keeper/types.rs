@@ -294,10 +294,7 @@ impl std::fmt::Display for Note {
                 f,
                 "needed synchronous_standby_names changed: prev {a:?}, new {b:?}"
             ),
-            Note::RecoveryChanged => write!(
-                f,
-                "postgres recovery parameters changed, restarting postgres instance"
-            ),
+            Note::RecoveryChanged => write!(f, "postgres recovery parameters changed"),
             Note::Resyncing => write!(f, "resyncing the database cluster"),
             Note::Initializing => write!(f, "initializing the database cluster"),
             Note::DbUidChanged { local, assigned } => write!(

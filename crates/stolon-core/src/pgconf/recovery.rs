@@ -88,6 +88,12 @@ pub fn render_postgresql_conf(params: &PgParameters, recovery: &RecoveryOptions)
     s.push_str(&render_parameters(params));
     if recovery.mode != RecoveryMode::None {
         for (k, v) in &recovery.parameters {
+            // 'latest' is the default since PostgreSQL 12 (the only versions that read recovery
+            // settings from postgresql.conf). Leaving it out means a promotion, which drops the
+            // recovery settings, does not remove a restart-only parameter from the file.
+            if k == "recovery_target_timeline" && v == "latest" {
+                continue;
+            }
             s.push_str(&format!("{k} = {}\n", quote_conf_value(v)));
         }
     }

@@ -218,7 +218,7 @@ fn recovery_options_and_conf() {
     p.insert("port".into(), "5".into());
     let conf = render_postgresql_conf(&p, &r);
     assert!(conf.ends_with(
-        "port = '5'\nprimary_conninfo = 'host=h port=1'\nprimary_slot_name = 'stolon_x'\nrecovery_target_timeline = 'latest'\n"
+        "port = '5'\nprimary_conninfo = 'host=h port=1'\nprimary_slot_name = 'stolon_x'\n"
     ), "{conf}");
     // Mode none: recovery parameters are not written.
     let conf = render_postgresql_conf(&p, &RecoveryOptions::none());
