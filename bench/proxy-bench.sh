@@ -19,6 +19,10 @@
 #                   binary with a throwaway etcd holding clusterdata that names PostgreSQL as
 #                   master and enables this proxy (store checks and ProxyInfo publishing run
 #                   during the measurement, as in production)
+#   BENCH_PIN       1 = give the proxy its own CPU, as in production where it runs in its own pod
+#                   or host: PostgreSQL and pgbench are pinned (taskset) to every CPU but the last,
+#                   the proxy (and etcd) to the last one, for both the direct and the proxied run.
+#                   Needs at least 2 CPUs. 0 (default) = everything shares every CPU.
 #   PROXY_CMD       command that runs the proxy instead of the bench forwarder; the words
 #                   {listen} and {to} are replaced by host:port of the proxy and of PostgreSQL.
 #                   Example: PROXY_CMD='/path/stolon-proxy --listen {listen} --to {to}'
@@ -37,6 +41,7 @@ PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PROXY_THREADS=${PROXY_THREADS:-0}
 PROXY_CMD=${PROXY_CMD:-}
 BENCH_PROXY=${BENCH_PROXY:-engine}
+BENCH_PIN=${BENCH_PIN:-0}
 ETCD_BIN=${ETCD_BIN:-/usr/bin/etcd}
 ETCDCTL_BIN=${ETCDCTL_BIN:-/usr/bin/etcdctl}
 
@@ -51,6 +56,17 @@ for b in initdb pg_ctl pgbench; do
     [[ -x $PG_BIN/$b ]] || die "$PG_BIN/$b not found (set PG_BIN)"
 done
 command -v python3 >/dev/null || die "python3 is needed to find free ports"
+case $BENCH_PIN in
+0) PIN_DB=() PIN_PROXY=() ;;
+1)
+    command -v taskset >/dev/null || die "BENCH_PIN=1 needs taskset (util-linux)"
+    ncpu=$(nproc)
+    ((ncpu >= 2)) || die "BENCH_PIN=1 needs at least 2 CPUs, this machine has $ncpu"
+    PIN_DB=(taskset -c "0-$((ncpu - 2))")
+    PIN_PROXY=(taskset -c "$((ncpu - 1))")
+    ;;
+*) die "BENCH_PIN must be 0 or 1, got '$BENCH_PIN'" ;;
+esac
 case $BENCH_PROXY in
 engine) ;;
 stolon)
@@ -144,7 +160,7 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 EOF
-as_pg "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w -t 60 start >/dev/null ||
+as_pg "${PIN_DB[@]}" "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w -t 60 start >/dev/null ||
     die "PostgreSQL did not start: $(tail -5 "$WORK/pg.log")"
 PG_STARTED=1
 
@@ -156,7 +172,7 @@ etcdctl() { ETCDCTL_API=3 "$ETCDCTL_BIN" --endpoints "$ENDPOINT" "$@"; }
 
 if [[ $BENCH_PROXY == stolon ]]; then
     echo "== starting etcd on $ENDPOINT"
-    "$ETCD_BIN" --name bench --data-dir "$WORK/etcd" \
+    "${PIN_PROXY[@]}" "$ETCD_BIN" --name bench --data-dir "$WORK/etcd" \
         --listen-client-urls "$ENDPOINT" --advertise-client-urls "$ENDPOINT" \
         --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
         --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
@@ -175,7 +191,7 @@ cmd=${cmd//\{to\}/127.0.0.1:$PG_PORT}
 cmd=${cmd//\{port\}/$PROXY_PORT}
 echo "== starting the proxy: $cmd"
 # shellcheck disable=SC2086 # the command is split into words on purpose
-$cmd >"$WORK/proxy.log" 2>&1 &
+"${PIN_PROXY[@]}" $cmd >"$WORK/proxy.log" 2>&1 &
 PROXY_PID=$!
 wait_port "$PROXY_PORT" || die "the proxy did not listen on $PROXY_PORT: $(tail -5 "$WORK/proxy.log")"
 
@@ -215,7 +231,7 @@ proc_sys_ticks() {
 run_pgbench() {
     local port=$1 label=$2 out
     out="$WORK/pgbench-$label.log"
-    "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$BENCH_PROTOCOL" \
+    "${PIN_DB[@]}" "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$BENCH_PROTOCOL" \
         -c "$BENCH_CLIENTS" -j "$BENCH_JOBS" -T "$BENCH_SECONDS" postgres >"$out" 2>&1 ||
         die "pgbench ($label) failed: $(tail -5 "$out")"
     local tps lat txns
@@ -226,6 +242,7 @@ run_pgbench() {
     echo "$tps $lat $txns"
 }
 
+((BENCH_PIN == 0)) || echo "== pinned: PostgreSQL and pgbench on ${PIN_DB[*]:2}, the proxy on ${PIN_PROXY[*]:2}"
 echo "== pgbench -S -M $BENCH_PROTOCOL -c $BENCH_CLIENTS -j $BENCH_JOBS -T $BENCH_SECONDS, $BENCH_ROUNDS round(s)"
 direct_tps=0 direct_lat=0 proxy_tps=0 proxy_lat=0 proxy_cpu=0 proxy_txns=0
 for ((r = 1; r <= BENCH_ROUNDS; r++)); do

@@ -25,10 +25,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::KeeperConfig;
 use crate::metrics::{Metrics, unix_now};
+use crate::publisher::Publisher;
 use crate::state;
 
-/// Minimum TTL of the published KeeperInfo.
-const MIN_INFO_TTL: Duration = Duration::from_secs(20);
 /// Re-plans in a row after an init/resync finished.
 const MAX_REPLANS: usize = 3;
 /// "No bound" for PostgreSQL waits: a day.
@@ -80,6 +79,8 @@ pub struct Keeper {
     pg_state: PostgresState,
     last_revision: Option<Revision>,
     last_cd: Option<ClusterData>,
+    /// Publishes our KeeperInfo (started by `run`).
+    publisher: Option<Publisher>,
 }
 
 impl Keeper {
@@ -109,6 +110,7 @@ impl Keeper {
             pg_state: PostgresState::default(),
             last_revision: None,
             last_cd: None,
+            publisher: None,
         })
     }
 
@@ -160,12 +162,20 @@ impl Keeper {
         if let Err(e) = self.pg.stop_if_started(StopMode::Fast).await {
             error!("failed to stop postgres at startup: {e}");
         }
+        self.publisher = Some(Publisher::spawn(self.store.clone(), self.sleep_interval));
         let mut changes = self.store.changes();
         let mut exits = self.pg.exits();
         let mut tick = true;
+        let mut next_tick = tokio::time::Instant::now();
         loop {
             self.iteration(tick).await;
-            let sleep = tokio::time::sleep(self.sleep_interval);
+            // The tick comes sleepInterval after the last ticked iteration, however many store
+            // changes (infos published every second or so) wake the loop in between: restarting
+            // the timer on each wake-up would starve the tick, and with it every retry.
+            if tick {
+                next_tick = tokio::time::Instant::now() + self.sleep_interval;
+            }
+            let sleep = tokio::time::sleep_until(next_tick);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 r = changes.changed() => {
@@ -196,6 +206,9 @@ impl Keeper {
         }
         // Gone on purpose: withdraw our info now rather than let it linger for its TTL (a
         // `stolonctl removekeeper` right after would otherwise see us re-added from it).
+        if let Some(p) = self.publisher.as_mut() {
+            p.stop().await;
+        }
         if let Err(e) = self.store.delete_keeper_info(&self.keeper_state.uid).await {
             warn!("cannot withdraw keeper info: {e}");
         }
@@ -799,9 +812,8 @@ impl Keeper {
             can_be_master: Some(self.cfg.can_be_master),
             can_be_synchronous_replica: Some(self.cfg.can_be_synchronous_replica),
         };
-        let ttl = self.sleep_interval.max(MIN_INFO_TTL);
-        if let Err(e) = self.store.put_keeper_info(&info, ttl).await {
-            error!("failed to update keeper info: {e}");
+        if let Some(p) = &self.publisher {
+            p.update(info, self.sleep_interval);
         }
     }
 }
