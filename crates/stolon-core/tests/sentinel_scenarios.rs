@@ -120,6 +120,24 @@ fn keeper_info(uid: &str, info_uid: &str, ps: Option<PostgresState>) -> KeeperIn
 
 /// The whole clusterdata expected right after an asynchronous election of `new`'s DB replacing
 /// the failed `old` (alive keepers `alive` refreshed).
+/// The new master's followers right after an election: every internal standby (they still
+/// follow the old master), so it creates their slots as it is promoted.
+fn internal_followers(cd: &ClusterData, master: &str) -> Vec<String> {
+    let m = db_uid(master);
+    cd.dbs
+        .values()
+        .filter(|db| {
+            db.uid != m
+                && db
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.follow_config.as_ref())
+                    .is_some_and(|f| f.kind == Some(FollowType::Internal))
+        })
+        .map(|db| db.uid.clone())
+        .collect()
+}
+
 fn expect_async_election(
     before: &ClusterData,
     now: Timestamp,
@@ -143,9 +161,11 @@ fn expect_async_election(
     s.follow_config = None;
     s.followers = Some(vec![]);
     touch_db(&mut expected, old, now, true);
+    let followers = internal_followers(&expected, new);
     let s = spec_mut(&mut expected, new);
     s.role = Some(DbRole::Master);
     s.follow_config = None;
+    s.followers = Some(followers);
     touch_db(&mut expected, new, now, true);
     let c = expected.cluster.as_mut().expect("cluster");
     c.status.master = db_uid(new);
@@ -497,9 +517,11 @@ fn failover_async_elects_standby_and_clears_proxy_target() {
     s.follow_config = None;
     s.followers = Some(vec![]);
     touch_db(&mut expected, "k1", now, true);
+    let followers = internal_followers(&expected, "k2");
     let s = spec_mut(&mut expected, "k2");
     s.role = Some(DbRole::Master);
     s.follow_config = None;
+    s.followers = Some(followers);
     touch_db(&mut expected, "k2", now, true);
     let c = expected.cluster.as_mut().expect("cluster");
     c.status.master = db_uid("k2");
@@ -609,9 +631,11 @@ fn failover_sync_elects_only_in_sync_standby() {
     s.synchronous_standbys = None;
     s.external_synchronous_standbys = None;
     touch_db(&mut expected, "k1", now, true);
+    let followers = internal_followers(&expected, "k2");
     let s = spec_mut(&mut expected, "k2");
     s.role = Some(DbRole::Master);
     s.follow_config = None;
+    s.followers = Some(followers);
     s.synchronous_replication = true;
     // The other good standby (k3) takes the elected one's place in the list at once: commits on
     // the new master wait for k3 to re-attach and acknowledge (Stolon would list the dead k1).

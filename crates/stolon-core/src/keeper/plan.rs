@@ -638,11 +638,7 @@ pub fn plan(
 
 /// A standby's recovery settings changed only in what PostgreSQL 13 and later apply on reload
 /// (`primary_conninfo`, `primary_slot_name`), with the same recovery mode.
-fn reloadable_recovery_change(
-    old: &RecoveryOptions,
-    new: &RecoveryOptions,
-    o: &Observed,
-) -> bool {
+fn reloadable_recovery_change(old: &RecoveryOptions, new: &RecoveryOptions, o: &Observed) -> bool {
     const RELOADABLE: [&str; 2] = ["primary_conninfo", "primary_slot_name"];
     let version_ok = o.version.as_ref().is_some_and(|v| v.maj >= 13);
     let rest = |r: &RecoveryOptions| {

@@ -217,9 +217,12 @@ fn recovery_options_and_conf() {
     let mut p = PgParameters::new();
     p.insert("port".into(), "5".into());
     let conf = render_postgresql_conf(&p, &r);
-    assert!(conf.ends_with(
-        "port = '5'\nprimary_conninfo = 'host=h port=1'\nprimary_slot_name = 'stolon_x'\n"
-    ), "{conf}");
+    assert!(
+        conf.ends_with(
+            "port = '5'\nprimary_conninfo = 'host=h port=1'\nprimary_slot_name = 'stolon_x'\n"
+        ),
+        "{conf}"
+    );
     // Mode none: recovery parameters are not written.
     let conf = render_postgresql_conf(&p, &RecoveryOptions::none());
     assert!(!conf.contains("recovery_target_timeline"));

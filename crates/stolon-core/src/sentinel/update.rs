@@ -366,16 +366,22 @@ fn normal(
         );
     }
 
-    // 6. Followers of the master.
+    // 6. Followers of the master: every internal standby. Right after an election they still
+    // follow the old master and are re-pointed once the new one has converged; listing them now
+    // has the new master create their replication slots as it is promoted, so a re-pointed
+    // standby finds its slot (instead of failing and retrying after wal_retrieve_retry_interval,
+    // 5 s, while synchronous commits wait for it).
     let master = master_uid(cd);
     let followers: Vec<String> = cd
         .dbs
         .values()
         .filter(|db| {
-            db.spec
-                .as_ref()
-                .and_then(|s| s.follow_config.as_ref())
-                .is_some_and(|f| f.kind == Some(FollowType::Internal) && f.db_uid == master)
+            db.uid != master
+                && db
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.follow_config.as_ref())
+                    .is_some_and(|f| f.kind == Some(FollowType::Internal))
         })
         .map(|db| db.uid.clone())
         .collect();
