@@ -301,7 +301,10 @@ pub fn plan(
                 } else {
                     None
                 };
-                let mode = if external.is_some() {
+                // A standby cluster's master stays in standby mode even without standby
+                // settings (fed by restore_command only): plain recovery would end the archive
+                // and promote it onto a new timeline.
+                let mode = if ctx.is_external() {
                     RecoveryMode::Standby
                 } else {
                     RecoveryMode::Recovery

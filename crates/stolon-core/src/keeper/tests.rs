@@ -382,6 +382,45 @@ fn init_pitr_restores_and_waits_for_recovery() {
 }
 
 #[test]
+fn init_pitr_of_a_standby_cluster_fed_by_the_archive_stays_in_standby_mode() {
+    // Stolon's TestPromoteStandbyClusterArchiveRecovery: external follow config without standby
+    // settings, only a restore_command. Recovery must not end (and promote) at the archive's end.
+    let mut c = cd(DbRole::Master, DbInitMode::Pitr);
+    let archive = crate::model::ArchiveRecoverySettings {
+        restore_command: "cp /a/%f %p".into(),
+    };
+    {
+        let s = spec_mut(&mut c, "db1");
+        s.role = Some(DbRole::Standby);
+        s.pitr_config = Some(PitrConfig {
+            data_restore_command: "tar xf /b.tar -C %d".into(),
+            archive_recovery_settings: Some(archive.clone()),
+            recovery_target_settings: None,
+        });
+        s.follow_config = Some(FollowConfig {
+            kind: Some(FollowType::External),
+            archive_recovery_settings: Some(archive.clone()),
+            ..Default::default()
+        });
+    }
+    let p = plan(Some(&c), &id(), &empty());
+    let started = p
+        .iter()
+        .find_map(|a| match a {
+            A::StartTmpMerged(cfg) => Some(cfg.recovery.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no start in {p:?}"));
+    assert_eq!(started.mode, RecoveryMode::Standby);
+    assert_eq!(started.parameters["restore_command"], "cp /a/%f %p");
+    assert!(!started.parameters.contains_key("primary_conninfo"));
+    assert!(
+        !p.iter().any(|a| matches!(a, A::WaitRecoveryDone { .. })),
+        "{p:?}"
+    );
+}
+
+#[test]
 fn init_pitr_without_config_fails() {
     let c = cd(DbRole::Master, DbInitMode::Pitr);
     let p = plan(Some(&c), &id(), &empty());
