@@ -76,6 +76,31 @@ pub async fn query_value(port: u16, sql: &str) -> Result<String> {
         .with_context(|| format!("{sql:?} returned no value"))
 }
 
+/// `pg_settings.setting` of `name` on the instance at `port`.
+pub async fn setting(port: u16, name: &str) -> Result<String> {
+    query_value(
+        port,
+        &format!("select setting from pg_settings where name = '{name}'"),
+    )
+    .await
+}
+
+/// `pg_settings.setting` of `name` when it comes from a configuration file, else `None`.
+pub async fn setting_from_conf_file(port: u16, name: &str) -> Result<Option<String>> {
+    let rows = query_rows(
+        port,
+        &format!(
+            "select setting from pg_settings where name = '{name}' \
+             and source = 'configuration file'"
+        ),
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten()))
+}
+
 /// Executes `sql` on a fresh connection to `port`.
 pub async fn exec(port: u16, sql: &str) -> Result<()> {
     query_rows(port, sql).await.map(|_| ())

@@ -1,6 +1,6 @@
 //! Configuration scenarios (stolon-behaviour.md §5.3): pgParameters changes and reloads,
 //! wal_level, ALTER SYSTEM blocked, additional replication slots, automatic restart,
-//! advertised address.
+//! advertised address, WAL retention (`wal_keep_size` on PostgreSQL 15).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -29,11 +29,7 @@ async fn restart_keeper(c: &mut Cluster, i: usize) -> Result<()> {
 }
 
 async fn setting(c: &Cluster, i: usize, name: &str) -> Result<String> {
-    pg::query_value(
-        c.keepers[i].pg_port,
-        &format!("select setting from pg_settings where name = '{name}'"),
-    )
-    .await
+    pg::setting(c.keepers[i].pg_port, name).await
 }
 
 async fn wait_setting(
@@ -271,6 +267,59 @@ async fn advertise_address() -> Result<()> {
         Ok(())
     })
     .await?;
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_keep_segments() -> Result<()> {
+    // TestWalKeepSegments, PostgreSQL 15 variant. Stolon skips its test for pg >= 13 because
+    // `wal_keep_segments` no longer exists there; its keeper (§4.9.1) then manages
+    // `wal_keep_size` instead: the user value verbatim if set, else "128" (8 segments of 16 MB),
+    // and never writes `wal_keep_segments` (PostgreSQL 15 would refuse to start on an unknown
+    // parameter in postgresql.conf). Same steps as Stolon's test, each checked after a keeper
+    // restart: default 128 (MB); a user wal_keep_size is honoured; a user wal_keep_segments is
+    // dropped (the instance still starts, the size stays at its default).
+    let c = Cluster::start(ClusterConfig::new(test_spec(json!({})), 1, 1, 0)).await?;
+    let mut c = c;
+    c.wait_ready(secs(120)).await?;
+    let v = pg::query_value(c.keepers[0].pg_port, "show server_version_num").await?;
+    ensure!(
+        v.parse::<u32>().unwrap_or(0) >= 130000,
+        "server_version_num {v}: this variant is for PostgreSQL >= 13"
+    );
+    wait_setting(&c, 0, "wal_keep_size", "128", secs(30)).await?;
+    ensure!(
+        pg::setting_from_conf_file(c.keepers[0].pg_port, "wal_keep_size")
+            .await?
+            .as_deref()
+            == Some("128"),
+        "wal_keep_size not written by the keeper"
+    );
+
+    eprintln!("--- wal_keep_size 1GB");
+    c.patch_spec(&json!({ "pgParameters": { "wal_keep_size": "1GB" } }))
+        .await?;
+    restart_keeper(&mut c, 0).await?;
+    c.wait_db_up(0, secs(60)).await?;
+    wait_setting(&c, 0, "wal_keep_size", "1024", secs(30)).await?;
+
+    eprintln!("--- wal_keep_segments 20 is dropped on PostgreSQL 15");
+    c.patch_spec(&json!({ "pgParameters": { "wal_keep_size": null, "wal_keep_segments": "20" } }))
+        .await?;
+    restart_keeper(&mut c, 0).await?;
+    c.wait_db_up(0, secs(60)).await?;
+    wait_setting(&c, 0, "wal_keep_size", "128", secs(30)).await?;
+    let n = pg::query_value(
+        c.keepers[0].pg_port,
+        "select count(*) from pg_settings where name = 'wal_keep_segments'",
+    )
+    .await?;
+    ensure!(n == "0", "wal_keep_segments exists on this server");
+    ensure!(
+        c.keepers[0].proc.is_running(),
+        "the keeper exited after wal_keep_segments was set"
+    );
     c.pass();
     Ok(())
 }

@@ -1,12 +1,13 @@
 //! Cluster initialisation scenarios (stolon-behaviour.md §5.1): a new cluster, users and
-//! passwords, the initial cluster spec, the data dir lock, pgParameters merging.
+//! passwords (and password files ending with a new line), the initial cluster spec, the data
+//! dir lock, pgParameters merging, several keepers at init.
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::json;
 use stolon_core::model::ClusterPhase;
-use stolon_it::{Cluster, ClusterConfig, KeeperOpts, pg, test_spec};
+use stolon_it::{Cluster, ClusterConfig, KeeperOpts, pg, test_spec, wait_for};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -203,9 +204,10 @@ async fn init_new_no_merge_pg_parameters() -> Result<()> {
     init_new_merge(false).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn init_existing_merge() -> Result<()> {
-    // TestInitExistingMerge: re-init the cluster in `existing` mode on the keeper's data.
+/// TestInitExistingMerge / TestInitExistingNoMerge: re-init the cluster in `existing` mode on
+/// the keeper's data; the data is kept, and the instance's own `archive_mode` is taken into the
+/// spec only with `mergePgParameters` (without it, it is gone from the running configuration).
+async fn init_existing(merge: bool) -> Result<()> {
     let c = Cluster::start(ClusterConfig::new(
         test_spec(json!({ "pgParameters": { "archive_mode": "on" } })),
         1,
@@ -214,6 +216,14 @@ async fn init_existing_merge() -> Result<()> {
     ))
     .await?;
     c.wait_ready(secs(120)).await?;
+    let port = c.keepers[0].pg_port;
+    ensure!(
+        pg::setting_from_conf_file(port, "archive_mode")
+            .await?
+            .as_deref()
+            == Some("on"),
+        "archive_mode not on before the re-init"
+    );
     c.create_table(secs(30)).await?;
     c.write_row(1, secs(30)).await?;
     let spec = json!({
@@ -221,7 +231,7 @@ async fn init_existing_merge() -> Result<()> {
         "sleepInterval": "1s",
         "failInterval": "5s",
         "existingConfig": { "keeperUID": c.keepers[0].uid },
-        "mergePgParameters": true,
+        "mergePgParameters": merge,
         "pgParameters": { "log_destination": "stderr", "logging_collector": "false" },
     });
     let f = c.dir().join("existing-spec.json");
@@ -232,19 +242,121 @@ async fn init_existing_merge() -> Result<()> {
     c.wait_phase(ClusterPhase::Normal, secs(120)).await?;
     c.wait_db_up(0, secs(60)).await?;
     c.wait_rows(0, "table01", 1, secs(30)).await?;
-    let v = pg::query_value(
-        c.keepers[0].pg_port,
-        "select setting from pg_settings where name = 'archive_mode'",
-    )
+    let want = if merge { "on" } else { "off" };
+    // archive_mode needs a restart: the keeper may still be bringing the instance to the new
+    // configuration right after phase normal, so wait (bounded) for it.
+    wait_for(&format!("archive_mode {want}"), secs(60), async || {
+        let v = pg::setting(port, "archive_mode").await?;
+        if v == want {
+            Ok(())
+        } else {
+            bail!("archive_mode {v}")
+        }
+    })
     .await?;
-    ensure!(v == "on", "archive_mode {v}");
     let cd = c.cluster_data().await?.context("clusterdata")?;
-    let spec = serde_json::to_value(cd.cluster.and_then(|c| c.spec).context("spec")?)?;
+    let stored = serde_json::to_value(cd.cluster.and_then(|c| c.spec).context("spec")?)?;
+    let merged = stored.pointer("/pgParameters/archive_mode");
     ensure!(
-        spec.pointer("/pgParameters/archive_mode") == Some(&json!("on")),
+        merged == merge.then(|| json!("on")).as_ref(),
         "spec pgParameters {:?}",
-        spec.get("pgParameters")
+        stored.get("pgParameters")
     );
+    c.wait_right_master(0, secs(60)).await?;
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_existing_merge() -> Result<()> {
+    init_existing(true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_existing_no_merge() -> Result<()> {
+    init_existing(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_trailing_new_line() -> Result<()> {
+    // TestPasswordTrailingNewLine: both password files end with "\n"; the keepers log that they
+    // strip it, and the stripped passwords are the ones set: the superuser logs in with the
+    // bare password and the standby authenticates for replication with the bare one.
+    let mut c = Cluster::empty(test_spec(json!({}))).await?;
+    c.add_sentinel()?;
+    let with_nl = || KeeperOpts {
+        su: Some((pg::SU_USER.into(), format!("{}\n", pg::SU_PASSWORD))),
+        repl: Some((pg::REPL_USER.into(), format!("{}\n", pg::REPL_PASSWORD))),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let i = c.add_keeper_with(with_nl())?;
+        let k = &c.keepers[i].proc;
+        k.wait_log_line(
+            "superuser password contain trailing new line, removing",
+            secs(30),
+        )
+        .await?;
+        k.wait_log_line(
+            "replication user password contain trailing new line, removing",
+            secs(30),
+        )
+        .await?;
+    }
+    c.add_proxy()?;
+    let m = c.wait_ready(secs(180)).await?;
+    let s = if m == 0 { 1 } else { 0 };
+    c.wait_db_role(s, false, secs(30)).await?;
+    c.wait_standbys_streaming(m, 1, secs(60)).await?;
+    // The password with the new line is not the superuser's password.
+    let bad = format!("{}\n", pg::SU_PASSWORD);
+    ensure!(
+        pg::connect_as(c.keepers[m].pg_port, pg::SU_USER, &bad)
+            .await
+            .is_err(),
+        "the superuser logged in with the password including the new line"
+    );
+    c.wait_right_master(m, secs(60)).await?;
+    c.create_table(secs(30)).await?;
+    c.write_row(1, secs(30)).await?;
+    c.wait_rows(s, "table01", 1, secs(60)).await?;
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_with_multiple_keepers() -> Result<()> {
+    // TestInitWithMultipleKeepers: 3 keepers and 2 sentinels at init: exactly one master is
+    // elected and initialised, the two others become its standbys.
+    let c = Cluster::start(ClusterConfig::new(
+        test_spec(json!({ "failInterval": "10s" })),
+        2,
+        3,
+        1,
+    ))
+    .await?;
+    let m = c.wait_master(secs(120)).await?;
+    c.wait_db_up(m, secs(60)).await?;
+    c.wait_db_role(m, true, secs(60)).await?;
+    let m2 = c.wait_ready(secs(180)).await?;
+    ensure!(
+        m2 == m,
+        "master moved from keeper{m} to keeper{m2} during init"
+    );
+    c.wait_db_count(3, secs(30)).await?;
+    for i in (0..3).filter(|&i| i != m) {
+        c.wait_db_role(i, false, secs(60)).await?;
+    }
+    c.wait_standbys_streaming(m, 2, secs(60)).await?;
+    c.wait_right_master(m, secs(60)).await?;
+    c.create_table(secs(30)).await?;
+    c.write_row(1, secs(30)).await?;
+    for i in 0..3 {
+        c.wait_rows(i, "table01", 1, secs(60)).await?;
+    }
+    // Still one master.
+    let m3 = c.wait_master(secs(10)).await?;
+    ensure!(m3 == m, "master moved from keeper{m} to keeper{m3}");
     c.pass();
     Ok(())
 }
