@@ -492,18 +492,49 @@ pub fn plan(
                 wanted: wanted_slots(spec),
             });
         }
-        // 10. standby.
-        DbRole::Standby => {
-            if spec.follow_config.is_none() {
-                // The sentinel fences a replaced master by making its DB a standby that follows
-                // nothing (so clusterdata never names two masters). Stop serving until the DB is
-                // removed (and this keeper resynced) or elected master again.
-                if o.running {
-                    a.push(KeeperAction::Stop);
-                }
-                a.push(KeeperAction::Wait(WaitReason::Fenced));
+        // 10a. fenced former master.
+        DbRole::Standby if spec.follow_config.is_none() => {
+            // The sentinel fences a replaced master by making its DB a standby that follows
+            // nothing (so clusterdata never names two masters). It runs read-only: in recovery
+            // with no WAL source, after replaying all the WAL it has. It takes no write, yet
+            // reports its true position, so the sentinel can elect it again if the failover
+            // fails, until the DB is removed and this keeper resynced.
+            a.push(KeeperAction::Note(Note::Fenced));
+            if local == LocalRole::Undefined {
+                a.push(KeeperAction::Wait(WaitReason::LocalRoleNone));
                 return a;
             }
+            let cfg = PgConfig {
+                parameters: params.clone(),
+                hba: ctx.hba(only_internal),
+                recovery: RecoveryOptions::new(RecoveryMode::Standby, None, None, None),
+            };
+            if local == LocalRole::Master && o.running {
+                a.push(KeeperAction::Stop);
+                o.running = false;
+            }
+            if !o.running {
+                a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
+                a.push(KeeperAction::Start);
+                o.running = true;
+                o.applied = Some(cfg);
+            } else if o.applied.as_ref().map(|c| &c.recovery) != Some(&cfg.recovery) {
+                let reload = o
+                    .applied
+                    .as_ref()
+                    .is_some_and(|c| reloadable_recovery_change(&c.recovery, &cfg.recovery, &o));
+                a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
+                a.push(if reload {
+                    KeeperAction::Reload
+                } else {
+                    KeeperAction::Restart
+                });
+                o.applied = Some(cfg);
+            }
+            a.push(KeeperAction::RefreshSlots { wanted: vec![] });
+        }
+        // 10. standby.
+        DbRole::Standby => {
             a.push(KeeperAction::Note(Note::RequestedRole("standby")));
             match local {
                 LocalRole::Master => {

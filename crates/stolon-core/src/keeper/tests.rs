@@ -664,8 +664,12 @@ fn master_never_demoted_in_place() {
     );
 }
 
+fn fenced_recovery() -> RecoveryOptions {
+    RecoveryOptions::new(RecoveryMode::Standby, None, None, None)
+}
+
 #[test]
-fn fenced_old_master_is_stopped_not_demoted() {
+fn fenced_old_master_runs_read_only_without_a_source() {
     // The sentinel replaced this master: its DB is now a standby that follows nothing.
     let mut c = cd(DbRole::Standby, DbInitMode::Resync);
     for db in c.dbs.values_mut() {
@@ -673,16 +677,53 @@ fn fenced_old_master_is_stopped_not_demoted() {
     }
     let o = converged(&c, DbRole::Master);
     assert!(o.running, "the old primary is still running");
+    let fenced = cfg(&c, &o, false, fenced_recovery());
+    assert!(!fenced.recovery.parameters.contains_key("primary_conninfo"));
     let p = plan(Some(&c), &id(), &o);
-    assert_eq!(p, vec![A::Stop, A::Wait(WaitReason::Fenced)]);
+    assert_eq!(
+        p[..5],
+        [
+            A::Note(Note::Fenced),
+            A::Stop,
+            A::WriteConfig(Box::new(fenced.clone())),
+            A::Start,
+            A::RefreshSlots { wanted: vec![] },
+        ]
+    );
+    // The fencing bumped the DB's generation: the keeper converges to it (the sentinel only
+    // elects converged DBs).
+    let mut bumped = c.clone();
+    bumped.dbs.get_mut("db1").unwrap().generation = 4;
+    let p = plan(Some(&bumped), &id(), &o);
+    assert_eq!(p.last(), Some(&A::MarkConverged { generation: 4 }), "{p:?}");
 
+    // A stopped (crashed) former primary is started read-only too.
     let mut stopped = o.clone();
     stopped.running = false;
+    let p = plan(Some(&c), &id(), &stopped);
     assert_eq!(
-        plan(Some(&c), &id(), &stopped),
-        vec![A::Wait(WaitReason::Fenced)],
-        "a stopped fenced primary stays stopped"
+        p[..4],
+        [
+            A::Note(Note::Fenced),
+            A::WriteConfig(Box::new(fenced.clone())),
+            A::Start,
+            A::RefreshSlots { wanted: vec![] },
+        ]
     );
+
+    // Already running fenced: nothing to do. Still following its old source: drop it.
+    let mut running = converged(&c, DbRole::Standby);
+    running.applied = Some(fenced.clone());
+    let p = plan(Some(&c), &id(), &running);
+    assert!(
+        !p.iter()
+            .any(|a| matches!(a, A::Stop | A::Start | A::Restart | A::WriteConfig(_))),
+        "{p:?}"
+    );
+    let following = converged(&c, DbRole::Standby);
+    let p = plan(Some(&c), &id(), &following);
+    assert_eq!(p[1], A::WriteConfig(Box::new(fenced)));
+    assert_eq!(p[2], A::Reload);
 }
 
 #[test]

@@ -145,8 +145,6 @@ pub enum WaitReason {
     BootUuidMismatch,
     /// The local data has no role (not initialised) while a standby is wanted.
     LocalRoleNone,
-    /// Our DB was replaced as master and follows nothing: postgres stays stopped.
-    Fenced,
 }
 
 impl std::fmt::Display for WaitReason {
@@ -161,9 +159,6 @@ impl std::fmt::Display for WaitReason {
                 "our db boot UID is different than the cluster data one, waiting for it to be updated"
             }
             WaitReason::LocalRoleNone => "our db role is none",
-            WaitReason::Fenced => {
-                "our db was replaced as master and follows nothing: postgres stopped (fenced)"
-            }
         })
     }
 }
@@ -257,6 +252,8 @@ pub enum Note {
     SyncStandbyNamesChanged(String, String),
     /// `recovery parameters changed, restarting postgres instance`.
     RecoveryChanged,
+    /// Our DB was replaced as master and follows nothing: it runs read-only.
+    Fenced,
     /// `resyncing the database cluster`.
     Resyncing,
     /// `initializing the database cluster`.
@@ -295,6 +292,10 @@ impl std::fmt::Display for Note {
                 "needed synchronous_standby_names changed: prev {a:?}, new {b:?}"
             ),
             Note::RecoveryChanged => write!(f, "postgres recovery parameters changed"),
+            Note::Fenced => write!(
+                f,
+                "our db was replaced as master and follows nothing: running read-only (fenced)"
+            ),
             Note::Resyncing => write!(f, "resyncing the database cluster"),
             Note::Initializing => write!(f, "initializing the database cluster"),
             Note::DbUidChanged { local, assigned } => write!(
