@@ -1,13 +1,15 @@
 //! High availability scenarios (stolon-behaviour.md §5.2), checked through the proxy as well
 //! as on the keepers: failover (async and sync), forced failover, the old primary returning
 //! (with and without pg_rewind), a frozen primary (SIGSTOP), `maxStandbysPerSender`, keeper
-//! removal with stolonctl.
+//! removal (dead keepers, stolonctl, sync), a failover that cannot complete, a standby that can
+//! no longer sync, timeline forks (async, sync, pg_rewind), `minSynchronousStandbys: 0`.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
-use stolon_it::{Cluster, ClusterConfig, test_spec};
+use stolon_it::{Cluster, ClusterConfig, test_spec, wait_for};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -30,7 +32,14 @@ fn other(m: usize) -> usize {
 
 /// Two keepers: table, row 1 through the proxy, standby caught up (and in sync).
 async fn two_keepers_with_row(sync: bool, pgrewind: bool) -> Result<(Cluster, usize, usize)> {
-    let (c, m) = setup(2, sync_spec(sync, pgrewind)).await?;
+    two_keepers_with_spec(sync_spec(sync, pgrewind)).await
+}
+
+/// Two keepers (spec `extra`): table, row 1 through the proxy, standby caught up, and with
+/// `synchronousReplication` the standby is the synchronous standby.
+async fn two_keepers_with_spec(extra: Value) -> Result<(Cluster, usize, usize)> {
+    let sync = extra["synchronousReplication"].as_bool().unwrap_or(false);
+    let (c, m) = setup(2, extra).await?;
     let s = other(m);
     if sync {
         c.wait_sync_standbys(&[s], secs(60)).await?;
@@ -308,44 +317,8 @@ async fn failover_too_much_lag() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeline_fork() -> Result<()> {
-    // TestTimelineFork (async): standby0 misses row 2, the others stop, standby0 is elected on a
-    // new timeline; standby1, ahead on the old timeline, must be fully resynced.
-    let (mut c, m) = setup(3, json!({})).await?;
-    let s: Vec<usize> = (0..3).filter(|&i| i != m).collect();
-    let (s0, s1) = (s[0], s[1]);
-    c.wait_right_master(m, secs(60)).await?;
-    c.create_table(secs(30)).await?;
-    c.write_row(1, secs(30)).await?;
-    c.wait_rows(s0, "table01", 1, secs(60)).await?;
-    c.wait_rows(s1, "table01", 1, secs(60)).await?;
-    c.wait_synced_xlogpos(&[m, s0, s1], secs(60)).await?;
-
-    eprintln!("--- stop standby0 (keeper{s0}); row 2 reaches standby1 (keeper{s1}) only");
-    c.keepers[s0].stop().await?;
-    c.write_row(2, secs(30)).await?;
-    c.wait_rows(s1, "table01", 2, secs(60)).await?;
-    // Let the sentinel record the master's position before it goes.
-    c.wait_synced_xlogpos(&[m, s1], secs(60)).await?;
-
-    eprintln!("--- stop the master and standby1, start standby0");
-    c.keepers[m].stop().await?;
-    c.keepers[s1].stop().await?;
-    c.keepers[s0].start()?;
-    c.wait_master_is(s0, secs(90)).await?;
-    c.wait_db_role(s0, true, secs(60)).await?;
-    c.wait_right_master(s0, secs(60)).await?;
-    c.write_row(3, secs(30)).await?;
-    c.write_row(4, secs(30)).await?;
-    c.wait_rows(s0, "table01", 3, secs(10)).await?;
-
-    eprintln!("--- standby1 (ahead on the old timeline) returns and is resynced");
-    c.keepers[s1].start()?;
-    c.wait_rows(s1, "table01", 3, secs(180)).await?;
-    c.wait_db_role(s1, false, secs(60)).await?;
-    c.write_row(5, secs(30)).await?;
-    c.wait_rows(s1, "table01", 4, secs(60)).await?;
-    c.pass();
-    Ok(())
+    // TestTimelineFork (async).
+    timeline_fork_scenario(false, false).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,6 +461,494 @@ async fn sync_standby_not_in_sync_min0() -> Result<()> {
     c.wait_rows(m, "table01", 2, secs(10)).await?;
     c.keepers[s].start()?;
     c.wait_rows(s, "table01", 2, secs(60)).await?;
+    c.pass();
+    Ok(())
+}
+
+/// UID of the DB assigned to keeper `i` now, if any.
+async fn db_uid(c: &Cluster, i: usize) -> Result<Option<String>> {
+    let cd = c.cluster_data().await?.context("no clusterdata")?;
+    Ok(c.keeper_db(&cd, i).map(|d| d.uid.clone()))
+}
+
+/// Waits until clusterdata's keepers are exactly the given keepers (by index).
+async fn wait_keepers_exactly(c: &Cluster, keepers: &[usize], limit: Duration) -> Result<()> {
+    let want: BTreeSet<String> = keepers.iter().map(|&i| c.keepers[i].uid.clone()).collect();
+    wait_for(
+        &format!("keepers {want:?} in clusterdata"),
+        limit,
+        async || {
+            let cd = c.cluster_data().await?.context("no clusterdata")?;
+            let got: BTreeSet<String> = cd.keepers.keys().cloned().collect();
+            if got == want {
+                Ok(())
+            } else {
+                bail!("keepers {got:?}")
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until the sentinel has declared keeper `i` unhealthy.
+async fn wait_keeper_unhealthy(c: &Cluster, i: usize, limit: Duration) -> Result<()> {
+    let uid = c.keepers[i].uid.clone();
+    wait_for(
+        &format!("keeper{i} declared unhealthy"),
+        limit,
+        async || {
+            let cd = c.cluster_data().await?.context("no clusterdata")?;
+            match cd.keepers.get(&uid) {
+                Some(k) if k.status.healthy => bail!("still healthy"),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until clusterdata shows keeper `i`'s DB healthy and converged.
+async fn wait_db_healthy(c: &Cluster, i: usize, limit: Duration) -> Result<()> {
+    wait_for(&format!("keeper{i}'s db healthy"), limit, async || {
+        let cd = c.cluster_data().await?.context("no clusterdata")?;
+        let db = c.keeper_db(&cd, i).context("no db")?;
+        if db.status.healthy && db.status.current_generation == db.generation {
+            Ok(())
+        } else {
+            bail!(
+                "healthy {}, generation {}/{}",
+                db.status.healthy,
+                db.status.current_generation,
+                db.generation
+            )
+        }
+    })
+    .await
+}
+
+/// Fails if `bad` ever returns `Ok(reason)` during `period` (checked every 500 ms): for the
+/// "must not happen" assertions.
+async fn ensure_never(
+    what: &str,
+    period: Duration,
+    mut bad: impl AsyncFnMut() -> Result<Option<String>>,
+) -> Result<()> {
+    let deadline = Instant::now() + period;
+    while Instant::now() < deadline {
+        if let Ok(Some(reason)) = bad().await {
+            bail!("{what}: {reason}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// Whether keeper `i` is the master in clusterdata or its postgres is a primary.
+async fn is_master_anywhere(c: &Cluster, i: usize) -> Result<Option<String>> {
+    if let Some(cd) = c.cluster_data().await?
+        && let Ok(m) = c.master_of(&cd)
+        && m == i
+    {
+        return Ok(Some(format!("keeper{i} is the master in clusterdata")));
+    }
+    let port = c.keepers[i].pg_port;
+    if let Ok(v) = stolon_it::pg::query_value(port, "select pg_is_in_recovery()").await
+        && v == "f"
+    {
+        return Ok(Some(format!("keeper{i}'s postgres is a primary")));
+    }
+    Ok(None)
+}
+
+// ------------------------------------------------------------------------ failover failed
+
+/// TestFailoverFailed(SyncRepl): the standby is elected but dies before promoting; the old
+/// master comes back. Async: it is elected again. Sync: it is not (it is not a synchronous
+/// standby of the elected master), so no master is usable.
+///
+/// Our keeper reacts to the clusterdata change at once (store watch), so "stop the standby
+/// before it reads the new clusterdata" as Stolon's test does would always lose the race.
+/// Instead, once the master keeper is stopped, the standby keeper is frozen (SIGSTOP, its
+/// postgres keeps running) and the master force-failed (`stolonctl failkeeper`) so the
+/// sentinel elects the frozen standby at its next check, within the `failInterval` the
+/// standby's last info stays valid; then the frozen keeper and its postgres are killed, so it
+/// never promotes.
+async fn failover_failed_scenario(sync: bool) -> Result<()> {
+    // failInterval 10s: the frozen standby stays electable for 10 s after its last report,
+    // room enough for the election on a loaded machine.
+    let (mut c, m, s) = two_keepers_with_spec(json!({
+        "synchronousReplication": sync,
+        "failInterval": "10s",
+    }))
+    .await?;
+    eprintln!("--- stop the master keeper{m}, freeze the standby keeper{s}, force-fail the master");
+    c.keepers[m].stop().await?;
+    c.keepers[s].proc.pause()?;
+    let master_uid = c.keepers[m].uid.clone();
+    c.stolonctl_ok(&["failkeeper", &master_uid]).await?;
+    // The frozen standby is failed 10 s (failInterval) after its last report: the election
+    // must come before that.
+    c.wait_master_is(s, secs(30)).await?;
+    let in_recovery =
+        stolon_it::pg::query_value(c.keepers[s].pg_port, "select pg_is_in_recovery()").await?;
+    ensure!(in_recovery == "t", "the frozen standby was promoted");
+    eprintln!("--- kill the elected (frozen, never promoted) standby keeper{s} and its postgres");
+    c.keepers[s].kill_with_postgres()?;
+
+    eprintln!("--- the old master keeper{m} returns");
+    c.keepers[m].start()?;
+    if sync {
+        ensure_never(
+            "the old master, not a synchronous standby, must not be re-elected",
+            secs(30),
+            async || is_master_anywhere(&c, m).await,
+        )
+        .await?;
+        // The elected master is still the dead standby.
+        c.wait_master_is(s, secs(5)).await?;
+    } else {
+        c.wait_master_is(m, secs(60)).await?;
+        c.wait_db_role(m, true, secs(60)).await?;
+        c.wait_right_master(m, secs(60)).await?;
+        c.wait_rows(m, "table01", 1, secs(10)).await?;
+        c.write_row(2, secs(30)).await?;
+        c.wait_rows(m, "table01", 2, secs(10)).await?;
+    }
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_failed() -> Result<()> {
+    // TestFailoverFailed: async, the old master is re-elected when it comes back.
+    failover_failed_scenario(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_failed_sync_repl() -> Result<()> {
+    // TestFailoverFailedSyncRepl: sync, the old master must not be re-elected.
+    failover_failed_scenario(true).await
+}
+
+// ------------------------------------------------------------------------ keeper removal
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeper_removal() -> Result<()> {
+    // TestKeeperRemoval: dead keepers without a DB are removed after deadKeeperRemovalInterval,
+    // keepers with a DB never are.
+    let (mut c, m) = setup(
+        2,
+        json!({ "deadKeeperRemovalInterval": "10s", "maxStandbysPerSender": 1 }),
+    )
+    .await?;
+    let s1 = other(m);
+    c.create_table(secs(30)).await?;
+    c.write_row(1, secs(30)).await?;
+    c.wait_rows(s1, "table01", 1, secs(60)).await?;
+
+    eprintln!("--- an extra keeper joins: no DB for it (maxStandbysPerSender 1)");
+    let s2 = c.add_keeper()?;
+    wait_keepers_exactly(&c, &[m, s1, s2], secs(30)).await?;
+    ensure!(db_uid(&c, s2).await?.is_none(), "keeper{s2} got a db");
+
+    eprintln!("--- stop the extra keeper{s2}: removed as dead without a DB");
+    c.keepers[s2].stop().await?;
+    wait_keepers_exactly(&c, &[m, s1], secs(60)).await?;
+
+    eprintln!("--- stop the standby keeper{s1} and master keeper{m}; they have DBs: kept");
+    // The standby first, and declared failed before the master stops: otherwise the sentinel
+    // may see the master failed while the standby's last info is still within failInterval,
+    // and elect it.
+    c.keepers[s1].stop().await?;
+    wait_keeper_unhealthy(&c, s1, secs(30)).await?;
+    c.keepers[m].stop().await?;
+    // Longer than deadKeeperRemovalInterval (10s).
+    tokio::time::sleep(secs(15)).await;
+    wait_keepers_exactly(&c, &[m, s1], secs(5)).await?;
+
+    eprintln!("--- start the master keeper{m} and the extra keeper{s2}");
+    c.keepers[m].start()?;
+    c.keepers[s2].start()?;
+    c.wait_master_is(m, secs(30)).await?;
+    c.wait_db_up(m, secs(60)).await?;
+    c.wait_right_master(m, secs(60)).await?;
+    c.write_row(2, secs(30)).await?;
+    // The extra keeper is re-added and gets a new standby DB (standby1 is dead).
+    c.wait_rows(s2, "table01", 2, secs(120)).await?;
+    c.wait_db_role(s2, false, secs(30)).await?;
+    // standby1's DB is dropped (one good standby is enough), then standby1 itself.
+    wait_keepers_exactly(&c, &[m, s2], secs(60)).await?;
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeper_removal_stolon_ctl_sync_repl() -> Result<()> {
+    // TestKeeperRemovalStolonCtlSyncRepl: like keeper_removal_stolonctl (ha.rs) with sync
+    // replication; both standbys are synchronous first.
+    let (mut c, m) = setup(
+        3,
+        json!({ "synchronousReplication": true, "maxSynchronousStandbys": 3 }),
+    )
+    .await?;
+    let s: Vec<usize> = (0..3).filter(|&i| i != m).collect();
+    let (s0, s1) = (s[0], s[1]);
+    c.wait_sync_standbys(&[s0, s1], secs(60)).await?;
+    c.wait_right_master(m, secs(60)).await?;
+    c.create_table(secs(30)).await?;
+    c.write_row(1, secs(30)).await?;
+    c.wait_rows(m, "table01", 1, secs(10)).await?;
+    c.wait_rows(s0, "table01", 1, secs(60)).await?;
+
+    let master_uid = c.keepers[m].uid.clone();
+    let out = c.stolonctl(&["removekeeper", &master_uid]).await?;
+    ensure!(
+        !out.status.success(),
+        "removekeeper of the master must fail; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let old_db = db_uid(&c, s0).await?;
+
+    eprintln!("--- stop keeper{s0} and remove it");
+    c.keepers[s0].stop().await?;
+    let uid = c.keepers[s0].uid.clone();
+    c.stolonctl_ok(&["removekeeper", &uid]).await?;
+    let cd = c.cluster_data().await?.context("no clusterdata")?;
+    ensure!(cd.keepers.len() == 2, "keepers {:?}", cd.keepers.keys());
+    ensure!(cd.dbs.len() == 2, "dbs {:?}", cd.dbs.keys());
+
+    eprintln!("--- keeper{s0} rejoins with the same uid and a new db");
+    c.keepers[s0].start()?;
+    c.wait_keeper_count(3, secs(60)).await?;
+    c.wait_rows(s0, "table01", 1, secs(120)).await?;
+    let new_db = db_uid(&c, s0).await?;
+    ensure!(
+        new_db.is_some() && new_db != old_db,
+        "db {old_db:?} -> {new_db:?}"
+    );
+    // Writes go on (the removed DB no longer blocks commits) and reach the new standby.
+    c.write_row(2, secs(60)).await?;
+    c.wait_rows(s0, "table01", 2, secs(60)).await?;
+    c.pass();
+    Ok(())
+}
+
+// ------------------------------------------------------------------------ standby can't sync
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_cant_sync() -> Result<()> {
+    // TestStandbyCantSync: standby0 is down while the WAL it needs is recycled; after a
+    // failover to standby1 the sentinel sees standby0 cannot sync and gives it a new DB (full
+    // resync).
+    let (mut c, m) = setup(
+        3,
+        json!({ "pgParameters": { "max_wal_size": "40MB", "min_wal_size": "40MB" } }),
+    )
+    .await?;
+    let s: Vec<usize> = (0..3).filter(|&i| i != m).collect();
+    let (s0, s1) = (s[0], s[1]);
+    c.wait_right_master(m, secs(60)).await?;
+    c.create_table(secs(30)).await?;
+    c.write_row(1, secs(30)).await?;
+    c.wait_rows(s0, "table01", 1, secs(60)).await?;
+    c.wait_rows(s1, "table01", 1, secs(60)).await?;
+    let old_db = db_uid(&c, s0).await?.context("standby0 has no db")?;
+
+    eprintln!("--- stop standby0 (keeper{s0}); switch WAL 10 times; checkpoint");
+    c.keepers[s0].stop().await?;
+    let mport = c.keepers[m].pg_port;
+    let client = stolon_it::pg::connect(mport).await?;
+    stolon_it::pg::run_on(
+        &client,
+        "drop table if exists switchwal; create table switchwal (id int primary key)",
+    )
+    .await?;
+    for i in 0..10 {
+        stolon_it::pg::run_on(
+            &client,
+            &format!("insert into switchwal values ({i}); select pg_switch_wal()"),
+        )
+        .await?;
+    }
+    stolon_it::pg::run_on(&client, "drop table switchwal; checkpoint").await?;
+    let lsn = stolon_it::pg::run_on(&client, "select pg_current_wal_lsn()::text")
+        .await?
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .context("no lsn")?;
+    drop(client);
+    // standby1 replays the master's checkpoint, so its restartpoint can drop the old WAL.
+    let s1port = c.keepers[s1].pg_port;
+    wait_for("standby1 to replay the checkpoint", secs(60), async || {
+        let v = stolon_it::pg::query_value(
+            s1port,
+            &format!("select pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"),
+        )
+        .await?;
+        if v == "t" {
+            Ok(())
+        } else {
+            bail!("not replayed yet")
+        }
+    })
+    .await?;
+    stolon_it::pg::exec(s1port, "checkpoint").await?;
+
+    eprintln!("--- stop the master keeper{m}: standby1 (keeper{s1}) takes over");
+    c.keepers[m].stop().await?;
+    c.wait_master_is(s1, secs(60)).await?;
+    c.wait_db_role(s1, true, secs(60)).await?;
+
+    eprintln!("--- start standby0: it cannot sync and is recreated");
+    c.keepers[s0].start()?;
+    c.wait_right_master(s1, secs(60)).await?;
+    c.write_row(2, secs(30)).await?;
+    c.wait_rows(s0, "table01", 2, secs(180)).await?;
+    let new_db = db_uid(&c, s0).await?;
+    ensure!(
+        new_db.as_deref().is_some_and(|d| d != old_db),
+        "standby0's db should have been replaced: {old_db} -> {new_db:?}"
+    );
+    c.wait_db_role(s0, false, secs(30)).await?;
+    c.pass();
+    Ok(())
+}
+
+// ------------------------------------------------------------------------ timeline fork
+
+/// TestTimelineFork variants (Stolon's steps: 2 keepers, then a third): standby0 misses row 2,
+/// the master and standby1 stop, standby0 starts alone. Async: it is elected on a new
+/// timeline though behind, and standby1 (ahead on the old timeline) is resynced. Sync: it is
+/// not a synchronous standby anymore, so it must not be elected.
+async fn timeline_fork_scenario(sync: bool, pgrewind: bool) -> Result<()> {
+    let (mut c, m, s0) =
+        two_keepers_with_spec(json!({ "synchronousReplication": sync, "usePgrewind": pgrewind }))
+            .await?;
+    eprintln!("--- standby1 joins");
+    let s1 = c.add_keeper()?;
+    c.wait_rows(s1, "table01", 1, secs(120)).await?;
+
+    eprintln!("--- stop standby0 (keeper{s0}); row 2 reaches standby1 (keeper{s1}) only");
+    c.keepers[s0].stop().await?;
+    // With sync replication this blocks until standby1 replaces standby0 as sync standby.
+    c.write_row(2, secs(60)).await?;
+    c.wait_rows(s1, "table01", 2, secs(60)).await?;
+    if sync {
+        c.wait_sync_standbys(&[s1], secs(60)).await?;
+    }
+    // Let the sentinel record the master's position before it goes.
+    c.wait_synced_xlogpos(&[m, s1], secs(60)).await?;
+
+    eprintln!("--- stop standby1 and the master, start standby0");
+    // Standby1 first, and declared failed before the master stops: otherwise the sentinel may
+    // see the master failed while standby1's last info is still within failInterval, and elect
+    // it.
+    c.keepers[s1].stop().await?;
+    wait_keeper_unhealthy(&c, s1, secs(30)).await?;
+    c.keepers[m].stop().await?;
+    c.keepers[s0].start()?;
+    c.wait_db_up(s0, secs(60)).await?;
+    if sync {
+        // standby0 is healthy and converged as far as the sentinel knows...
+        wait_db_healthy(&c, s0, secs(60)).await?;
+        // ...but not a synchronous standby.
+        ensure_never(
+            "standby0, no longer a synchronous standby, must not be elected",
+            secs(20),
+            async || is_master_anywhere(&c, s0).await,
+        )
+        .await?;
+        c.pass();
+        return Ok(());
+    }
+    c.wait_master_is(s0, secs(90)).await?;
+    c.wait_db_role(s0, true, secs(60)).await?;
+    c.wait_right_master(s0, secs(60)).await?;
+    c.write_row(3, secs(30)).await?;
+    c.write_row(4, secs(30)).await?;
+    c.wait_rows(s0, "table01", 3, secs(10)).await?;
+
+    eprintln!("--- standby1 (ahead on the old timeline) returns and is resynced");
+    c.keepers[s1].start()?;
+    c.wait_rows(s1, "table01", 3, secs(180)).await?;
+    c.wait_db_role(s1, false, secs(60)).await?;
+    c.write_row(5, secs(30)).await?;
+    c.wait_rows(s1, "table01", 4, secs(60)).await?;
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_fork_sync_repl() -> Result<()> {
+    // TestTimelineForkSyncRepl: the behind standby is not elected with sync replication.
+    timeline_fork_scenario(true, false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_fork_pgrewind() -> Result<()> {
+    // TestTimelineForkPgrewind: as TestTimelineFork with usePgrewind (pg_rewind may fail, then
+    // a full resync).
+    timeline_fork_scenario(false, true).await
+}
+
+// ------------------------------------------------------------------------ min sync standbys 0
+
+fn sync0_spec(pgrewind: bool) -> Value {
+    json!({
+        "synchronousReplication": true,
+        "minSynchronousStandbys": 0,
+        "usePgrewind": pgrewind,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_master_restart_sync_repl0() -> Result<()> {
+    // TestOldMasterRestartSyncRepl0: sync with minSynchronousStandbys 0 and no third keeper:
+    // writes on the new master do not block; the old master returns as its standby.
+    let (mut c, m, s) = two_keepers_with_spec(sync0_spec(false)).await?;
+    eprintln!("--- stop the master keeper{m}");
+    c.keepers[m].stop().await?;
+    c.wait_master_is(s, secs(60)).await?;
+    c.wait_db_role(s, true, secs(60)).await?;
+    c.wait_rows(s, "table01", 1, secs(10)).await?;
+    c.wait_right_master(s, secs(60)).await?;
+    // Without any standby: must not block (bounded, with retries over the 10 s statement
+    // timeout while the sentinel drops the dead synchronous standby).
+    c.write_row(2, secs(60)).await?;
+    c.wait_rows(s, "table01", 2, secs(10)).await?;
+
+    eprintln!("--- the old master keeper{m} returns as a standby");
+    c.keepers[m].start()?;
+    c.wait_rows(m, "table01", 2, secs(120)).await?;
+    c.wait_db_role(m, false, secs(60)).await?;
+    c.wait_right_master(s, secs(30)).await?;
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition1_sync_repl0() -> Result<()> {
+    // TestPartition1SyncRepl0: the master keeper and its postgres are frozen (SIGSTOP; there is
+    // no netem); with minSynchronousStandbys 0 and no third keeper the new master accepts
+    // writes; once resumed the old master becomes its standby.
+    let (c, m, s) = two_keepers_with_spec(sync0_spec(false)).await?;
+    eprintln!("--- SIGSTOP keeper{m} and its postgres");
+    c.keepers[m].pause_with_postgres()?;
+    let res = async {
+        c.wait_master_is(s, secs(60)).await?;
+        c.wait_db_role(s, true, secs(60)).await?;
+        c.wait_rows(s, "table01", 1, secs(10)).await?;
+        c.wait_right_master(s, secs(60)).await?;
+        c.write_row(2, secs(60)).await
+    }
+    .await;
+    eprintln!("--- SIGCONT keeper{m} and its postgres");
+    c.keepers[m].resume_with_postgres()?;
+    res?;
+    c.wait_rows(m, "table01", 2, secs(120)).await?;
+    c.wait_db_role(m, false, secs(60)).await?;
+    // The proxy never routed back to the old master.
+    c.wait_right_master(s, secs(10)).await?;
     c.pass();
     Ok(())
 }
