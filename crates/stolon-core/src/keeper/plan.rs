@@ -519,17 +519,7 @@ pub fn plan(
                 o.running = true;
                 o.applied = Some(cfg);
             } else if o.applied.as_ref().map(|c| &c.recovery) != Some(&cfg.recovery) {
-                let reload = o
-                    .applied
-                    .as_ref()
-                    .is_some_and(|c| reloadable_recovery_change(&c.recovery, &cfg.recovery, &o));
-                a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
-                a.push(if reload {
-                    KeeperAction::Reload
-                } else {
-                    KeeperAction::Restart
-                });
-                o.applied = Some(cfg);
+                apply_recovery_change(&mut a, &mut o, cfg);
             }
             a.push(KeeperAction::RefreshSlots { wanted: vec![] });
         }
@@ -569,22 +559,12 @@ pub fn plan(
                 let cur = o.applied.as_ref().map(|c| &c.recovery);
                 if cur != Some(&recovery) {
                     a.push(KeeperAction::Note(Note::RecoveryChanged));
-                    let reload = cur.is_some_and(|c| reloadable_recovery_change(c, &recovery, &o));
                     let cfg = PgConfig {
                         parameters: params.clone(),
                         hba: ctx.hba(only_internal),
                         recovery,
                     };
-                    a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
-                    // PostgreSQL 13+ re-reads primary_conninfo / primary_slot_name on reload and
-                    // restarts its WAL receiver: a standby re-pointed at a new primary keeps
-                    // serving reads and re-attaches sooner than after a restart.
-                    a.push(if reload {
-                        KeeperAction::Reload
-                    } else {
-                        KeeperAction::Restart
-                    });
-                    o.applied = Some(cfg);
+                    apply_recovery_change(&mut a, &mut o, cfg);
                 }
             }
             // A standby cluster's master (following an external primary) serves the cluster's
@@ -668,6 +648,24 @@ pub fn plan(
         });
     }
     a
+}
+
+/// Writes `cfg` (new recovery settings for a running standby) and applies it: PostgreSQL 13+
+/// re-reads `primary_conninfo` / `primary_slot_name` on reload and restarts its WAL receiver, so
+/// a standby re-pointed at a new primary keeps serving reads and re-attaches sooner than after a
+/// restart; any other recovery change needs a restart.
+fn apply_recovery_change(a: &mut Vec<KeeperAction>, o: &mut Observed, cfg: PgConfig) {
+    let reload = o
+        .applied
+        .as_ref()
+        .is_some_and(|c| reloadable_recovery_change(&c.recovery, &cfg.recovery, o));
+    a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
+    a.push(if reload {
+        KeeperAction::Reload
+    } else {
+        KeeperAction::Restart
+    });
+    o.applied = Some(cfg);
 }
 
 /// A standby's recovery settings changed only in what PostgreSQL 13 and later apply on reload
