@@ -3,7 +3,8 @@
 //!
 //! Module map: [`config`] (flags, startup checks), [`state`] (local files, data-dir lock),
 //! [`runtime`] (the event-driven loop and the executor of the pure plan from
-//! `stolon_core::keeper`), `publisher` (the KeeperInfo publishing task), [`metrics`] (Prometheus), [`logging`] (Stolon-compatible log lines).
+//! `stolon_core::keeper`), `publisher` (the KeeperInfo publishing task), [`metrics`]
+//! (Prometheus), [`logging`] (Stolon-compatible log lines).
 //! `main.rs` only wires these together.
 
 pub mod config;

@@ -3,12 +3,13 @@
 //! The keeper loop can be busy for a long time on one action (a `pg_basebackup` of a large
 //! database, a slow start): if it also carried the publishing, the sentinel would see no fresh
 //! info for `failInterval` and declare a working keeper failed. So a task republishes the latest
-//! info every `sleepInterval` (a new `infoUID` each time), and at once when the loop hands it a
-//! new one. (Every three quarters of `sleepInterval` in fact: the sentinel counts an info as
-//! fresh for one `sleepInterval` after it first sees it, so publishing exactly that often would
-//! make a live keeper look silent whenever a publish comes a little late.) An info the loop has not refreshed for [`STALE_AFTER_INTERVALS`] intervals is
-//! published with its PostgreSQL state marked unhealthy: the keeper is alive, but nobody is
-//! looking after its database, so the sentinel must not rely on it.
+//! info (a new `infoUID` each time) every three quarters of `sleepInterval`, and at once when the
+//! loop hands it a new one. (The sentinel counts an info as fresh for one `sleepInterval` after it
+//! first sees it: publishing exactly that often would make a live keeper look silent whenever a
+//! publish comes a little late.) An info the loop has not refreshed for
+//! [`STALE_AFTER_INTERVALS`] intervals is published with its PostgreSQL state marked unhealthy:
+//! the keeper is alive, but nobody is looking after its database, so the sentinel must not rely
+//! on it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,10 +25,10 @@ use tracing::error;
 use crate::state;
 
 /// Minimum TTL of the published info.
-pub(crate) const MIN_INFO_TTL: Duration = Duration::from_secs(20);
+const MIN_INFO_TTL: Duration = Duration::from_secs(20);
 /// After this many intervals without a refresh from the keeper loop, the published PostgreSQL
 /// state says unhealthy.
-pub(crate) const STALE_AFTER_INTERVALS: u32 = 3;
+const STALE_AFTER_INTERVALS: u32 = 3;
 
 struct Latest {
     info: Option<KeeperInfo>,
@@ -67,7 +68,7 @@ impl Publisher {
         }
     }
 
-    /// The keeper loop's latest info (its `infoUID` is replaced on every publish), published
+    /// The keeper loop's latest info (its `infoUID` is set on every publish), published
     /// now and then every `interval`.
     pub(crate) fn update(&self, info: KeeperInfo, interval: Duration) {
         {

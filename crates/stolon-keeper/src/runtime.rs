@@ -270,7 +270,7 @@ impl Keeper {
             }
         }
         self.update_pg_state().await;
-        self.publish().await;
+        self.publish();
     }
 
     async fn observe(&mut self, cd: Option<&ClusterData>) -> Observed {
@@ -797,12 +797,13 @@ impl Keeper {
         self.pg_state = self.query_state().await;
     }
 
-    async fn publish(&mut self) {
+    /// Hands the current info to the publishing task (which sets its `infoUID` per publish).
+    fn publish(&self) {
         if self.keeper_state.cluster_uid.is_empty() {
             return;
         }
         let info = KeeperInfo {
-            info_uid: state::new_uid(),
+            info_uid: String::new(),
             uid: self.keeper_state.uid.clone(),
             cluster_uid: self.keeper_state.cluster_uid.clone(),
             boot_uuid: self.boot_uuid.clone(),
