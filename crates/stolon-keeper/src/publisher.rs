@@ -7,13 +7,17 @@
 //! loop hands it a new one. (The sentinel counts an info as fresh for one `sleepInterval` after it
 //! first sees it: publishing exactly that often would make a live keeper look silent whenever a
 //! publish comes a little late.) An info the loop has not refreshed for
-//! [`STALE_AFTER_INTERVALS`] intervals is published with its PostgreSQL state marked unhealthy:
-//! the keeper is alive, but nobody is looking after its database, so the sentinel must not rely
-//! on it.
+//! [`STALE_AFTER_INTERVALS`](stolon_core::keeper::STALE_AFTER_INTERVALS) intervals is published
+//! with its PostgreSQL state marked unhealthy: the keeper is alive, but nobody is looking after
+//! its database, so the sentinel must not rely on it.
+//!
+//! Those rules (period, TTL, staleness) are pure functions of `stolon_core::keeper`; this task
+//! only keeps the clock, draws the `infoUID` and writes to the store.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use stolon_core::keeper::{info_to_publish, info_ttl, republish_period};
 use stolon_core::model::KeeperInfo;
 use stolon_store::Store;
 use tokio::sync::Notify;
@@ -23,12 +27,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use crate::state;
-
-/// Minimum TTL of the published info.
-const MIN_INFO_TTL: Duration = Duration::from_secs(20);
-/// After this many intervals without a refresh from the keeper loop, the published PostgreSQL
-/// state says unhealthy.
-const STALE_AFTER_INTERVALS: u32 = 3;
 
 struct Latest {
     info: Option<KeeperInfo>,
@@ -106,12 +104,12 @@ async fn run(store: Arc<dyn Store>, shared: Arc<Shared>, cancel: CancellationTok
             biased;
             _ = cancel.cancelled() => return,
             _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep(interval * 3 / 4) => {}
+            _ = tokio::time::sleep(republish_period(interval)) => {}
         }
         let Some((info, interval)) = next_info(&shared) else {
             continue;
         };
-        let ttl = interval.max(MIN_INFO_TTL);
+        let ttl = info_ttl(interval);
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
@@ -125,22 +123,19 @@ async fn run(store: Arc<dyn Store>, shared: Arc<Shared>, cancel: CancellationTok
 }
 
 /// The info to publish now, if any: a new `infoUID`, and the PostgreSQL state marked unhealthy
-/// when the keeper loop has not refreshed it for too long.
+/// when the keeper loop has not refreshed it for too long ([`info_to_publish`]).
 fn next_info(shared: &Shared) -> Option<(KeeperInfo, Duration)> {
     let l = shared.latest.lock().expect("publisher state poisoned");
-    let mut info = l.info.clone()?;
+    let latest = l.info.clone()?;
+    let mut info = info_to_publish(latest, l.refreshed.elapsed(), l.interval);
     info.info_uid = state::new_uid();
-    if l.refreshed.elapsed() > l.interval * STALE_AFTER_INTERVALS
-        && let Some(ps) = info.postgres_state.as_mut()
-    {
-        ps.healthy = false;
-    }
     Some((info, l.interval))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stolon_core::keeper::STALE_AFTER_INTERVALS;
     use stolon_core::model::PostgresState;
     use stolon_store::mem::MemStore;
 
