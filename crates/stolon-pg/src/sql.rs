@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use stolon_core::keeper::restart_relevant;
 use tokio_postgres::{Client, NoTls};
 
 use crate::conninfo::ConnParams;
@@ -189,22 +190,28 @@ pub(crate) fn filter_in_sync(pairs: Vec<(String, String)>) -> Vec<String> {
     out
 }
 
-/// Whether a changed parameter waits for a restart. Recovery parameters do not count: they
-/// matter only while in recovery, and the keeper's plan restarts a standby itself when they
-/// change; a just-promoted primary (its recovery settings dropped from `postgresql.conf`) must
-/// not look as if it needed a restart.
+/// Whether a changed parameter waits for a restart: any `pg_settings` row with
+/// `pending_restart` whose name [`restart_relevant`] counts (recovery parameters do not; the
+/// rule is stolon-core's).
 pub(crate) async fn pending_restart(c: &Client) -> Result<bool, PgError> {
     let what = "read pg_settings.pending_restart";
-    let row = c
-        .query_one(
-            "select count(*) > 0 from pg_settings where pending_restart \
-             and name not like 'recovery\\_%' \
-             and name not in ('primary_conninfo', 'primary_slot_name', 'restore_command')",
+    let rows = c
+        .query(
+            "select name::text from pg_settings where pending_restart",
             &[],
         )
         .await
         .map_err(sql(what))?;
-    row.try_get(0).map_err(sql(what))
+    let names = rows
+        .iter()
+        .map(|r| r.try_get::<_, String>(0).map_err(sql(what)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(any_restart_relevant(&names))
+}
+
+/// Whether any of the `pending_restart` parameter names counts ([`restart_relevant`]).
+pub(crate) fn any_restart_relevant(names: &[String]) -> bool {
+    names.iter().any(|n| restart_relevant(n))
 }
 
 pub(crate) async fn replication_slots(c: &Client) -> Result<Vec<String>, PgError> {
@@ -328,6 +335,23 @@ mod tests {
             ..r
         };
         assert!(role_statement(&bad, false).is_err());
+    }
+
+    #[test]
+    fn pending_restart_ignores_recovery_parameters() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(!any_restart_relevant(&[]));
+        assert!(!any_restart_relevant(&names(&[
+            "primary_conninfo",
+            "primary_slot_name",
+            "restore_command",
+            "recovery_target_timeline",
+        ])));
+        assert!(any_restart_relevant(&names(&[
+            "recovery_target_timeline",
+            "shared_buffers",
+        ])));
+        assert!(any_restart_relevant(&names(&["max_connections"])));
     }
 
     #[test]

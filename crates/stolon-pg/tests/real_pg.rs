@@ -317,6 +317,49 @@ async fn initdb_start_sql_stop() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_restart_ignores_recovery_parameters() -> Result<()> {
+    bounded(async {
+        let dir = TestDir::new("stolon-pg-it-");
+        let pg = node(&dir, "n1")?;
+        new_primary(&pg, None).await?;
+        ensure!(!pg.pending_restart().await?);
+        pg.write_postgresql_conf(&conf(&pg, "recovery_target_timeline = 'current'\n"))
+            .await?;
+        pg.reload().await?;
+        let raw = || async {
+            let c = pg.connect().await?;
+            let rows = c
+                .query(
+                    "select name::text from pg_settings where pending_restart",
+                    &[],
+                )
+                .await?;
+            Ok::<Vec<String>, anyhow::Error>(rows.iter().map(|r| r.get(0)).collect())
+        };
+        wait_until(
+            "recovery_target_timeline pending",
+            Duration::from_secs(20),
+            || async { Ok(raw().await? == vec!["recovery_target_timeline".to_string()]) },
+        )
+        .await?;
+        ensure!(!pg.pending_restart().await?, "a recovery parameter counted");
+        pg.write_postgresql_conf(&conf(
+            &pg,
+            "recovery_target_timeline = 'current'\nshared_buffers = '24MB'\n",
+        ))
+        .await?;
+        pg.reload().await?;
+        wait_until("pending restart", Duration::from_secs(20), || async {
+            Ok(pg.pending_restart().await?)
+        })
+        .await?;
+        pg.stop(StopMode::Fast).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_reported_and_cleaned_up() -> Result<()> {
     bounded(async {
         let dir = TestDir::new("stolon-pg-it-");
