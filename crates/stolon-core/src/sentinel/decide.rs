@@ -268,6 +268,18 @@ pub(crate) struct Fresh<'a> {
     pub(crate) infos: BTreeMap<String, &'a KeeperInfo>,
 }
 
+/// How long after it was first seen a keeper info still counts as fresh: 1.5 `sleepInterval`.
+///
+/// Stolon uses exactly `sleepInterval`. A live keeper republishes every three quarters of
+/// `sleepInterval`, but publishes are jittered (its loop, the store round trip, when the
+/// sentinel happens to look), so with the exact window one late publish made a live keeper's DB
+/// flap to "no keeper info available". Half an interval of margin absorbs that jitter; a dead
+/// keeper is still judged from its last report (the failure clock starts when its last info was
+/// first seen), so failure detection is not delayed.
+fn info_fresh_window(sleep_interval: Duration) -> Duration {
+    sleep_interval + sleep_interval / 2
+}
+
 /// Keeper and DB health (stolon-behaviour.md §4.2).
 fn update_keepers_status<'a>(
     cd: &mut ClusterData,
@@ -313,14 +325,15 @@ fn update_keepers_status<'a>(
         .map(|(k, h)| (k.clone(), h.first_seen))
         .collect();
 
-    // Freshness: a keeper info counts while its infoUID is new, and for sleepInterval after.
-    let sleep = spec.sleep_interval.to_std();
+    // Freshness: a keeper info counts while its infoUID is new, and for 1.5 sleepInterval after
+    // it was first seen (see `info_fresh_window`).
+    let window = info_fresh_window(spec.sleep_interval.to_std());
     let mut histories = BTreeMap::new();
     let mut new_publish = BTreeSet::new();
     for (uid, info) in &infos {
         let h = match mem.keeper_infos.get(*uid) {
             Some(h) if h.info_uid == info.info_uid => {
-                if h.seen && now.saturating_sub(h.first_seen) <= sleep {
+                if h.seen && now.saturating_sub(h.first_seen) <= window {
                     fresh.infos.insert((*uid).clone(), *info);
                 }
                 h.clone()
@@ -372,7 +385,7 @@ fn update_keepers_status<'a>(
             }
             None => {
                 // The failure clock starts at the last proof of life, not when the missing
-                // update was noticed (up to sleepInterval later): a dead keeper is declared
+                // update was noticed (up to 1.5 sleepInterval later): a dead keeper is declared
                 // failed failInterval after its last report. Stolon starts it at the noticing.
                 let since = last_alive.get(uid).copied().unwrap_or(now);
                 mem.keeper_error_since.entry(uid.clone()).or_insert(since);
@@ -538,13 +551,15 @@ fn next_wake(
     now: MonoInstant,
 ) -> Option<MonoInstant> {
     let tiny = Duration::from_millis(1);
-    let sleep = spec.sleep_interval.to_std();
+    // A keeper info goes stale just after its freshness window (same window as
+    // `update_keepers_status`).
+    let info_window = info_fresh_window(spec.sleep_interval.to_std());
     let fail = spec.fail_interval.to_std();
     let mut candidates: Vec<MonoInstant> = Vec::new();
     candidates.extend(
         mem.keeper_infos
             .values()
-            .map(|h| h.first_seen + sleep + tiny),
+            .map(|h| h.first_seen + info_window + tiny),
     );
     candidates.extend(mem.keeper_error_since.values().map(|s| *s + fail + tiny));
     candidates.extend(mem.db_error_since.values().map(|s| *s + fail + tiny));
