@@ -1222,8 +1222,262 @@ fn sync_disable_clears_sync_fields() {
     assert_eq!(next_of(&d), expected);
 }
 
+/// Makes `keeper` report its DB on `timeline`, switched to from timeline 1 at the DB's current
+/// WAL position (a promoted standby), or back on timeline 1.
+fn report_timeline(f: &mut ClusterFixture, keeper: &str, timeline: u64) {
+    if let Some(ps) = f
+        .keepers_info
+        .get_mut(keeper)
+        .and_then(|i| i.postgres_state.as_mut())
+    {
+        ps.timeline_id = timeline;
+        ps.timelines_history = if timeline > 1 {
+            vec![stolon_core::model::TimelineHistory {
+                timeline_id: 1,
+                switch_point: ps.xlog_pos,
+                reason: String::new(),
+            }]
+        } else {
+            vec![]
+        };
+    }
+}
+
+/// Makes `keeper` report `generation` for its DB (its keeper is still applying a newer spec).
+fn report_generation(f: &mut ClusterFixture, keeper: &str, generation: i64) {
+    if let Some(ps) = f
+        .keepers_info
+        .get_mut(keeper)
+        .and_then(|i| i.postgres_state.as_mut())
+    {
+        ps.generation = generation;
+    }
+}
+
+/// One decision with the invariants checked; returns the clusterdata before it and the decision.
+fn checked_step(f: &mut ClusterFixture) -> (ClusterData, Decision) {
+    let before = f.cd.clone();
+    let d = f.step();
+    if let Some(next) = &d.next {
+        validate_invariants(Some(&before), next).expect("invariants hold");
+    }
+    (before, d)
+}
+
+/// After a synchronous failover (k1 dies, k2 elected listing `elected_list`) the new master
+/// converges first (promoted, on a new timeline), then its standbys are re-pointed to it. While
+/// the listed synchronous standby k3 is still on the old timeline, and while its keeper applies
+/// the re-pointing (its DB converging), k3 stays listed; Stolon swapped it for the fake standby
+/// and then listed it again (`[x] -> [stolonfakestandby] -> [x]`), so commits stayed blocked
+/// for a sentinel round after k3 had re-attached.
+/// `relisted`: k2's list changes in the round it converges (the old master is dropped from it),
+/// so k2 has a new generation to apply in the next round.
+fn assert_listed_standby_kept_while_it_repoints(
+    mut f: ClusterFixture,
+    elected_list: &[&str],
+    relisted: bool,
+) {
+    f.kill("k1");
+    let (_, d) = until(&mut f, &["k1"], |e| {
+        matches!(e, Event::ElectingNewMaster { .. })
+    });
+    let s = next_of(&d).dbs[&db_uid("k2")].spec.clone().expect("spec");
+    let listed: Vec<String> = elected_list.iter().map(|k| db_uid(k)).collect();
+    assert_eq!(s.synchronous_standbys, Some(listed));
+    assert_eq!(s.external_synchronous_standbys, Some(vec![]));
+
+    // k2 converges, promoted on timeline 2: the fenced k1 goes, k3 (still on timeline 1, so not
+    // among the best standbys, and in sync with nobody yet) stays listed and is re-pointed.
+    f.tick(SEC, &["k1"]);
+    report_timeline(&mut f, "k2", 2);
+    let (before, d) = checked_step(&mut f);
+    assert!(d.events.contains(&Event::RemovingOldMasterDb {
+        db: db_uid("k1"),
+        keeper: "k1".into()
+    }));
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    refreshed(&mut expected, now, &["k2", "k3"]);
+    expected.dbs.remove(&db_uid("k1"));
+    let k2 = expected.dbs.get_mut(&db_uid("k2")).expect("db");
+    k2.status.current_generation = k2.generation;
+    k2.status.timeline_id = 2;
+    k2.status.timelines_history = vec![stolon_core::model::TimelineHistory {
+        timeline_id: 1,
+        switch_point: k2.status.xlog_pos,
+        reason: String::new(),
+    }];
+    k2.status.synchronous_standbys = Some(vec![]);
+    let s = spec_mut(&mut expected, "k2");
+    s.synchronous_standbys = Some(vec![db_uid("k3")]);
+    s.external_synchronous_standbys = Some(vec![]);
+    touch_db(&mut expected, "k2", now, relisted);
+    spec_mut(&mut expected, "k3").follow_config = Some(FollowConfig {
+        kind: Some(FollowType::Internal),
+        db_uid: db_uid("k2"),
+        ..Default::default()
+    });
+    touch_db(&mut expected, "k3", now, true);
+    touch_cluster(&mut expected, now);
+    let next = next_of(&d);
+    assert_eq!(next, expected);
+    let k3 = &next.dbs[&db_uid("k3")];
+    let k3_applied = k3.status.current_generation;
+
+    // k3's keeper is still re-pointing (it reports its previous generation): k3 stays listed.
+    f.tick(SEC, &["k1"]);
+    report_generation(&mut f, "k3", k3_applied);
+    let (before, d) = checked_step(&mut f);
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    refreshed(&mut expected, now, &["k2", "k3"]);
+    if relisted {
+        let k2 = expected.dbs.get_mut(&db_uid("k2")).expect("db");
+        assert_ne!(k2.status.current_generation, k2.generation);
+        k2.status.current_generation = k2.generation;
+        touch_db(&mut expected, "k2", now, false);
+    }
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+    assert!(
+        !d.events
+            .iter()
+            .any(|e| matches!(e, Event::SyncStandbysChanged { .. })),
+        "{:?}",
+        d.events
+    );
+
+    // k3 re-attaches (following k2 on timeline 2), then k2 reports it in sync: the list never
+    // changes, the status follows.
+    f.tick(SEC, &["k1"]);
+    report_timeline(&mut f, "k3", 2);
+    let (_, d) = checked_step(&mut f);
+    assert!(
+        !d.events
+            .iter()
+            .any(|e| matches!(e, Event::SyncStandbysChanged { .. })),
+        "{:?}",
+        d.events
+    );
+    f = f.reported_sync(&["k3"]);
+    for _ in 0..3 {
+        f.tick(SEC, &["k1"]);
+        let (_, d) = checked_step(&mut f);
+        assert!(
+            !d.events
+                .iter()
+                .any(|e| matches!(e, Event::SyncStandbysChanged { .. })),
+            "{:?}",
+            d.events
+        );
+    }
+    let k2 = &f.cd.dbs[&db_uid("k2")];
+    let s = k2.spec.clone().expect("spec");
+    assert_eq!(s.synchronous_standbys, Some(vec![db_uid("k3")]));
+    assert_eq!(s.external_synchronous_standbys, Some(vec![]));
+    assert_eq!(k2.status.synchronous_standbys, Some(vec![db_uid("k3")]));
+}
+
+#[test]
+fn failover_sync_keeps_the_old_sync_standby_listed_while_it_repoints_instead_of_the_fake() {
+    // maxSynchronousStandbys 2: k2 and k3 are both in sync with k1. k1 dies; k2 is elected and
+    // lists k1 (standing in for itself, no other standby is free) and k3.
+    let f = ClusterFixture::new()
+        .fast()
+        .spec(|s| s.max_synchronous_standbys = Some(2))
+        .master("k1")
+        .standby("k2")
+        .standby("k3")
+        .sync_standbys(&["k2", "k3"])
+        .proxy("p1");
+    assert_listed_standby_kept_while_it_repoints(f, &["k1", "k3"], true);
+}
+
+#[test]
+fn failover_sync_keeps_the_replacement_standby_listed_while_it_repoints_instead_of_the_fake() {
+    // maxSynchronousStandbys 1: k2 is in sync with k1, k3 is asynchronous. k1 dies; k2 is
+    // elected and lists k3 in its own place.
+    let f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .standby("k3")
+        .sync_standbys(&["k2"])
+        .proxy("p1");
+    assert_listed_standby_kept_while_it_repoints(f, &["k3"], false);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Keeper health details
+
+#[test]
+fn keeper_info_stays_fresh_for_one_and_a_half_sleep_intervals() {
+    // sleepInterval 1 s, failInterval 3 s. k2's keeper last published at t0; k1's keeps publishing.
+    let mut f = ClusterFixture::new().fast().master("k1").standby("k2");
+    let t0 = f.now_mono;
+
+    // 1.2 sleepInterval after it was first seen, k2's info still counts: no DB error, and both
+    // keepers get their lastHealthyTime refreshed.
+    f.tick(Duration::from_millis(1200), &["k2"]);
+    let before = f.cd.clone();
+    let d = f.step();
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    refreshed(&mut expected, now, &["k1", "k2"]);
+    touch_cluster(&mut expected, now);
+    assert_eq!(next_of(&d), expected);
+    assert_eq!(d.events, vec![]);
+    assert!(f.memory.db_error_since.is_empty());
+    assert!(f.memory.keeper_error_since.is_empty());
+    // The sentinel is woken just after k2's info leaves its window (t0 + 1.5 sleepInterval).
+    assert_eq!(d.wake_at, Some(t0 + Duration::from_millis(1501)));
+
+    // 1.6 sleepInterval after: stale. The DB error timer starts now, the keeper's failure clock
+    // at its last proof of life; both are still within failInterval, so nothing is written.
+    f.tick(Duration::from_millis(400), &["k2"]);
+    let d = f.step();
+    assert_eq!(d.next, None, "events: {:?}", d.events);
+    assert_eq!(
+        d.events,
+        vec![Event::NoKeeperInfo {
+            db: db_uid("k2"),
+            keeper: "k2".into()
+        }]
+    );
+    assert_eq!(f.memory.keeper_error_since.get("k2"), Some(&t0));
+    assert_eq!(
+        f.memory.db_error_since.get(&db_uid("k2")),
+        Some(&f.now_mono)
+    );
+}
+
+#[test]
+fn a_live_keeper_publishing_late_by_half_an_interval_never_looks_silent() {
+    // sleepInterval 1 s; the sentinel decides every 100 ms. k2's keeper publishes every 0.75 s
+    // but some publishes come up to 0.7 s late (gaps of up to 1.4 sleepInterval).
+    let mut f = ClusterFixture::new().fast().master("k1").standby("k2");
+    let gaps_ms = [750u64, 1400, 750, 1300, 750, 1400, 750];
+    for gap in gaps_ms {
+        let steps = gap / 100;
+        for i in 1..=steps {
+            let publish = i == steps;
+            f.tick(
+                Duration::from_millis(100),
+                if publish { &[] } else { &["k2"] },
+            );
+            let d = f.step();
+            assert!(
+                !d.events
+                    .iter()
+                    .any(|e| matches!(e, Event::NoKeeperInfo { .. })),
+                "{:?}",
+                d.events
+            );
+        }
+    }
+    assert!(f.memory.db_error_since.is_empty());
+    assert!(f.cd.dbs[&db_uid("k2")].status.healthy);
+}
 
 #[test]
 fn force_fail_is_a_one_shot_that_triggers_failover() {

@@ -819,6 +819,32 @@ fn sync_standbys(cd: &mut ClusterData, master_uid: &str, ctx: &Ctx<'_>, events: 
                 }
             }
         }
+        // Still short: keep the standbys the master was told to wait for before step 2 reset
+        // the list, unless they failed or are gone, instead of falling back to the fake standby.
+        // This is the window right after a failover: the new master has converged (promoted,
+        // on a new timeline) and reports no synchronous standby yet, while the listed standby
+        // is still on the old timeline (so not among the best standbys) or is converging while
+        // its keeper re-points it to the new master (so not Good, which made step 2 reset the
+        // list). Stolon drops it here, lists the fake standby for a round or two, then lists
+        // it again ([x] -> [fake] -> [x]); commits block in both cases, but with x listed they
+        // resume as soon as x re-attaches instead of after the sentinel's next rounds. Safe:
+        // listing a standby only makes the master wait for it, only what the master reports in
+        // sync (the status) makes a standby electable, and the merge below still keeps every
+        // standby known in sync next to a newly listed one (two-step change).
+        if set.len() < min {
+            for u in &prev_spec_list {
+                if set.len() >= min {
+                    break;
+                }
+                let alive = cd
+                    .dbs
+                    .get(u)
+                    .is_some_and(|db| ctx.db_status(cd, db) != DbStatusKind::Failed);
+                if alive && !set.contains(u) {
+                    set.push(u.clone());
+                }
+            }
+        }
         if merge && set.iter().any(|u| !spec_list.contains(u)) {
             for u in &spec_list {
                 if exists(u) && !set.contains(u) {
