@@ -288,6 +288,9 @@ pub async fn run(
         wake_at: None,
     };
     let mut was_leader = false;
+    // What ended the last wait, logged with each check (debug) so a late reaction can be traced
+    // to its wake-up: a store change reacts at once, a tick or timer means no change was seen.
+    let mut woke_by = "start";
     loop {
         let leader = *leader_rx.borrow_and_update();
         if leader && !was_leader {
@@ -300,18 +303,21 @@ pub async fn run(
         was_leader = leader;
         s.metrics.is_leader.set(i64::from(leader));
         changes.borrow_and_update();
+        tracing::debug!(woke_by, leader, "check");
         s.check(leader).await;
 
         let wake = s.wake_at.filter(|_| leader);
         tokio::select! {
             _ = cancel.cancelled() => break,
             r = changes.changed() => {
+                woke_by = "store change";
                 if r.is_err() {
                     // The store dropped its notifier: fall back to the resync period.
                     tokio::time::sleep(s.sleep).await;
                 }
             }
             r = leader_rx.changed() => {
+                woke_by = "leadership change";
                 if r.is_err() {
                     tracing::warn!("election ended, campaigning again");
                     match campaign(&election, &uid, &cancel).await {
@@ -320,13 +326,13 @@ pub async fn run(
                     }
                 }
             }
-            _ = tokio::time::sleep(s.sleep) => {}
+            _ = tokio::time::sleep(s.sleep) => woke_by = "resync tick",
             _ = async {
                 match wake {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
-            } => {}
+            } => woke_by = "decision timer",
         }
     }
     s.metrics.is_leader.set(0);
