@@ -839,6 +839,53 @@ fn new_master_converged_removes_old_master_and_names_it_to_proxies() {
 }
 
 #[test]
+fn proxies_acknowledge_before_the_new_master_converges() {
+    // The proxies have the cleared target's generation, but the elected standby has not yet
+    // reported its new generation (it is still promoting): nobody is named, and the wait is
+    // logged as a wait for the master, not for the proxies.
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .proxy("p1");
+    f.kill("k1");
+    until(&mut f, &["k1"], |e| {
+        matches!(e, Event::ElectingNewMaster { .. })
+    });
+    f.proxies_ack();
+    let d = f.step();
+    let p = f.cd.proxy.as_ref().expect("proxy");
+    assert_eq!(
+        p.spec.master_db_uid, "",
+        "named before the master converged"
+    );
+    assert!(
+        d.events
+            .contains(&Event::WaitingForMasterConvergence { db: db_uid("k2") }),
+        "{:?}",
+        d.events
+    );
+    assert!(
+        !d.events.contains(&Event::WaitingForProxies),
+        "{:?}",
+        d.events
+    );
+    // The new master reports its generation: it is named at once.
+    f.tick(SEC, &["k1"]);
+    let d = f.step();
+    assert!(
+        d.events
+            .contains(&Event::ProxiesRouteToMaster { db: db_uid("k2") }),
+        "{:?}",
+        d.events
+    );
+    assert_eq!(
+        f.cd.proxy.as_ref().expect("proxy").spec.master_db_uid,
+        db_uid("k2")
+    );
+}
+
+#[test]
 fn enabled_proxies_follow_the_active_proxies() {
     let mut f = ClusterFixture::new().fast().master("k1").proxy("p1");
     f.proxies_info.insert(

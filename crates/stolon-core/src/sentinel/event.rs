@@ -139,6 +139,12 @@ pub enum Event {
     },
     /// The handshake waits for every active proxy.
     WaitingForProxies,
+    /// Every active proxy has the current generation; the handshake now waits for the new
+    /// master to report that it converged (promoted) before naming it.
+    WaitingForMasterConvergence {
+        /// Master DB UID.
+        db: String,
+    },
     /// Proxies told to route to the master.
     ProxiesRouteToMaster {
         /// DB UID.
@@ -234,6 +240,9 @@ impl Event {
             }
             ElectingNewMaster { .. } => "electing db as the new master",
             WaitingForProxies => "waiting for proxies to be converged to the current generation",
+            WaitingForMasterConvergence { .. } => {
+                "proxies converged, waiting for the master db to converge before routing to it"
+            }
             ProxiesRouteToMaster { .. } => "proxies converged: routing to the master db",
             EnabledProxiesChanged { .. } => "enabled proxies changed",
             RemovingOldMasterDb { .. } => "removing old master db",
@@ -266,6 +275,7 @@ impl Event {
             | NoEligibleSyncMasters { db }
             | ElectingNewMaster { db, .. }
             | ProxiesRouteToMaster { db }
+            | WaitingForMasterConvergence { db }
             | RemovingOldMasterDb { db, .. }
             | RemovingInvalidDb { db, .. }
             | RemovingDbCannotSync { db, .. }

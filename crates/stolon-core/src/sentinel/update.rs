@@ -527,6 +527,10 @@ fn same_master(
             events.push(Event::ProxiesRouteToMaster {
                 db: master_uid.to_string(),
             });
+        } else {
+            events.push(Event::WaitingForMasterConvergence {
+                db: master_uid.to_string(),
+            });
         }
     } else if proxy.spec.enabled_proxies != active_proxies {
         proxy.spec.enabled_proxies = active_proxies.to_vec();
