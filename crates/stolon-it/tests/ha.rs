@@ -144,6 +144,11 @@ async fn old_master_restart_async() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_master_restart_sync_repl() -> Result<()> {
+    old_master_restart(true, false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_master_restart_sync_repl_pgrewind() -> Result<()> {
     old_master_restart(true, true).await
 }
@@ -156,18 +161,30 @@ async fn old_master_restart_pgrewind() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_frozen_master() -> Result<()> {
     // TestPartition1Pgrewind.
-    partition(false).await
+    partition(false, true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition1() -> Result<()> {
+    // TestPartition1: without pg_rewind the old master is recloned when it returns.
+    partition(false, false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition1_sync_repl() -> Result<()> {
+    // TestPartition1SyncRepl.
+    partition(true, false).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_frozen_master_sync_repl() -> Result<()> {
     // TestPartition1SyncReplPgrewind: a third keeper becomes the new master's sync standby.
-    partition(true).await
+    partition(true, true).await
 }
 
 /// TestPartition1: SIGSTOP the master keeper and its whole postgres (postmaster and backends).
-async fn partition(sync: bool) -> Result<()> {
-    let (mut c, m, s) = two_keepers_with_row(sync, true).await?;
+async fn partition(sync: bool, pgrewind: bool) -> Result<()> {
+    let (mut c, m, s) = two_keepers_with_row(sync, pgrewind).await?;
     eprintln!("--- SIGSTOP keeper{m} and its postgres");
     c.keepers[m].pause_with_postgres()?;
     let res = partitioned(&mut c, s, sync).await;
@@ -891,6 +908,12 @@ async fn timeline_fork_pgrewind() -> Result<()> {
     timeline_fork_scenario(false, true).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_fork_sync_repl_pgrewind() -> Result<()> {
+    // TestTimelineForkSyncReplPgrewind.
+    timeline_fork_scenario(true, true).await
+}
+
 // ------------------------------------------------------------------------ min sync standbys 0
 
 fn sync0_spec(pgrewind: bool) -> Value {
@@ -903,9 +926,18 @@ fn sync0_spec(pgrewind: bool) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_master_restart_sync_repl0() -> Result<()> {
-    // TestOldMasterRestartSyncRepl0: sync with minSynchronousStandbys 0 and no third keeper:
-    // writes on the new master do not block; the old master returns as its standby.
-    let (mut c, m, s) = two_keepers_with_spec(sync0_spec(false)).await?;
+    old_master_restart_sync0(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_master_restart_sync_repl0_pgrewind() -> Result<()> {
+    old_master_restart_sync0(true).await
+}
+
+/// TestOldMasterRestartSyncRepl0(Pgrewind): sync with minSynchronousStandbys 0 and no third
+/// keeper: writes on the new master do not block; the old master returns as its standby.
+async fn old_master_restart_sync0(pgrewind: bool) -> Result<()> {
+    let (mut c, m, s) = two_keepers_with_spec(sync0_spec(pgrewind)).await?;
     eprintln!("--- stop the master keeper{m}");
     c.keepers[m].stop().await?;
     c.wait_master_is(s, secs(60)).await?;
@@ -928,10 +960,19 @@ async fn old_master_restart_sync_repl0() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition1_sync_repl0() -> Result<()> {
-    // TestPartition1SyncRepl0: the master keeper and its postgres are frozen (SIGSTOP; there is
-    // no netem); with minSynchronousStandbys 0 and no third keeper the new master accepts
-    // writes; once resumed the old master becomes its standby.
-    let (c, m, s) = two_keepers_with_spec(sync0_spec(false)).await?;
+    partition1_sync0(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition1_sync_repl0_pgrewind() -> Result<()> {
+    partition1_sync0(true).await
+}
+
+/// TestPartition1SyncRepl0(Pgrewind): the master keeper and its postgres are frozen (SIGSTOP;
+/// there is no netem); with minSynchronousStandbys 0 and no third keeper the new master accepts
+/// writes; once resumed the old master becomes its standby.
+async fn partition1_sync0(pgrewind: bool) -> Result<()> {
+    let (c, m, s) = two_keepers_with_spec(sync0_spec(pgrewind)).await?;
     eprintln!("--- SIGSTOP keeper{m} and its postgres");
     c.keepers[m].pause_with_postgres()?;
     let res = async {

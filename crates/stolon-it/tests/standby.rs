@@ -369,7 +369,18 @@ async fn master_changed_address_standby_cluster() -> Result<()> {
 async fn force_fail_standby_cluster() -> Result<()> {
     // TestForceFailStandbyCluster: `stolonctl failkeeper <master>` in a standby cluster: its
     // standby becomes the master, following the primary cluster.
-    let (p, s, sm) = primary_and_standby(2, json!({})).await?;
+    force_fail_in_standby_cluster(json!({})).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_fail_sync_repl_standby_cluster() -> Result<()> {
+    // TestForceFailSyncReplStandbyCluster: the same with synchronousReplication, which a
+    // standby cluster ignores.
+    force_fail_in_standby_cluster(json!({ "synchronousReplication": true })).await
+}
+
+async fn force_fail_in_standby_cluster(extra: Value) -> Result<()> {
+    let (p, s, sm) = primary_and_standby(2, extra).await?;
     let o = other(sm);
     eprintln!("--- stolonctl failkeeper keeper{sm}");
     s.stolonctl_ok(&["failkeeper", &s.keepers[sm].uid.clone()])
@@ -382,4 +393,75 @@ async fn force_fail_standby_cluster() -> Result<()> {
     p.pass();
     s.pass();
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition1_standby_cluster() -> Result<()> {
+    // TestPartition1StandbyCluster: the standby cluster's master keeper and its postgres are
+    // frozen (SIGSTOP; there is no netem). Its standby becomes the cluster master following the
+    // primary cluster; once resumed, the old master follows the new one.
+    let (p, s, sm) = primary_and_standby(2, json!({})).await?;
+    let o = other(sm);
+    eprintln!("--- SIGSTOP keeper{sm} and its postgres");
+    s.keepers[sm].pause_with_postgres()?;
+    let res = async {
+        s.wait_master_is(o, secs(60)).await?;
+        wait_follows(&s, o, p.keepers[0].pg_port, secs(60)).await?;
+        p.write_row(2, secs(30)).await?;
+        s.wait_rows(o, "table01", 2, secs(60)).await
+    }
+    .await;
+    eprintln!("--- SIGCONT keeper{sm} and its postgres");
+    s.keepers[sm].resume_with_postgres()?;
+    res?;
+    wait_follows(&s, sm, s.keepers[o].pg_port, secs(120)).await?;
+    p.write_row(3, secs(30)).await?;
+    s.wait_rows(sm, "table01", 3, secs(120)).await?;
+    s.wait_master_is(o, secs(10)).await?;
+    p.pass();
+    s.pass();
+    Ok(())
+}
+
+/// TestFailoverFailed(Sync)StandbyCluster: as `ha::failover_failed_scenario`, in a standby
+/// cluster: the standby-cluster master keeper stops, its standby keeper is frozen and the master
+/// force-failed so the frozen standby is elected; it is killed before it acts, and the old
+/// master returns. A standby cluster ignores synchronousReplication, so in both variants the
+/// old master is elected again and follows the primary cluster.
+async fn failover_failed_in_standby_cluster(sync: bool) -> Result<()> {
+    let (p, mut s, sm) = primary_and_standby(
+        2,
+        json!({ "synchronousReplication": sync, "failInterval": "10s" }),
+    )
+    .await?;
+    let o = other(sm);
+    eprintln!(
+        "--- stop the master keeper{sm}, freeze the standby keeper{o}, force-fail the master"
+    );
+    s.keepers[sm].stop().await?;
+    s.keepers[o].proc.pause()?;
+    s.stolonctl_ok(&["failkeeper", &s.keepers[sm].uid.clone()])
+        .await?;
+    s.wait_master_is(o, secs(30)).await?;
+    eprintln!("--- kill the elected (frozen) standby keeper{o} and its postgres");
+    s.keepers[o].kill_with_postgres()?;
+    eprintln!("--- the old master keeper{sm} returns");
+    s.keepers[sm].start()?;
+    s.wait_master_is(sm, secs(60)).await?;
+    wait_follows(&s, sm, p.keepers[0].pg_port, secs(60)).await?;
+    p.write_row(2, secs(30)).await?;
+    s.wait_rows(sm, "table01", 2, secs(60)).await?;
+    p.pass();
+    s.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_failed_standby_cluster() -> Result<()> {
+    failover_failed_in_standby_cluster(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_failed_sync_standby_cluster() -> Result<()> {
+    failover_failed_in_standby_cluster(true).await
 }
