@@ -163,7 +163,7 @@ impl std::fmt::Debug for RoleDef {
     }
 }
 
-/// The result of IDENTIFY_SYSTEM on a local replication connection.
+/// The result of IDENTIFY_SYSTEM (or its SQL equivalent on a primary).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemIdentity {
     /// Database system identifier.
@@ -322,6 +322,7 @@ pub trait PgCtl: Send + Sync {
     async fn is_in_recovery(&self) -> Result<bool, PgError>;
     /// Current WAL position over SQL.
     async fn wal_position(&self) -> Result<WalPosition, PgError>;
+    /// IDENTIFY_SYSTEM's values: on a primary read over SQL (same values), on a standby from
     /// IDENTIFY_SYSTEM over a local replication connection (replication user).
     async fn identify_system(&self) -> Result<SystemIdentity, PgError>;
 }

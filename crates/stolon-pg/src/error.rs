@@ -108,6 +108,12 @@ pub enum PgError {
         /// The bound that was exceeded.
         timeout: Duration,
     },
+    /// A statement on the cached local connection took too long (the connection is dropped).
+    #[error("local postgres query: no answer within {timeout:?}")]
+    QueryTimeout {
+        /// The bound that was exceeded.
+        timeout: Duration,
+    },
     /// A SQL statement failed.
     #[error("{what}: {source}")]
     Sql {

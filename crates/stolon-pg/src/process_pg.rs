@@ -1,9 +1,14 @@
 //! `ProcessPg`: the real [`PgCtl`] for one PGDATA. It runs initdb, postgres (as a supervised
 //! child), pg_ctl, pg_basebackup, pg_rewind and psql with a cleared environment, and SQL over the
 //! local unix socket. It holds no opinion about what should happen: callers decide.
+//!
+//! Local SQL reuses one cached superuser connection (a new one only when it is closed or
+//! broke, and after anything that stops, restarts or replaces the instance), so the keeper's
+//! per-pass state queries cost no backend fork and no authentication each time.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -11,6 +16,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_postgres::Client;
+use tokio_postgres::error::Severity;
 
 use crate::binaries::{OsUser, PgBinaries, PgVersion, chown_to};
 use crate::conninfo::ConnParams;
@@ -130,6 +137,9 @@ pub struct ProcessPg {
     env: ChildEnv,
     postmaster: Mutex<Option<Postmaster>>,
     events: Arc<ExitEvents>,
+    /// The cached local superuser connection (see [`ProcessPg::local_client`]). Its
+    /// connection task ends once the last clone of the client is dropped.
+    local: tokio::sync::Mutex<Option<Arc<Client>>>,
 }
 
 impl ProcessPg {
@@ -148,6 +158,7 @@ impl ProcessPg {
             env,
             postmaster: Mutex::new(None),
             events: Arc::new(ExitEvents::new()),
+            local: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -157,7 +168,7 @@ impl ProcessPg {
     }
 
     /// A new local superuser connection (for callers needing SQL not covered by [`PgCtl`],
-    /// e.g. tests).
+    /// e.g. tests). Never the cached one.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
         sql::connect_local(
             &self.cfg.socket_dir,
@@ -219,8 +230,95 @@ impl ProcessPg {
         }
     }
 
-    async fn local_client(&self) -> Result<tokio_postgres::Client, PgError> {
-        self.connect().await
+    /// The cached local superuser connection, (re)connecting (bounded by `connect_timeout`)
+    /// when there is none or it was closed. The lock is held while connecting so concurrent
+    /// callers share one new connection.
+    async fn local_client(&self) -> Result<Arc<Client>, PgError> {
+        let mut cached = self.local.lock().await;
+        if let Some(c) = cached.as_ref()
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        *cached = None;
+        let c = Arc::new(self.connect().await?);
+        *cached = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs `f` on the cached connection; forgets that connection when `f` failed and the
+    /// connection is closed or may be broken, so the next call reconnects.
+    async fn with_local<T, F, Fut>(&self, f: F) -> Result<T, PgError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<T, PgError>>,
+    {
+        let c = self.local_client().await?;
+        // Bounded: a frozen or wedged backend must not hang the keeper's loop forever (a new
+        // connection per call was bounded by the connect timeout; a cached one is not).
+        let bound = (self.cfg.connect_timeout * 2).max(Duration::from_secs(5));
+        let res = match tokio::time::timeout(bound, f(c.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(PgError::QueryTimeout { timeout: bound }),
+        };
+        if let Err(e) = &res
+            && (c.is_closed() || connection_suspect(e))
+        {
+            let mut cached = self.local.lock().await;
+            if cached.as_ref().is_some_and(|k| Arc::ptr_eq(k, &c)) {
+                tracing::debug!(error = %e, "dropping the cached local postgres connection");
+                *cached = None;
+            }
+        }
+        res
+    }
+
+    /// Drops the cached connection: before postgres is stopped (a smart shutdown waits for
+    /// every client) and whenever the instance is started, replaced or rewound, so no
+    /// connection to an old postmaster survives.
+    async fn drop_local(&self) {
+        *self.local.lock().await = None;
+    }
+
+    /// IDENTIFY_SYSTEM over a local replication connection (psql, as the replication role),
+    /// whatever the server's role. [`PgCtl::identify_system`] uses it on a standby only; a
+    /// primary's values come over the cached SQL connection.
+    pub async fn identify_system_replication(&self) -> Result<SystemIdentity, PgError> {
+        // tokio-postgres cannot open replication connections, so psql does it (the PostgreSQL
+        // docs' own example: psql "... replication=..." -c IDENTIFY_SYSTEM).
+        let mut params = ConnParams::new(
+            self.cfg.socket_dir.to_string_lossy(),
+            self.cfg.port,
+            &self.cfg.replication.user,
+        );
+        params.password = self.cfg.replication.password.clone();
+        params.sslmode = Some("disable".into());
+        params.connect_timeout = Some(self.cfg.connect_timeout);
+        let pgpass = match params.pgpass_line() {
+            Some(line) => Some(self.env.secret_file("stolon-pgpass-", &line)?),
+            None => None,
+        };
+        let mut cmd = self.tool("psql")?;
+        cmd.args(["-X", "-w", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1"])
+            .arg("-d")
+            .arg(params.to_conninfo(None, Some("1")))
+            .arg("-c")
+            .arg("IDENTIFY_SYSTEM");
+        if let Some(f) = &pgpass {
+            cmd.env("PGPASSFILE", f.path());
+        }
+        let out = run_any_status(
+            cmd,
+            Some(self.cfg.connect_timeout + Duration::from_secs(20)),
+        )
+        .await?;
+        if !out.status.success() {
+            return Err(failed("psql IDENTIFY_SYSTEM", &out));
+        }
+        parse_identify_system(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| PgError::Parse {
+            what: "IDENTIFY_SYSTEM output",
+            output: output_text(&out),
+        })
     }
 
     fn temp_merged_content(&self, extra: &str) -> String {
@@ -307,6 +405,7 @@ impl PgCtl for ProcessPg {
     }
 
     async fn remove_data_dir(&self) -> Result<(), PgError> {
+        self.drop_local().await;
         self.remove_pgdata().await
     }
 
@@ -337,6 +436,7 @@ impl PgCtl for ProcessPg {
     }
 
     async fn init_db(&self, opts: &InitDbOptions) -> Result<(), PgError> {
+        self.drop_local().await;
         let mut cmd = self.tool("initdb")?;
         cmd.arg("-D")
             .arg(self.pgdata())
@@ -370,6 +470,7 @@ impl PgCtl for ProcessPg {
     }
 
     async fn restore_data(&self, command: &str, timeout: Option<Duration>) -> Result<(), PgError> {
+        self.drop_local().await;
         let pgdata = self.pgdata();
         std::fs::create_dir_all(pgdata).map_err(|e| PgError::io("create", pgdata, e))?;
         std::fs::set_permissions(pgdata, std::fs::Permissions::from_mode(0o700))
@@ -395,6 +496,7 @@ impl PgCtl for ProcessPg {
                 reason: format!("postgres is running on {}", self.pgdata().display()),
             });
         }
+        self.drop_local().await;
         self.remove_pgdata().await?;
         let pgpass = match opts.source.pgpass_line() {
             Some(line) => Some(self.env.secret_file("stolon-pgpass-", &line)?),
@@ -431,6 +533,7 @@ impl PgCtl for ProcessPg {
     }
 
     async fn rewind(&self, opts: &RewindOptions) -> Result<RewindOutcome, PgError> {
+        self.drop_local().await;
         if opts.checkpoint_source {
             let c = sql::connect_remote(&opts.source, self.cfg.connect_timeout).await?;
             sql::checkpoint(&c).await?;
@@ -465,6 +568,7 @@ impl PgCtl for ProcessPg {
         if let Some(pid) = self.child_pid() {
             return Err(PgError::AlreadyRunning(pid));
         }
+        self.drop_local().await;
         files::block_alter_system(self.pgdata(), self.owner())?;
         let mut cmd = self.tool("postgres")?;
         cmd.arg("-D").arg(self.pgdata());
@@ -502,6 +606,8 @@ impl PgCtl for ProcessPg {
     }
 
     async fn stop(&self, mode: StopMode) -> Result<(), PgError> {
+        // Before pg_ctl: a smart shutdown would wait for our idle connection.
+        self.drop_local().await;
         let current = self.current().filter(|p| p.exit_status().is_none());
         if let Some(pm) = &current {
             pm.stop_expected
@@ -590,10 +696,14 @@ impl PgCtl for ProcessPg {
                     bound,
                 )
                 .await?;
-                sql::select_one(&c).await
+                sql::select_one(&c).await.map(|()| c)
             };
             match attempt.await {
-                Ok(()) => return Ok(()),
+                Ok(c) => {
+                    // The next local SQL call reuses this connection.
+                    *self.local.lock().await = Some(Arc::new(c));
+                    return Ok(());
+                }
                 Err(e) => last_error = e.to_string(),
             }
             if Instant::now() >= deadline {
@@ -611,91 +721,94 @@ impl PgCtl for ProcessPg {
     }
 
     async fn ping(&self) -> Result<(), PgError> {
-        sql::select_one(&self.local_client().await?).await
+        self.with_local(|c| async move { sql::select_one(&c).await })
+            .await
     }
 
     async fn alter_role(&self, role: &RoleDef) -> Result<(), PgError> {
-        let mut c = self.local_client().await?;
+        // A transaction needs a client of its own: a fresh connection (rare calls).
+        let mut c = self.connect().await?;
         sql::apply_role(&mut c, role, false).await
     }
 
     async fn create_role(&self, role: &RoleDef) -> Result<(), PgError> {
-        let mut c = self.local_client().await?;
+        let mut c = self.connect().await?;
         sql::apply_role(&mut c, role, true).await
     }
 
     async fn file_settings(&self) -> Result<BTreeMap<String, String>, PgError> {
-        sql::file_settings(&self.local_client().await?).await
+        self.with_local(|c| async move { sql::file_settings(&c).await })
+            .await
     }
 
     async fn in_sync_standbys(&self) -> Result<Vec<String>, PgError> {
-        sql::in_sync_standbys(&self.local_client().await?).await
+        self.with_local(|c| async move { sql::in_sync_standbys(&c).await })
+            .await
     }
 
     async fn pending_restart(&self) -> Result<bool, PgError> {
-        sql::pending_restart(&self.local_client().await?).await
+        self.with_local(|c| async move { sql::pending_restart(&c).await })
+            .await
     }
 
     async fn replication_slots(&self) -> Result<Vec<String>, PgError> {
-        sql::replication_slots(&self.local_client().await?).await
+        self.with_local(|c| async move { sql::replication_slots(&c).await })
+            .await
     }
 
     async fn create_replication_slot(&self, name: &str) -> Result<(), PgError> {
-        sql::create_slot(&self.local_client().await?, name).await
+        self.with_local(|c| async move { sql::create_slot(&c, name).await })
+            .await
     }
 
     async fn drop_replication_slot(&self, name: &str) -> Result<(), PgError> {
-        sql::drop_slot(&self.local_client().await?, name).await
+        self.with_local(|c| async move { sql::drop_slot(&c, name).await })
+            .await
     }
 
     async fn checkpoint(&self) -> Result<(), PgError> {
-        sql::checkpoint(&self.local_client().await?).await
+        self.with_local(|c| async move { sql::checkpoint(&c).await })
+            .await
     }
 
     async fn is_in_recovery(&self) -> Result<bool, PgError> {
-        sql::is_in_recovery(&self.local_client().await?).await
+        self.with_local(|c| async move { sql::is_in_recovery(&c).await })
+            .await
     }
 
     async fn wal_position(&self) -> Result<WalPosition, PgError> {
-        sql::wal_position(&self.local_client().await?).await
+        self.with_local(|c| async move { sql::wal_position(&c).await })
+            .await
     }
 
     async fn identify_system(&self) -> Result<SystemIdentity, PgError> {
-        // tokio-postgres cannot open replication connections, so psql does it (the PostgreSQL
-        // docs' own example: psql "... replication=..." -c IDENTIFY_SYSTEM).
-        let mut params = ConnParams::new(
-            self.cfg.socket_dir.to_string_lossy(),
-            self.cfg.port,
-            &self.cfg.replication.user,
-        );
-        params.password = self.cfg.replication.password.clone();
-        params.sslmode = Some("disable".into());
-        params.connect_timeout = Some(self.cfg.connect_timeout);
-        let pgpass = match params.pgpass_line() {
-            Some(line) => Some(self.env.secret_file("stolon-pgpass-", &line)?),
-            None => None,
-        };
-        let mut cmd = self.tool("psql")?;
-        cmd.args(["-X", "-w", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1"])
-            .arg("-d")
-            .arg(params.to_conninfo(None, Some("1")))
-            .arg("-c")
-            .arg("IDENTIFY_SYSTEM");
-        if let Some(f) = &pgpass {
-            cmd.env("PGPASSFILE", f.path());
+        match self
+            .with_local(|c| async move { sql::primary_identity(&c).await })
+            .await
+        {
+            Ok(Some(id)) => return Ok(id),
+            // In recovery: only IDENTIFY_SYSTEM tells the replay timeline.
+            Ok(None) => {}
+            // Cannot reach the server: psql would not either.
+            Err(e @ (PgError::Connect { .. } | PgError::ConnectTimeout { .. })) => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the system identity over SQL; using IDENTIFY_SYSTEM");
+            }
         }
-        let out = run_any_status(
-            cmd,
-            Some(self.cfg.connect_timeout + Duration::from_secs(20)),
-        )
-        .await?;
-        if !out.status.success() {
-            return Err(failed("psql IDENTIFY_SYSTEM", &out));
-        }
-        parse_identify_system(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| PgError::Parse {
-            what: "IDENTIFY_SYSTEM output",
-            output: output_text(&out),
-        })
+        self.identify_system_replication().await
+    }
+}
+
+/// Whether a failed SQL call may have left its connection unusable: anything but an
+/// ERROR-level report from the server (FATAL and PANIC end the session; a client-side error
+/// may be an IO or protocol failure).
+fn connection_suspect(e: &PgError) -> bool {
+    match e {
+        PgError::QueryTimeout { .. } => true,
+        PgError::Sql { source, .. } => source
+            .as_db_error()
+            .is_none_or(|db| db.parsed_severity() != Some(Severity::Error)),
+        _ => false,
     }
 }
 

@@ -10,7 +10,7 @@ use stolon_core::keeper::restart_relevant;
 use tokio_postgres::{Client, NoTls};
 
 use crate::conninfo::ConnParams;
-use crate::ctl::{RoleDef, WalPosition};
+use crate::ctl::{RoleDef, SystemIdentity, WalPosition};
 use crate::error::PgError;
 use crate::lsn::Lsn;
 
@@ -304,6 +304,58 @@ pub(crate) async fn wal_position(c: &Client) -> Result<WalPosition, PgError> {
     }
 }
 
+/// IDENTIFY_SYSTEM's three values read over SQL, in one query, on a primary: the system id,
+/// the WAL insert timeline (the timeline of `pg_walfile_name(pg_current_wal_lsn())`, which is
+/// what IDENTIFY_SYSTEM reports when not in recovery) and `pg_current_wal_flush_lsn()` (its
+/// flush position). `None` while the server is in recovery: a standby's IDENTIFY_SYSTEM
+/// reports its replay timeline, which SQL does not expose.
+pub(crate) async fn primary_identity(c: &Client) -> Result<Option<SystemIdentity>, PgError> {
+    let what = "read system identity";
+    // CASE keeps the WAL functions (volatile, so never pre-evaluated) from running in
+    // recovery, where they raise an error. Recovery cannot start again without a restart, so
+    // a NULL in either column means "in recovery" whatever the order of evaluation.
+    let row = c
+        .query_one(
+            "select s.system_identifier, \
+               case when pg_is_in_recovery() then null \
+                    else pg_walfile_name(pg_current_wal_lsn()) end, \
+               case when pg_is_in_recovery() then null \
+                    else pg_current_wal_flush_lsn()::text end \
+             from pg_control_system() s",
+            &[],
+        )
+        .await
+        .map_err(sql(what))?;
+    let system_id: i64 = row.try_get(0).map_err(sql(what))?;
+    let walfile: Option<String> = row.try_get(1).map_err(sql(what))?;
+    let flush: Option<String> = row.try_get(2).map_err(sql(what))?;
+    let (Some(walfile), Some(flush)) = (walfile, flush) else {
+        return Ok(None);
+    };
+    let timeline = walfile_timeline(&walfile).ok_or_else(|| PgError::Parse {
+        what: "WAL file name",
+        output: walfile.clone(),
+    })?;
+    let xlog_pos = parse_lsn("flush LSN", Some(flush))?.ok_or_else(|| PgError::Parse {
+        what: "flush LSN",
+        output: "NULL".into(),
+    })?;
+    Ok(Some(SystemIdentity {
+        // int8 in SQL, uint64 in the control file: same bits.
+        system_id: system_id.cast_unsigned(),
+        timeline,
+        xlog_pos,
+    }))
+}
+
+/// The timeline of a WAL file name: its first 8 hex digits.
+pub(crate) fn walfile_timeline(name: &str) -> Option<u32> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(&name[..8], 16).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +404,16 @@ mod tests {
             "shared_buffers",
         ])));
         assert!(any_restart_relevant(&names(&["max_connections"])));
+    }
+
+    #[test]
+    fn walfile_timelines() {
+        assert_eq!(walfile_timeline("000000010000000000000003"), Some(1));
+        assert_eq!(walfile_timeline("0000002A00000001000000FF"), Some(42));
+        assert_eq!(walfile_timeline("FFFFFFFF0000000000000000"), Some(u32::MAX));
+        assert_eq!(walfile_timeline("00000001000000000000003"), None);
+        assert_eq!(walfile_timeline("0000000100000000000000XY"), None);
+        assert_eq!(walfile_timeline(""), None);
     }
 
     #[test]

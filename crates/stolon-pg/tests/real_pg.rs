@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 use stolon_pg::testing::TestDir;
 use stolon_pg::{
     BaseBackupOptions, ConnParams, Credentials, InitDbOptions, PgCtl, PgError, ProcessPg,
-    RecoveryMode, RewindOptions, RoleDef, StartOptions, StopMode, WalPosition,
+    RecoveryMode, RewindOptions, RoleDef, StartOptions, StopMode, SystemIdentity, WalPosition,
 };
 
 const SU: &str = "stolon_su";
@@ -151,6 +151,48 @@ async fn new_primary(pg: &ProcessPg, temp_merged: Option<String>) -> Result<()> 
     Ok(())
 }
 
+/// On a primary: `identify_system` (SQL on the cached connection) reports what psql's
+/// IDENTIFY_SYSTEM does. The flush position may move between calls, so it is read around the
+/// psql call until it stood still, and then must be equal.
+async fn identity_matches_replication(pg: &ProcessPg) -> Result<SystemIdentity> {
+    for _ in 0..20 {
+        let before = pg.identify_system().await?;
+        let repl = pg.identify_system_replication().await?;
+        let after = pg.identify_system().await?;
+        ensure!(
+            before.system_id == repl.system_id && after.system_id == repl.system_id,
+            "system ids differ: {before:?} {repl:?} {after:?}"
+        );
+        ensure!(
+            before.timeline == repl.timeline && after.timeline == repl.timeline,
+            "timelines differ: {before:?} {repl:?} {after:?}"
+        );
+        ensure!(
+            before.xlog_pos <= repl.xlog_pos && repl.xlog_pos <= after.xlog_pos,
+            "positions out of order: {before:?} {repl:?} {after:?}"
+        );
+        if before == after {
+            ensure!(repl == before, "{repl:?} != {before:?}");
+            return Ok(repl);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("WAL flush position never stood still over 20 tries");
+}
+
+/// The pids of the superuser's client backends other than the asking one.
+async fn su_backends(pg: &ProcessPg) -> Result<Vec<i32>> {
+    let c = pg.connect().await?;
+    let rows = c
+        .query(
+            "select pid from pg_stat_activity where usename = $1 \
+             and backend_type = 'client backend' and pid <> pg_backend_pid() order by pid",
+            &[&SU],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 async fn rows(pg: &ProcessPg) -> Result<Vec<i32>> {
     let c = pg.connect().await?;
     let rows = c.query("select i from t order by i", &[]).await?;
@@ -215,11 +257,17 @@ async fn initdb_start_sql_stop() -> Result<()> {
             other => bail!("unexpected {other:?}"),
         }
 
-        // IDENTIFY_SYSTEM through psql as the replication role.
-        let id = pg.identify_system().await?;
+        // The system identity over SQL equals IDENTIFY_SYSTEM through psql as the
+        // replication role; it really went over SQL.
+        let id = identity_matches_replication(&pg).await?;
         ensure!(id.system_id == sysid, "{} != {sysid}", id.system_id);
         ensure!(id.timeline == 1);
         ensure!(id.xlog_pos.0 > 0);
+        let log = std::fs::read_to_string(&log_path)?;
+        ensure!(
+            log.contains("from pg_control_system()"),
+            "no SQL identity query"
+        );
         ensure!(pg.timeline_history(1).await?.is_empty());
 
         // Slots: create, list (only non-temporary), drop.
@@ -480,6 +528,12 @@ async fn standby_clone_promote_rewind_follow() -> Result<()> {
         .await?;
         let id2 = n2.identify_system().await?;
         ensure!(id2.timeline == 1 && id2.xlog_pos.0 > 0, "{id2:?}");
+        // A standby's identity comes from IDENTIFY_SYSTEM (its replay timeline).
+        let r2 = n2.identify_system_replication().await?;
+        ensure!(
+            r2.system_id == id2.system_id && r2.timeline == 1,
+            "{r2:?} vs {id2:?}"
+        );
 
         // Synchronous replication seen through pg_stat_replication, then back to async.
         n1.write_postgresql_conf(&conf(&n1, "synchronous_standby_names = 'stolon_n2'\n"))
@@ -500,6 +554,13 @@ async fn standby_clone_promote_rewind_follow() -> Result<()> {
         n2.promote().await?;
         ensure!(!n2.is_in_recovery().await?);
         ensure!(n2.recovery_mode().await? == RecoveryMode::None);
+        // The new primary's identity (over its connection cached since it was a standby)
+        // reports the new timeline, as IDENTIFY_SYSTEM does.
+        let id2 = identity_matches_replication(&n2).await?;
+        ensure!(
+            id2.timeline == 2 && id2.system_id == r2.system_id,
+            "{id2:?}"
+        );
         insert(&n2, 3).await?;
         insert(&n1, 99).await?;
         n2.create_replication_slot("stolon_n1").await?;
@@ -553,6 +614,153 @@ async fn standby_clone_promote_rewind_follow() -> Result<()> {
         n1.stop(StopMode::Fast).await?;
         n2.stop_if_started(StopMode::Fast).await?;
         ensure!(!n1.is_running().await? && !n2.is_running().await?);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_connection_reused_and_renewed() -> Result<()> {
+    bounded(async {
+        let dir = TestDir::new("stolon-pg-it-");
+        let pg = node(&dir, "n1")?;
+        new_primary(&pg, None).await?;
+
+        // Every SQL call goes over one connection: one superuser backend, the same pid.
+        pg.file_settings().await?;
+        pg.in_sync_standbys().await?;
+        pg.identify_system().await?;
+        wait_until("one cached backend", Duration::from_secs(20), || async {
+            Ok(su_backends(&pg).await?.len() == 1)
+        })
+        .await?;
+        let first = su_backends(&pg).await?;
+        for _ in 0..5 {
+            pg.file_settings().await?;
+            pg.in_sync_standbys().await?;
+            pg.identify_system().await?;
+            pg.replication_slots().await?;
+            pg.ping().await?;
+        }
+        ensure!(
+            su_backends(&pg).await? == first,
+            "the connection was not reused"
+        );
+
+        // Its backend is terminated: the next calls reconnect.
+        let killer = pg.connect().await?;
+        killer
+            .execute("select pg_terminate_backend($1)", &[&first[0]])
+            .await?;
+        drop(killer);
+        wait_until("reconnected", Duration::from_secs(20), || async {
+            pg.file_settings().await?;
+            Ok(true)
+        })
+        .await?;
+        pg.in_sync_standbys().await?;
+        let second = su_backends(&pg).await?;
+        ensure!(
+            second.len() == 1 && second != first,
+            "{first:?} -> {second:?}"
+        );
+
+        // Restart: no call sees the old postmaster's connection.
+        pg.stop(StopMode::Fast).await?;
+        ensure!(pg.ping().await.is_err());
+        pg.start(&StartOptions::default()).await?;
+        pg.wait_ready(Duration::from_secs(60)).await?;
+        pg.file_settings().await?;
+        pg.in_sync_standbys().await?;
+        identity_matches_replication(&pg).await?;
+
+        // A smart shutdown is not held up by the cached connection (pg_ctl would time out).
+        pg.stop(StopMode::Smart).await?;
+        ensure!(!pg.is_running().await?);
+        Ok(())
+    })
+    .await
+}
+
+/// The per-pass state queries of the keeper (`query_state`), `n` times; returns the mean per
+/// pass and the mean of each call (in `query_state`'s order).
+async fn time_state_queries(pg: &ProcessPg, n: u32) -> Result<(Duration, [Duration; 5])> {
+    let mut each = [Duration::ZERO; 5];
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        pg.file_settings().await?;
+        each[0] += t.elapsed();
+        let t = std::time::Instant::now();
+        pg.in_sync_standbys().await?;
+        each[1] += t.elapsed();
+        let t = std::time::Instant::now();
+        let id = pg.identify_system().await?;
+        each[2] += t.elapsed();
+        let t = std::time::Instant::now();
+        if id.timeline > 1 {
+            pg.timeline_history(id.timeline).await?;
+        }
+        each[3] += t.elapsed();
+        let t = std::time::Instant::now();
+        pg.oldest_wal_file().await?;
+        each[4] += t.elapsed();
+    }
+    Ok((start.elapsed() / n, each.map(|d| d / n)))
+}
+
+/// The same passes the way `ProcessPg` did them before the cached connection: a new
+/// connection per SQL call and psql's IDENTIFY_SYSTEM; returns the mean per pass.
+async fn time_state_queries_uncached(pg: &ProcessPg, n: u32) -> Result<Duration> {
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        pg.connect()
+            .await?
+            .query(
+                "select name, setting from pg_file_settings \
+                 where name is not null and setting is not null order by seqno",
+                &[],
+            )
+            .await?;
+        pg.connect()
+            .await?
+            .query(
+                "select application_name, sync_state from pg_stat_replication",
+                &[],
+            )
+            .await?;
+        let id = pg.identify_system_replication().await?;
+        if id.timeline > 1 {
+            pg.timeline_history(id.timeline).await?;
+        }
+        pg.oldest_wal_file().await?;
+    }
+    Ok(start.elapsed() / n)
+}
+
+/// Measures (prints, never asserts on time) the keeper's per-pass state queries on an idle
+/// primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_queries_timing() -> Result<()> {
+    bounded(async {
+        let dir = TestDir::new("stolon-pg-it-");
+        let pg = node(&dir, "n1")?;
+        new_primary(&pg, None).await?;
+        // Warm-up.
+        time_state_queries(&pg, 2).await?;
+        let (mean, each) = time_state_queries(&pg, 20).await?;
+        eprintln!(
+            "state queries, 20 passes on an idle primary: mean {mean:?} per pass; \
+             file_settings {:?}, in_sync_standbys {:?}, identify_system {:?}, \
+             timeline_history {:?}, oldest_wal_file {:?}",
+            each[0], each[1], each[2], each[3], each[4]
+        );
+        let uncached = time_state_queries_uncached(&pg, 20).await?;
+        eprintln!(
+            "state queries, 20 passes the uncached way (a connection per SQL call, psql \
+             IDENTIFY_SYSTEM): mean {uncached:?} per pass"
+        );
+        pg.stop(StopMode::Fast).await?;
         Ok(())
     })
     .await
