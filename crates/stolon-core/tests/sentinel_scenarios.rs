@@ -575,11 +575,29 @@ fn failover_async_elects_the_most_advanced_standby_within_max_lag() {
         .xlog("k1", 0x40000)
         .xlog("k5", 0x10000);
     f.kill("k1");
-    let (_, d) = until(&mut f, &["k1"], |e| matches!(e, Event::NoEligibleMasters));
+    let (_, d) = until(&mut f, &["k1"], |e| {
+        matches!(e, Event::NoEligibleMasters { .. })
+    });
     assert!(
         d.events
             .iter()
             .all(|e| !matches!(e, Event::ElectingNewMaster { .. }))
+    );
+    // The log line says why: k5 is 0x30000 bytes behind.
+    let reasons = d
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::NoEligibleMasters { reasons } => Some(reasons.clone()),
+            _ => None,
+        })
+        .expect("no eligible masters event");
+    assert_eq!(
+        reasons,
+        format!(
+            "{} (k5): 196608 bytes behind (maxStandbyLag 65536)",
+            db_uid("k5")
+        )
     );
     for _ in 0..20 {
         f.tick(SEC, &["k1"]);
@@ -734,7 +752,10 @@ fn standby_not_converged_is_not_elected() {
                 .iter()
                 .all(|e| !matches!(e, Event::ElectingNewMaster { .. }))
         );
-        saw_no_eligible |= d.events.contains(&Event::NoEligibleMasters);
+        saw_no_eligible |= d
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::NoEligibleMasters { .. }));
     }
     assert!(saw_no_eligible);
     assert_eq!(

@@ -206,6 +206,80 @@ impl Ctx<'_> {
         v
     }
 
+    /// Why no DB qualified in [`Ctx::best_new_masters`], one `db (keeper): reason` entry per
+    /// other DB, separated by `; ` (for the "no eligible masters" log line: an operator sees at
+    /// once what held each standby back). The checks mirror `best_new_masters`; the first
+    /// failing one is named.
+    pub fn new_master_rejections(&self, cd: &ClusterData, master: &Db, lag_check: bool) -> String {
+        let mut out: Vec<String> = Vec::new();
+        for db in cd.dbs.values() {
+            if db.uid == master.uid {
+                continue;
+            }
+            let keeper = keeper_of(db);
+            let why = self.rejection(cd, master, db, lag_check);
+            out.push(format!("{} ({keeper}): {why}", db.uid));
+        }
+        if out.is_empty() {
+            "no other db".into()
+        } else {
+            out.join("; ")
+        }
+    }
+
+    /// The first reason `db` is not a candidate to replace `master` ("eligible" if none: then
+    /// it was left out for the synchronous set only).
+    fn rejection(&self, cd: &ClusterData, master: &Db, db: &Db, lag_check: bool) -> String {
+        let keeper = cd.keepers.get(keeper_of(db));
+        if keeper.is_none_or(|k| !k.status.healthy) {
+            return "keeper not healthy".into();
+        }
+        if keeper.is_some_and(|k| k.status.can_be_master == Some(false)) {
+            return "keeper cannot be master".into();
+        }
+        if db_kind(db) == DbKind::Standby {
+            match validity(master, db) {
+                Validity::Unknown => return "no state reported yet".into(),
+                Validity::Invalid => return "other system or forked timeline".into(),
+                Validity::Valid => {}
+            }
+        } else if db.status.current_generation == 0 {
+            return "no state reported yet".into();
+        } else if db.status.system_id != master.status.system_id {
+            return "other system".into();
+        }
+        match self.db_status(cd, db) {
+            DbStatusKind::Good => {}
+            DbStatusKind::Converging => {
+                return format!(
+                    "converging (generation {}, reported {})",
+                    db.generation, db.status.current_generation
+                );
+            }
+            DbStatusKind::Failed if !db.status.healthy => return "db not healthy".into(),
+            DbStatusKind::Failed => {
+                return format!(
+                    "did not converge in time (generation {}, reported {})",
+                    db.generation, db.status.current_generation
+                );
+            }
+        }
+        if db.status.timeline_id != master.status.timeline_id {
+            return format!(
+                "timeline {} but the master's is {}",
+                db.status.timeline_id, master.status.timeline_id
+            );
+        }
+        if lag_check && !self.lag_below_max(master, db) {
+            return format!(
+                "{} bytes behind (maxStandbyLag {})",
+                i128::from(master.status.xlog_pos) - i128::from(db.status.xlog_pos),
+                self.spec.max_standby_lag
+            );
+        }
+        "eligible".into()
+    }
+
     /// False when `db` is a stalled standby whose needed WAL the master already removed
     /// (stolon-behaviour.md §4.4 dbCanSync); such a DB must be recreated.
     pub fn db_can_sync(&self, master: &Db, db: &Db) -> bool {

@@ -124,7 +124,10 @@ pub enum Event {
         db: String,
     },
     /// No eligible standby.
-    NoEligibleMasters,
+    NoEligibleMasters {
+        /// Why each other DB was left out (`db (keeper): reason; ...`).
+        reasons: String,
+    },
     /// Synchronous replication: no standby in both sync sets.
     NoEligibleSyncMasters {
         /// The failed master DB.
@@ -234,7 +237,7 @@ impl Event {
             MasterDbFailed { .. } => "master db is failed",
             MasterDbNotConverged { .. } => "db not converged",
             FindingNewMaster { .. } => "trying to find a standby to replace failed master",
-            NoEligibleMasters => "no eligible masters",
+            NoEligibleMasters { .. } => "no eligible masters",
             NoEligibleSyncMasters { .. } => {
                 "cannot choose synchronous standby as new master: no eligible synchronous standby"
             }
@@ -321,6 +324,7 @@ impl Event {
             ClusterDataCreated { cluster_uid } => Some(format!("cluster={cluster_uid}")),
             InvalidClusterData { error } | CannotDecide { error } => Some(error.clone()),
             UnexpectedDbUid { reported, .. } => Some(format!("reported={reported}")),
+            NoEligibleMasters { reasons } => Some(reasons.clone()),
             EnabledProxiesChanged { proxies } => Some(format!("proxies=[{proxies}]")),
             SyncStandbysChanged {
                 previous, current, ..
@@ -336,7 +340,7 @@ impl Event {
             WaitingForDb { .. } => Severity::Debug,
             InvalidClusterData { .. }
             | UnexpectedDbUid { .. }
-            | NoEligibleMasters
+            | NoEligibleMasters { .. }
             | NoEligibleSyncMasters { .. }
             | CannotDecide { .. }
             | NoKeepersForInitialMaster

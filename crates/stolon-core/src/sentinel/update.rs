@@ -323,7 +323,9 @@ fn normal(
         // (invariant 3). Asynchronous: only within maxStandbyLag (invariant 6).
         let candidates = ctx.best_new_masters(cd, &cur, !sync);
         if candidates.is_empty() {
-            events.push(Event::NoEligibleMasters);
+            events.push(Event::NoEligibleMasters {
+                reasons: ctx.new_master_rejections(cd, &cur, !sync),
+            });
         } else if sync {
             let spec_set: BTreeSet<&String> = cur
                 .spec
