@@ -19,6 +19,7 @@ pub mod keys;
 mod kv;
 pub mod mem;
 pub mod tls;
+pub mod unreliable;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -36,6 +37,7 @@ pub use election::DEFAULT_ELECTION_TTL;
 pub use error::StoreError;
 pub use etcd::{BackendOptions, EtcdElection, EtcdStore};
 pub use mem::{MemElection, MemKv, MemStore};
+pub use unreliable::{FaultHandle, Unreliable, UnreliableElection};
 
 /// An opaque version of the clusterdata key, used for compare-and-swap (etcd: mod revision;
 /// Kubernetes: resourceVersion).
