@@ -306,7 +306,10 @@ pub async fn run(
         tracing::debug!(woke_by, leader, "check");
         s.check(leader).await;
 
-        let wake = s.wake_at.filter(|_| leader);
+        // A decision time already past (a check that failed before deciding leaves the old one)
+        // must not wake us at once, or a failing store would make the leader spin; the resync
+        // period retries instead.
+        let wake = s.wake_at.filter(|t| leader && *t > Instant::now());
         tokio::select! {
             _ = cancel.cancelled() => break,
             r = changes.changed() => {
