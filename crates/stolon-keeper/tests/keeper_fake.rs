@@ -15,23 +15,12 @@ use stolon_keeper::Keeper;
 use stolon_keeper::config::{KeeperConfig, RoleConfig};
 use stolon_keeper::metrics::Metrics;
 use stolon_pg::fake::FakePg;
-use stolon_store::{MemKv, Store, StoreBackend, StoreConfig};
+use stolon_store::{MemKv, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
 fn config(data_dir: &std::path::Path) -> KeeperConfig {
     KeeperConfig {
-        store: StoreConfig {
-            backend: StoreBackend::EtcdV3,
-            endpoints: vec![],
-            timeout: Duration::from_secs(5),
-            prefix: "stolon/cluster".into(),
-            cluster_name: "fake".into(),
-            cert_file: None,
-            key_file: None,
-            ca_file: None,
-            skip_tls_verify: false,
-            kube_resource_kind: None,
-        },
+        store: StoreConfig::in_memory("fake"),
         uid: "keeper1".into(),
         data_dir: data_dir.to_path_buf(),
         pg_listen_address: "127.0.0.1".into(),

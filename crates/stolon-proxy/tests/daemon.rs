@@ -13,7 +13,7 @@ use stolon_core::model::*;
 use stolon_proxy::config::{ListenAddr, ProxyConfig, ReadOnlyConfig, ReadOnlyFallback};
 use stolon_proxy::daemon::{RunOptions, run};
 use stolon_proxy::engine::Keepalive;
-use stolon_store::{MemStore, Store, StoreBackend, StoreConfig};
+use stolon_store::{MemStore, Store, StoreConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -50,18 +50,7 @@ fn config(port: u16, read_only: Option<(u16, ReadOnlyFallback)>) -> ProxyConfig 
         port,
     };
     ProxyConfig {
-        store: StoreConfig {
-            backend: StoreBackend::EtcdV3,
-            endpoints: Vec::new(),
-            timeout: Duration::from_secs(1),
-            prefix: "stolon/cluster".into(),
-            cluster_name: "test".into(),
-            cert_file: None,
-            key_file: None,
-            ca_file: None,
-            skip_tls_verify: false,
-            kube_resource_kind: None,
-        },
+        store: StoreConfig::in_memory("test"),
         listen: listen(port),
         stop_listening: true,
         keepalive: Keepalive::default(),

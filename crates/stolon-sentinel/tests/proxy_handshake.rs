@@ -19,9 +19,7 @@ use stolon_core::sentinel::testing::{ClusterFixture, db_uid};
 use stolon_core::timestamp::Timestamp;
 use stolon_sentinel::Config;
 use stolon_store::testing::etcd::EtcdServer;
-use stolon_store::{
-    ClusterDataRead, Election, MemStore, Revision, Store, StoreBackend, StoreConfig, StoreError,
-};
+use stolon_store::{ClusterDataRead, Election, MemStore, Revision, Store, StoreConfig, StoreError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -45,18 +43,7 @@ fn config(store: StoreConfig) -> Config {
 
 /// Config for the in-memory store: only the cluster name (a metrics label) is read from it.
 fn mem_config() -> Config {
-    config(StoreConfig {
-        backend: StoreBackend::EtcdV3,
-        endpoints: vec![],
-        timeout: Duration::from_secs(1),
-        prefix: "stolon/cluster".into(),
-        cluster_name: "mem".into(),
-        cert_file: None,
-        key_file: None,
-        ca_file: None,
-        skip_tls_verify: false,
-        kube_resource_kind: None,
-    })
+    config(StoreConfig::in_memory("mem"))
 }
 
 /// A normal-phase cluster whose master `db_k1` is healthy and converged, with the handshake

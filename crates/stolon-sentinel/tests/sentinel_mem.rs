@@ -10,24 +10,13 @@ use stolon_core::model::{
     PostgresState,
 };
 use stolon_sentinel::Config;
-use stolon_store::{Election, MemStore, Store, StoreBackend, StoreConfig};
+use stolon_store::{Election, MemStore, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
 fn config(spec: ClusterSpec) -> Config {
     Config {
         uid: "sentinel1".into(),
-        store: StoreConfig {
-            backend: StoreBackend::EtcdV3,
-            endpoints: vec![],
-            timeout: Duration::from_secs(1),
-            prefix: "stolon/cluster".into(),
-            cluster_name: "mem".into(),
-            cert_file: None,
-            key_file: None,
-            ca_file: None,
-            skip_tls_verify: false,
-            kube_resource_kind: None,
-        },
+        store: StoreConfig::in_memory("mem"),
         initial_spec: Some(spec),
         metrics_addr: None,
     }

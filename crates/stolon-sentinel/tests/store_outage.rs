@@ -15,7 +15,7 @@ use stolon_core::model::ClusterData;
 use stolon_core::sentinel::testing::ClusterFixture;
 use stolon_sentinel::Config;
 use stolon_store::unreliable::{FaultHandle, Unreliable};
-use stolon_store::{Election, MemStore, Store, StoreBackend, StoreConfig};
+use stolon_store::{Election, MemStore, Store, StoreConfig};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -26,18 +26,7 @@ const MAX_CALLS_DURING_OUTAGE: u64 = 200;
 fn config() -> Config {
     Config {
         uid: "sentinel1".into(),
-        store: StoreConfig {
-            backend: StoreBackend::EtcdV3,
-            endpoints: vec![],
-            timeout: Duration::from_secs(1),
-            prefix: "stolon/cluster".into(),
-            cluster_name: "mem".into(),
-            cert_file: None,
-            key_file: None,
-            ca_file: None,
-            skip_tls_verify: false,
-            kube_resource_kind: None,
-        },
+        store: StoreConfig::in_memory("mem"),
         initial_spec: None,
         metrics_addr: None,
     }

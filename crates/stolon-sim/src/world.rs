@@ -24,8 +24,7 @@ use stolon_keeper::config::{KeeperConfig, RoleConfig};
 use stolon_keeper::metrics::Metrics;
 use stolon_pg::fake::FakePg;
 use stolon_store::{
-    Election, FaultHandle, MemKv, MemStore, Store, StoreBackend, StoreConfig, Unreliable,
-    UnreliableElection,
+    Election, FaultHandle, MemKv, MemStore, Store, StoreConfig, Unreliable, UnreliableElection,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -1093,18 +1092,7 @@ fn sync_count(value: Option<&String>, listed: usize) -> usize {
 }
 
 fn store_config() -> StoreConfig {
-    StoreConfig {
-        backend: StoreBackend::EtcdV3,
-        endpoints: vec![],
-        timeout: Duration::from_secs(5),
-        prefix: PREFIX.into(),
-        cluster_name: CLUSTER.into(),
-        cert_file: None,
-        key_file: None,
-        ca_file: None,
-        skip_tls_verify: false,
-        kube_resource_kind: None,
-    }
+    StoreConfig::in_memory(CLUSTER)
 }
 
 #[cfg(test)]

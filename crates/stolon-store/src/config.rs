@@ -91,6 +91,24 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
+    /// The configuration that goes with an in-memory store handed to a component directly (tests,
+    /// simulation): no endpoints or TLS, Stolon's default prefix; only `cluster_name` (a metrics
+    /// label and the cluster path) matters.
+    pub fn in_memory(cluster_name: &str) -> StoreConfig {
+        StoreConfig {
+            backend: StoreBackend::EtcdV3,
+            endpoints: Vec::new(),
+            timeout: std::time::Duration::from_secs(5),
+            prefix: "stolon/cluster".into(),
+            cluster_name: cluster_name.into(),
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            skip_tls_verify: false,
+            kube_resource_kind: None,
+        }
+    }
+
     /// `<prefix>/<cluster name>`, Stolon's cluster path.
     pub fn cluster_path(&self) -> String {
         format!(
