@@ -1,7 +1,8 @@
 //! The proxy daemon with real PostgreSQL 15 and a real etcd (clusterdata written by the test,
 //! no keeper or sentinel): a session through the proxy is closed when the master changes and
 //! the next connection reaches the new master; the read-only port lands only on standbys
-//! (`pg_is_in_recovery()`), on both of them, and falls back to the master when none is left.
+//! (`pg_is_in_recovery()`), on both of them, and falls back to the master when none is left; a
+//! proxy dropped from `enabledProxies` routes nothing.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -299,6 +300,31 @@ async fn routes_real_postgres_and_read_only_to_standbys() -> Result<()> {
     // No standby left: the read-only port falls back to the master.
     let (p, in_recovery) = whoami(ro_port).await?;
     assert_eq!((p, in_recovery), (b.port, false));
+
+    // This proxy dropped from enabledProxies: it routes nothing, not even to a live master.
+    let mut cd = cluster_data(Some(("m2", b.addr())), &[], 4);
+    if let Some(p) = cd.proxy.as_mut() {
+        p.spec.enabled_proxies = vec!["another-proxy".into()];
+    }
+    store.force_put_cluster_data(&cd).await?;
+    let mut refused = false;
+    for _ in 0..100 {
+        if connect(port).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "a proxy not in enabledProxies still routes to the master"
+    );
+    for _ in 0..5 {
+        assert!(
+            connect(port).await.is_err(),
+            "a proxy not in enabledProxies routed a new connection"
+        );
+    }
 
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(10), daemon).await???;
