@@ -169,47 +169,28 @@ impl Ctx<'_> {
 
     /// Candidates to replace `master`, most advanced first: best standbys whose keeper may be
     /// master, plus good former masters (fenced or master-type) on the same timeline. With
-    /// `lag_check` (asynchronous replication) only those within `maxStandbyLag`.
+    /// `lag_check` (asynchronous replication) only those within `maxStandbyLag`. A DB qualifies
+    /// exactly when [`Ctx::rejection`] finds nothing against it.
     pub fn best_new_masters<'c>(
         &self,
         cd: &'c ClusterData,
         master: &Db,
         lag_check: bool,
     ) -> Vec<&'c Db> {
-        let can_be_master = |db: &Db| {
-            cd.keepers
-                .get(keeper_of(db))
-                .is_some_and(|k| k.status.can_be_master != Some(false))
-        };
-        let mut v: Vec<&Db> = self
-            .best_standbys(cd, master, lag_check)
-            .into_iter()
-            .filter(|db| can_be_master(db))
+        let mut v: Vec<&Db> = cd
+            .dbs
+            .values()
+            .filter(|db| {
+                db.uid != master.uid && self.rejection(cd, master, db, lag_check).is_none()
+            })
             .collect();
-        for db in cd.dbs.values() {
-            if db.uid == master.uid || db_kind(db) == DbKind::Standby {
-                continue;
-            }
-            if db.status.current_generation == 0 || db.status.system_id != master.status.system_id {
-                continue;
-            }
-            if self.db_status(cd, db) != DbStatusKind::Good
-                || db.status.timeline_id != master.status.timeline_id
-                || (lag_check && !self.lag_below_max(master, db))
-                || !can_be_master(db)
-            {
-                continue;
-            }
-            v.push(db);
-        }
         v.sort_by(|a, b| most_advanced_first(a, b));
         v
     }
 
     /// Why no DB qualified in [`Ctx::best_new_masters`], one `db (keeper): reason` entry per
     /// other DB, separated by `; ` (for the "no eligible masters" log line: an operator sees at
-    /// once what held each standby back). The checks mirror `best_new_masters`; the first
-    /// failing one is named.
+    /// once what held each standby back).
     pub fn new_master_rejections(&self, cd: &ClusterData, master: &Db, lag_check: bool) -> String {
         let mut out: Vec<String> = Vec::new();
         for db in cd.dbs.values() {
@@ -217,7 +198,9 @@ impl Ctx<'_> {
                 continue;
             }
             let keeper = keeper_of(db);
-            let why = self.rejection(cd, master, db, lag_check);
+            let why = self
+                .rejection(cd, master, db, lag_check)
+                .unwrap_or_else(|| "eligible".into());
             out.push(format!("{} ({keeper}): {why}", db.uid));
         }
         if out.is_empty() {
@@ -227,57 +210,57 @@ impl Ctx<'_> {
         }
     }
 
-    /// The first reason `db` is not a candidate to replace `master` ("eligible" if none: then
-    /// it was left out for the synchronous set only).
-    fn rejection(&self, cd: &ClusterData, master: &Db, db: &Db, lag_check: bool) -> String {
+    /// The first reason `db` cannot replace `master`, or `None` when it can (with synchronous
+    /// replication the caller still narrows the candidates to the synchronous set).
+    fn rejection(&self, cd: &ClusterData, master: &Db, db: &Db, lag_check: bool) -> Option<String> {
         let keeper = cd.keepers.get(keeper_of(db));
         if keeper.is_none_or(|k| !k.status.healthy) {
-            return "keeper not healthy".into();
+            return Some("keeper not healthy".into());
         }
         if keeper.is_some_and(|k| k.status.can_be_master == Some(false)) {
-            return "keeper cannot be master".into();
+            return Some("keeper cannot be master".into());
         }
         if db_kind(db) == DbKind::Standby {
             match validity(master, db) {
-                Validity::Unknown => return "no state reported yet".into(),
-                Validity::Invalid => return "other system or forked timeline".into(),
+                Validity::Unknown => return Some("no state reported yet".into()),
+                Validity::Invalid => return Some("other system or forked timeline".into()),
                 Validity::Valid => {}
             }
         } else if db.status.current_generation == 0 {
-            return "no state reported yet".into();
+            return Some("no state reported yet".into());
         } else if db.status.system_id != master.status.system_id {
-            return "other system".into();
+            return Some("other system".into());
         }
         match self.db_status(cd, db) {
             DbStatusKind::Good => {}
             DbStatusKind::Converging => {
-                return format!(
+                return Some(format!(
                     "converging (generation {}, reported {})",
                     db.generation, db.status.current_generation
-                );
+                ));
             }
-            DbStatusKind::Failed if !db.status.healthy => return "db not healthy".into(),
+            DbStatusKind::Failed if !db.status.healthy => return Some("db not healthy".into()),
             DbStatusKind::Failed => {
-                return format!(
+                return Some(format!(
                     "did not converge in time (generation {}, reported {})",
                     db.generation, db.status.current_generation
-                );
+                ));
             }
         }
         if db.status.timeline_id != master.status.timeline_id {
-            return format!(
+            return Some(format!(
                 "timeline {} but the master's is {}",
                 db.status.timeline_id, master.status.timeline_id
-            );
+            ));
         }
         if lag_check && !self.lag_below_max(master, db) {
-            return format!(
+            return Some(format!(
                 "{} bytes behind (maxStandbyLag {})",
                 i128::from(master.status.xlog_pos) - i128::from(db.status.xlog_pos),
                 self.spec.max_standby_lag
-            );
+            ));
         }
-        "eligible".into()
+        None
     }
 
     /// False when `db` is a stalled standby whose needed WAL the master already removed
