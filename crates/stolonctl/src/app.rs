@@ -19,7 +19,8 @@ use crate::{confirm, json, status};
 /// Version printed by `stolonctl version`.
 pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
 
-/// CAS attempts of `update` and `promote` before giving up (Stolon's `maxRetries`).
+/// CAS attempts of `update`, `promote`, `failkeeper` and `removekeeper` before giving up
+/// (Stolon's `maxRetries`; Stolon does not retry the two keeper commands).
 pub const MAX_RETRIES: usize = 3;
 
 /// The process's standard streams (or test buffers).
@@ -193,15 +194,11 @@ pub async fn run(
         }
         Cmd::Failkeeper(a) => {
             let uid = one_keeper_uid(&a.args)?;
-            let (cd, rev) = get_checked(store).await?;
-            let next = ops::fail_keeper(&cd, uid)?;
-            put_cas(store, &next, &rev).await
+            cas_loop(store, |cd| ops::fail_keeper(cd, uid).map(Some)).await
         }
         Cmd::Removekeeper(a) => {
             let uid = one_keeper_uid(&a.args)?;
-            let (cd, rev) = get_checked(store).await?;
-            let next = ops::remove_keeper(&cd, uid)?;
-            put_cas(store, &next, &rev).await
+            cas_loop(store, |cd| ops::remove_keeper(cd, uid).map(Some)).await
         }
         Cmd::Promote(a) => {
             if !a.args.is_empty() {
@@ -248,15 +245,6 @@ async fn get_checked(store: &dyn Store) -> anyhow::Result<(ClusterData, Revision
         .revision
         .ok_or_else(|| anyhow!("cannot get cluster data: no revision for the clusterdata key"))?;
     Ok((cd, rev))
-}
-
-/// One compare-and-swap write (failkeeper, removekeeper: no retry, as Stolon).
-async fn put_cas(store: &dyn Store, cd: &ClusterData, rev: &Revision) -> anyhow::Result<()> {
-    store
-        .put_cluster_data(cd, Some(rev))
-        .await
-        .map(|_| ())
-        .map_err(|e| anyhow!("cannot update cluster data: {e}"))
 }
 
 /// Read, compute, compare-and-swap; on a conflict start over, at most [`MAX_RETRIES`] times.

@@ -344,22 +344,39 @@ async fn update_retries_conflicts_up_to_three_times() {
     }
 }
 
+/// failkeeper and removekeeper re-read and re-apply on a conflict (a sentinel writing between
+/// the read and the write), like `update`; Stolon gives up at the first conflict.
 #[tokio::test]
-async fn failkeeper_does_not_retry_a_conflict() {
-    let mem = MemStore::new("c");
-    let el = mem.election();
-    mem.force_put_cluster_data(&testdata_cd()).await.unwrap();
-    let store = Conflicting {
-        inner: mem,
-        conflicts: 1,
-        cas: AtomicUsize::new(0),
-    };
-    let out = run_cmd(&store, &el, &["failkeeper", "keeper1"], "").await;
-    assert_eq!(
-        err(&out),
-        "cannot update cluster data: clusterdata was modified concurrently (compare-and-swap failed)"
-    );
-    assert_eq!(store.cas.load(Ordering::SeqCst), 1);
+async fn keeper_commands_retry_conflicts_up_to_three_times() {
+    for cmd in ["failkeeper", "removekeeper"] {
+        for (conflicts, ok) in [(1, true), (2, true), (3, false)] {
+            let mem = MemStore::new("c");
+            let el = mem.election();
+            mem.force_put_cluster_data(&testdata_cd()).await.unwrap();
+            let before = raw(&mem).unwrap();
+            let store = Conflicting {
+                inner: mem,
+                conflicts,
+                cas: AtomicUsize::new(0),
+            };
+            let out = run_cmd(&store, &el, &[cmd, "keeper2"], "").await;
+            let attempts = store.cas.load(Ordering::SeqCst);
+            let after = raw(&store.inner).unwrap();
+            if ok {
+                out.result.unwrap();
+                assert_eq!(attempts, conflicts + 1, "{cmd}");
+                let keeper = &after["keepers"]["keeper2"];
+                match cmd {
+                    "failkeeper" => assert_eq!(keeper["status"]["forceFail"], true),
+                    _ => assert!(keeper.is_null(), "{cmd}: keeper2 still there"),
+                }
+            } else {
+                assert_eq!(err(&out), "failed to update cluster data after 3 retries");
+                assert_eq!(attempts, 3, "{cmd}");
+                assert_eq!(after, before, "{cmd}: a failed command changed clusterdata");
+            }
+        }
+    }
 }
 
 fn testdata_cd() -> ClusterData {
