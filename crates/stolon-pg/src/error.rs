@@ -108,6 +108,15 @@ pub enum PgError {
         /// The bound that was exceeded.
         timeout: Duration,
     },
+    /// IDENTIFY_SYSTEM over a replication connection failed.
+    #[error("replication connection to postgres at {target}: {source}")]
+    Replication {
+        /// `socket dir:port`.
+        target: String,
+        /// What went wrong (never a password).
+        #[source]
+        source: crate::replication::ReplicationError,
+    },
     /// A statement on the cached local connection took too long (the connection is dropped).
     #[error("local postgres query: no answer within {timeout:?}")]
     QueryTimeout {

@@ -33,6 +33,7 @@ pub mod lsn;
 mod postmaster;
 mod process;
 pub mod process_pg;
+pub mod replication;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;

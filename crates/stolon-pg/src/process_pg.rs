@@ -20,7 +20,6 @@ use tokio_postgres::Client;
 use tokio_postgres::error::Severity;
 
 use crate::binaries::{OsUser, PgBinaries, PgVersion, chown_to};
-use crate::conninfo::ConnParams;
 use crate::ctl::{
     BaseBackupOptions, InitDbOptions, PgCtl, PostgresExit, RecoveryMode, RewindOptions,
     RewindOutcome, RoleDef, StartOptions, StopMode, SystemIdentity, TimelineHistoryEntry, WalFile,
@@ -28,10 +27,10 @@ use crate::ctl::{
 };
 use crate::error::PgError;
 use crate::files;
-use crate::lsn::Lsn;
 pub use crate::postmaster::PostgresOutput;
 use crate::postmaster::{ExitEvents, Postmaster};
-use crate::process::{ChildEnv, failed, output_text, run_any_status, run_ok};
+use crate::process::{ChildEnv, failed, run_any_status, run_ok};
+use crate::replication;
 use crate::sql;
 
 /// Connection options given to pg_basebackup and pg_rewind (Stolon's choice: a clone or
@@ -280,45 +279,29 @@ impl ProcessPg {
         *self.local.lock().await = None;
     }
 
-    /// IDENTIFY_SYSTEM over a local replication connection (psql, as the replication role),
-    /// whatever the server's role. [`PgCtl::identify_system`] uses it on a standby only; a
-    /// primary's values come over the cached SQL connection.
+    /// IDENTIFY_SYSTEM over a local replication connection (as the replication role, through
+    /// [`crate::replication`]), whatever the server's role. [`PgCtl::identify_system`] uses it
+    /// on a standby only; a primary's values come over the cached SQL connection. Bounded like
+    /// a query on the cached connection.
     pub async fn identify_system_replication(&self) -> Result<SystemIdentity, PgError> {
-        // tokio-postgres cannot open replication connections, so psql does it (the PostgreSQL
-        // docs' own example: psql "... replication=..." -c IDENTIFY_SYSTEM).
-        let mut params = ConnParams::new(
-            self.cfg.socket_dir.to_string_lossy(),
-            self.cfg.port,
+        let socket = self
+            .cfg
+            .socket_dir
+            .join(format!(".s.PGSQL.{}", self.cfg.port));
+        let target = format!("{}:{}", self.cfg.socket_dir.display(), self.cfg.port);
+        let bound = (self.cfg.connect_timeout * 2).max(Duration::from_secs(5));
+        let call = replication::identify_system(
+            &socket,
             &self.cfg.replication.user,
+            self.cfg.replication.password.as_deref(),
         );
-        params.password = self.cfg.replication.password.clone();
-        params.sslmode = Some("disable".into());
-        params.connect_timeout = Some(self.cfg.connect_timeout);
-        let pgpass = match params.pgpass_line() {
-            Some(line) => Some(self.env.secret_file("stolon-pgpass-", &line)?),
-            None => None,
-        };
-        let mut cmd = self.tool("psql")?;
-        cmd.args(["-X", "-w", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1"])
-            .arg("-d")
-            .arg(params.to_conninfo(None, Some("1")))
-            .arg("-c")
-            .arg("IDENTIFY_SYSTEM");
-        if let Some(f) = &pgpass {
-            cmd.env("PGPASSFILE", f.path());
+        match tokio::time::timeout(bound, call).await {
+            Ok(r) => r.map_err(|source| PgError::Replication { target, source }),
+            Err(_) => Err(PgError::ConnectTimeout {
+                target,
+                timeout: bound,
+            }),
         }
-        let out = run_any_status(
-            cmd,
-            Some(self.cfg.connect_timeout + Duration::from_secs(20)),
-        )
-        .await?;
-        if !out.status.success() {
-            return Err(failed("psql IDENTIFY_SYSTEM", &out));
-        }
-        parse_identify_system(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| PgError::Parse {
-            what: "IDENTIFY_SYSTEM output",
-            output: output_text(&out),
-        })
     }
 
     fn temp_merged_content(&self, extra: &str) -> String {
@@ -789,7 +772,7 @@ impl PgCtl for ProcessPg {
             Ok(Some(id)) => return Ok(id),
             // In recovery: only IDENTIFY_SYSTEM tells the replay timeline.
             Ok(None) => {}
-            // Cannot reach the server: psql would not either.
+            // Cannot reach the server: a replication connection would not either.
             Err(e @ (PgError::Connect { .. } | PgError::ConnectTimeout { .. })) => return Err(e),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the system identity over SQL; using IDENTIFY_SYSTEM");
@@ -812,33 +795,9 @@ fn connection_suspect(e: &PgError) -> bool {
     }
 }
 
-/// Parses psql's unaligned `systemid|timeline|xlogpos|dbname` line.
-fn parse_identify_system(out: &str) -> Option<SystemIdentity> {
-    let line = out.lines().map(str::trim).find(|l| !l.is_empty())?;
-    let mut f = line.split('|');
-    let system_id = f.next()?.trim().parse().ok()?;
-    let timeline = f.next()?.trim().parse().ok()?;
-    let xlog_pos: Lsn = f.next()?.trim().parse().ok()?;
-    Some(SystemIdentity {
-        system_id,
-        timeline,
-        xlog_pos,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn identify_system_output() {
-        let s = parse_identify_system("7312345678901234567|2|0/3000148|\n").unwrap();
-        assert_eq!(s.system_id, 7312345678901234567);
-        assert_eq!(s.timeline, 2);
-        assert_eq!(s.xlog_pos, Lsn(0x3000148));
-        assert!(parse_identify_system("").is_none());
-        assert!(parse_identify_system("x|1|0/0|").is_none());
-    }
 
     #[test]
     fn credentials_debug_redacts() {

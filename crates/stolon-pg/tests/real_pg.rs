@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use stolon_pg::replication;
 use stolon_pg::testing::TestDir;
 use stolon_pg::{
     BaseBackupOptions, ConnParams, Credentials, InitDbOptions, PgCtl, PgError, ProcessPg,
@@ -174,6 +175,57 @@ async fn identity_matches_replication(pg: &ProcessPg) -> Result<SystemIdentity> 
         if before == after {
             ensure!(repl == before, "{repl:?} != {before:?}");
             return Ok(repl);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("WAL flush position never stood still over 20 tries");
+}
+
+/// IDENTIFY_SYSTEM through psql as the replication role: the reference that
+/// `identify_system_replication` (stolon-pg's own replication-protocol client) must agree with.
+async fn psql_identify_system(pg: &ProcessPg) -> Result<SystemIdentity> {
+    let cfg = pg.config();
+    let conninfo = format!(
+        "host={} port={} user={REPL} replication=1 sslmode=disable",
+        cfg.socket_dir.display(),
+        cfg.port
+    );
+    let out = tokio::process::Command::new(cfg.binaries.program("psql")?)
+        .args(["-X", "-w", "-A", "-t", "-F", "|", "-d", &conninfo])
+        .args(["-c", "IDENTIFY_SYSTEM"])
+        .env("PGPASSWORD", REPL_PW)
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "psql IDENTIFY_SYSTEM: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let f: Vec<&str> = text.trim().split('|').collect();
+    ensure!(f.len() >= 3, "psql IDENTIFY_SYSTEM printed {text:?}");
+    Ok(SystemIdentity {
+        system_id: f[0].parse()?,
+        timeline: f[1].parse()?,
+        xlog_pos: f[2].parse().map_err(|e: String| anyhow::anyhow!(e))?,
+    })
+}
+
+/// Our replication client and psql agree on a node whose WAL position stands still.
+async fn replication_client_matches_psql(pg: &ProcessPg) -> Result<SystemIdentity> {
+    for _ in 0..20 {
+        let ours = pg.identify_system_replication().await?;
+        let theirs = psql_identify_system(pg).await?;
+        ensure!(
+            ours.system_id == theirs.system_id && ours.timeline == theirs.timeline,
+            "{ours:?} != psql's {theirs:?}"
+        );
+        ensure!(
+            ours.xlog_pos <= theirs.xlog_pos,
+            "{ours:?} after psql's {theirs:?}"
+        );
+        if ours == theirs {
+            return Ok(ours);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -528,8 +580,9 @@ async fn standby_clone_promote_rewind_follow() -> Result<()> {
         .await?;
         let id2 = n2.identify_system().await?;
         ensure!(id2.timeline == 1 && id2.xlog_pos.0 > 0, "{id2:?}");
-        // A standby's identity comes from IDENTIFY_SYSTEM (its replay timeline).
-        let r2 = n2.identify_system_replication().await?;
+        // A standby's identity comes from IDENTIFY_SYSTEM (its replay timeline), the same as
+        // psql's.
+        let r2 = replication_client_matches_psql(&n2).await?;
         ensure!(
             r2.system_id == id2.system_id && r2.timeline == 1,
             "{r2:?} vs {id2:?}"
@@ -557,6 +610,11 @@ async fn standby_clone_promote_rewind_follow() -> Result<()> {
         // The new primary's identity (over its connection cached since it was a standby)
         // reports the new timeline, as IDENTIFY_SYSTEM does.
         let id2 = identity_matches_replication(&n2).await?;
+        let r = replication_client_matches_psql(&n2).await?;
+        ensure!(
+            r.system_id == id2.system_id && r.timeline == 2,
+            "{r:?} vs {id2:?}"
+        );
         ensure!(
             id2.timeline == 2 && id2.system_id == r2.system_id,
             "{id2:?}"
@@ -729,7 +787,7 @@ async fn time_state_queries_uncached(pg: &ProcessPg, n: u32) -> Result<Duration>
                 &[],
             )
             .await?;
-        let id = pg.identify_system_replication().await?;
+        let id = psql_identify_system(pg).await?;
         if id.timeline > 1 {
             pg.timeline_history(id.timeline).await?;
         }
@@ -760,7 +818,133 @@ async fn state_queries_timing() -> Result<()> {
             "state queries, 20 passes the uncached way (a connection per SQL call, psql \
              IDENTIFY_SYSTEM): mean {uncached:?} per pass"
         );
+        // A standby's identity: our replication client against the psql it replaced.
+        let t = std::time::Instant::now();
+        for _ in 0..20 {
+            pg.identify_system_replication().await?;
+        }
+        let ours = t.elapsed() / 20;
+        let t = std::time::Instant::now();
+        for _ in 0..20 {
+            psql_identify_system(&pg).await?;
+        }
+        let theirs = t.elapsed() / 20;
+        eprintln!(
+            "IDENTIFY_SYSTEM over a replication connection, mean of 20: {ours:?} with \
+             stolon-pg's client, {theirs:?} with psql"
+        );
         pg.stop(StopMode::Fast).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// The replication-protocol client against each password method PostgreSQL may ask for, and
+/// the errors it gives: SCRAM (the replication role of every test), md5, cleartext, trust, a
+/// wrong password, a missing password, a role without REPLICATION.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_client_auth_methods_and_errors() -> Result<()> {
+    bounded(async {
+        let dir = TestDir::new("stolon-pg-it-");
+        let pg = node(&dir, "n1")?;
+        new_primary(&pg, None).await?;
+        let c = pg.connect().await?;
+        c.batch_execute(
+            "set password_encryption = 'md5'; \
+             create role md5_repl login replication password 'md5-pw'; \
+             create role plain_repl login replication password 'plain-pw'; \
+             create role trust_repl login replication; \
+             create role no_repl login password 'x'",
+        )
+        .await?;
+        pg.write_pg_hba_conf(&format!(
+            "{}local replication md5_repl md5\n\
+             local replication plain_repl password\n\
+             local replication trust_repl trust\n\
+             local replication no_repl trust\n",
+            hba()
+        ))
+        .await?;
+        pg.reload().await?;
+
+        let cfg = pg.config();
+        let socket = cfg.socket_dir.join(format!(".s.PGSQL.{}", cfg.port));
+        let sysid = pg.system_id().await?.context("no system id")?;
+        let scram: String = c
+            .query_one(
+                "select rolpassword from pg_authid where rolname = $1",
+                &[&REPL],
+            )
+            .await?
+            .get(0);
+        ensure!(
+            scram.starts_with("SCRAM-SHA-256$"),
+            "{REPL} is not a SCRAM role"
+        );
+        let id = |user: &'static str, pw: Option<&'static str>| {
+            let socket = socket.clone();
+            async move { replication::identify_system(&socket, user, pw).await }
+        };
+        for (user, pw) in [
+            (REPL, Some(REPL_PW)),
+            ("md5_repl", Some("md5-pw")),
+            ("plain_repl", Some("plain-pw")),
+            ("trust_repl", None),
+        ] {
+            let got = id(user, pw).await.with_context(|| user.to_string())?;
+            ensure!(
+                got.system_id == sysid && got.timeline == 1 && got.xlog_pos.0 > 0,
+                "{user}: {got:?}"
+            );
+        }
+        let err = |r: Result<SystemIdentity, replication::ReplicationError>| match r {
+            Ok(v) => format!("unexpected success {v:?}"),
+            Err(e) => e.to_string(),
+        };
+        let e = err(id("md5_repl", Some("wrong")).await);
+        ensure!(
+            e == "server error: FATAL: password authentication failed for user \"md5_repl\"",
+            "{e}"
+        );
+        let e = err(id(REPL, Some("wrong")).await);
+        ensure!(e.contains("password authentication failed"), "{e}");
+        let e = err(id(REPL, None).await);
+        ensure!(
+            e == format!("the server asks for a password for {REPL:?} and none is configured"),
+            "{e}"
+        );
+        let e = err(id("no_repl", None).await);
+        ensure!(
+            e.starts_with("server error: FATAL:") && e.contains("replication"),
+            "{e}"
+        );
+        // Through ProcessPg, the error names the socket it used.
+        let wrong = ProcessPg::new({
+            let mut c = cfg.clone();
+            c.replication = Credentials::new(REPL, Some("wrong".into()));
+            c
+        })?;
+        let e = wrong
+            .identify_system_replication()
+            .await
+            .unwrap_err()
+            .to_string();
+        ensure!(
+            e.starts_with(&format!(
+                "replication connection to postgres at {}:{}: server error: FATAL:",
+                cfg.socket_dir.display(),
+                cfg.port
+            )) && !e.contains("wrong"),
+            "{e}"
+        );
+        // A stopped server: a socket error, not a hang or a panic.
+        pg.stop(StopMode::Fast).await?;
+        let r = id(REPL, Some(REPL_PW)).await;
+        ensure!(
+            matches!(r, Err(replication::ReplicationError::Io(_))),
+            "{}",
+            err(r)
+        );
         Ok(())
     })
     .await
