@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
-use stolon_it::{Cluster, ClusterConfig, test_spec, wait_for};
+use stolon_it::{Cluster, ClusterConfig, KeeperOpts, test_spec, wait_for};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -996,6 +996,116 @@ async fn partition1_sync0(pgrewind: bool) -> Result<()> {
     c.wait_db_role(m, false, secs(60)).await?;
     // The proxy never routed back to the old master.
     c.wait_right_master(s, secs(10)).await?;
+    c.pass();
+    Ok(())
+}
+
+/// One HTTP request to a keeper's metrics/health listener: (status code, body).
+fn http(port: u16, method: &str, target: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(secs(10)))?;
+    s.write_all(
+        format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status line in {out:?}"))?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((code, body.trim().to_string()))
+}
+
+/// The codes of /health, /primary, /replica, /read-only on keeper port `port`.
+fn health_codes(port: u16) -> Result<[u16; 4]> {
+    let mut codes = [0; 4];
+    for (c, t) in codes
+        .iter_mut()
+        .zip(["/health", "/primary", "/replica", "/read-only"])
+    {
+        *c = http(port, "GET", t)?.0;
+    }
+    Ok(codes)
+}
+
+async fn wait_health(port: u16, want: [u16; 4], what: &str) -> Result<()> {
+    wait_for(what, secs(120), async || {
+        let got = health_codes(port)?;
+        ensure!(
+            got == want,
+            "/health, /primary, /replica, /read-only: {got:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// The keepers' HTTP health checks (Patroni-style, on `--metrics-listen-address`) follow the
+/// cluster through a failover: the primary answers /primary, the standby /replica; after the
+/// master's keeper stops, the new master answers /primary, and the old one, back as a standby,
+/// /replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_follow_a_failover() -> Result<()> {
+    let mut c = Cluster::start(ClusterConfig::new(test_spec(json!({})), 1, 0, 1)).await?;
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        let port = stolon_pg::testing::free_port();
+        c.add_keeper_with(KeeperOpts {
+            extra_args: vec![format!("--metrics-listen-address=127.0.0.1:{port}")],
+            ..Default::default()
+        })?;
+        ports.push(port);
+    }
+    let m = c.wait_ready(secs(180)).await?;
+    let s = other(m);
+    c.create_table(secs(30)).await?;
+    c.write_row(1, secs(30)).await?;
+    c.wait_rows(s, "table01", 1, secs(60)).await?;
+    wait_health(ports[m], [200, 200, 503, 200], "master's health codes").await?;
+    wait_health(ports[s], [200, 503, 200, 200], "standby's health codes").await?;
+
+    let (code, body) = http(ports[s], "GET", "/replica?lag=1GB")?;
+    ensure!(code == 200, "{code} {body}");
+    let v: Value = serde_json::from_str(&body).context("json body")?;
+    ensure!(
+        v["role"] == "standby" && v["assigned_role"] == "standby" && v["lag"].is_u64(),
+        "{v}"
+    );
+    let (code, body) = http(ports[m], "GET", "/replica")?;
+    let v: Value = serde_json::from_str(&body).context("json body")?;
+    ensure!(
+        code == 503 && v["reason"] == "postgres is not in recovery",
+        "{code} {v}"
+    );
+    let (code, body) = http(ports[s], "GET", "/replica?lag=ten")?;
+    ensure!(
+        code == 400 && body.contains("is not a size"),
+        "{code} {body}"
+    );
+    let (code, body) = http(ports[m], "HEAD", "/primary")?;
+    ensure!(code == 200 && body.is_empty(), "HEAD: {code} {body:?}");
+    let (code, body) = http(ports[m], "OPTIONS", "/primary")?;
+    ensure!(code == 200 && body.contains("\"ok\":true"), "{code} {body}");
+    let (code, _) = http(ports[m], "GET", "/nothing")?;
+    ensure!(code == 404);
+    let (code, body) = http(ports[m], "GET", "/metrics")?;
+    ensure!(
+        code == 200 && body.contains("stolon_keeper_local_role"),
+        "{code}"
+    );
+
+    eprintln!("--- stop the master keeper{m}");
+    c.keepers[m].stop().await?;
+    c.wait_master_is(s, secs(60)).await?;
+    wait_health(ports[s], [200, 200, 503, 200], "new master's health codes").await?;
+    eprintln!("--- keeper{m} returns as a standby");
+    c.keepers[m].start()?;
+    wait_health(ports[m], [200, 503, 200, 200], "old master's health codes").await?;
+    c.wait_rows(m, "table01", 1, secs(60)).await?;
     c.pass();
     Ok(())
 }

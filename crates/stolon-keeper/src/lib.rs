@@ -4,10 +4,11 @@
 //! Module map: [`config`] (flags, startup checks), [`state`] (local files, data-dir lock),
 //! [`runtime`] (the event-driven loop and the executor of the pure plan from
 //! `stolon_core::keeper`), `publisher` (the KeeperInfo publishing task), [`metrics`]
-//! (Prometheus), [`logging`] (Stolon-compatible log lines).
+//! (Prometheus), [`health`] (HTTP health checks), [`logging`] (Stolon-compatible log lines).
 //! `main.rs` only wires these together.
 
 pub mod config;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 mod publisher;

@@ -123,14 +123,13 @@ async fn run(cfg: stolon_keeper::KeeperConfig) -> i32 {
     };
     let m = metrics::Metrics::new(&cfg.store.cluster_name);
     let cancel = CancellationToken::new();
-    if let Some(addr) = &cfg.metrics_listen_address {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => {
-                tokio::spawn(metrics::serve(l, m.clone(), cancel.clone()));
-            }
+    let metrics_listener = match &cfg.metrics_listen_address {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
             Err(e) => fatal(format!("metrics http server error: {e}")),
-        }
-    }
+        },
+        None => None,
+    };
     {
         let cancel = cancel.clone();
         tokio::spawn(async move {
@@ -149,10 +148,13 @@ async fn run(cfg: stolon_keeper::KeeperConfig) -> i32 {
             cancel.cancel();
         });
     }
-    let keeper = match Keeper::new(cfg, store, pg, m, ks, boot_uuid) {
+    let keeper = match Keeper::new(cfg, store, pg, m.clone(), ks, boot_uuid) {
         Ok(k) => k,
         Err(e) => fatal(format!("failed to load db state: {e}")),
     };
+    if let Some(l) = metrics_listener {
+        tokio::spawn(metrics::serve(l, m, keeper.health(), cancel.clone()));
+    }
     keeper.run(cancel).await;
     0
 }

@@ -1,15 +1,23 @@
 //! The keeper's Prometheus metrics (stolon-behaviour.md §6.8) and the tiny HTTP server that
-//! serves them on `--metrics-listen-address` (`GET /metrics`).
+//! serves them on `--metrics-listen-address` (`GET /metrics`), with the health checks of
+//! [`crate::health`].
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::health::HealthSnapshot;
 
 type Labels = Vec<(String, String)>;
 type FGauge = Gauge<f64, AtomicU64>;
@@ -144,39 +152,45 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Serves `GET /metrics` on `listener` until `cancel`.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics, cancel: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let Ok((mut sock, _)) = accepted else {
-            continue;
-        };
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let n =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
+/// Serves `GET /metrics` and the health checks of [`crate::health`] (any method; a `HEAD`
+/// answer has no body) on `listener` until `cancel`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    health: watch::Receiver<HealthSnapshot>,
+    cancel: CancellationToken,
+) {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], m.encode()) }
+            }),
+        )
+        .fallback(move |uri: Uri| {
+            let health = health.clone();
+            async move {
+                let target = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+                let answer = {
+                    let snapshot = health.borrow();
+                    crate::health::respond(&snapshot, target, tokio::time::Instant::now())
                 };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if path == "/metrics" || path.starts_with("/metrics?") {
-                ("200 OK", m.encode())
-            } else {
-                ("404 Not Found", "not found\n".to_string())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
+                match answer {
+                    Some(a) => (
+                        StatusCode::from_u16(a.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                        [(CONTENT_TYPE, "application/json")],
+                        a.body + "\n",
+                    )
+                        .into_response(),
+                    None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+                }
+            }
         });
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "metrics http server failed");
     }
 }

@@ -20,10 +20,12 @@ use stolon_pg::{
     StartOptions, StopMode,
 };
 use stolon_store::{Revision, Store};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::KeeperConfig;
+use crate::health::{self, HealthSnapshot};
 use crate::metrics::{Metrics, unix_now};
 use crate::publisher::Publisher;
 use crate::state;
@@ -81,6 +83,8 @@ pub struct Keeper {
     last_cd: Option<ClusterData>,
     /// Publishes our KeeperInfo (started by `run`).
     publisher: Option<Publisher>,
+    /// The last pass's observation, for the HTTP health checks.
+    health: watch::Sender<HealthSnapshot>,
 }
 
 impl Keeper {
@@ -94,6 +98,8 @@ impl Keeper {
         boot_uuid: String,
     ) -> Result<Self, state::StateError> {
         let db_state = state::load_db_state(&cfg.data_dir)?;
+        let sleep_interval = stolon_core::model::defaults::SLEEP_INTERVAL.to_std();
+        let (health, _) = health::channel(&keeper_state.uid, sleep_interval);
         Ok(Keeper {
             cfg,
             store,
@@ -106,12 +112,18 @@ impl Keeper {
             written: None,
             wait_sync: false,
             version: None,
-            sleep_interval: stolon_core::model::defaults::SLEEP_INTERVAL.to_std(),
+            sleep_interval,
             pg_state: PostgresState::default(),
             last_revision: None,
             last_cd: None,
             publisher: None,
+            health,
         })
+    }
+
+    /// The snapshots the HTTP health checks answer from, refreshed after every pass.
+    pub fn health(&self) -> watch::Receiver<HealthSnapshot> {
+        self.health.subscribe()
     }
 
     fn identity(&self) -> KeeperIdentity {
@@ -795,6 +807,19 @@ impl Keeper {
 
     async fn update_pg_state(&mut self) {
         self.pg_state = self.query_state().await;
+        let in_recovery = if self.pg_state.healthy {
+            self.pg.is_in_recovery().await.ok()
+        } else {
+            None
+        };
+        self.health.send_replace(HealthSnapshot {
+            keeper_uid: self.keeper_state.uid.clone(),
+            state: Some(self.pg_state.clone()),
+            in_recovery,
+            refreshed: tokio::time::Instant::now(),
+            sleep_interval: self.sleep_interval,
+            cd: self.last_cd.clone(),
+        });
     }
 
     /// Hands the current info to the publishing task (which sets its `infoUID` per publish).
