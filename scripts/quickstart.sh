@@ -8,7 +8,8 @@
 #
 # Idempotent: running it again while the cluster runs only prints the status. Environment:
 #   STOLON_QUICKSTART_DIR  state directory (default /tmp/stolon-quickstart)
-#   STOLON_QUICKSTART_PORT base port (default 25430: proxy 25430, keepers 25431-25433, etcd 25479/25480)
+#   STOLON_QUICKSTART_PORT base port (default 25430: proxy 25430, keepers 25431-25433, keepers'
+#                          metrics and health checks 25441-25443, etcd 25479/25480)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -117,6 +118,7 @@ for i in 0 1 2; do
   start_bg "keeper$i" "${RUN_AS[@]}" env HOME="$STATE/keeper$i" "$STATE/bin/stolon-keeper" "${COMMON[@]}" \
     --uid "keeper$i" --data-dir "$STATE/keeper$i" \
     --pg-listen-address 127.0.0.1 --pg-port $((BASE + 1 + i)) --pg-bin-path "$PG_BIN" \
+    --metrics-listen-address "127.0.0.1:$((BASE + 11 + i))" \
     --pg-su-username stolon --pg-su-passwordfile "$STATE/secrets/su-password" \
     --pg-repl-username repluser --pg-repl-passwordfile "$STATE/secrets/repl-password"
 done
@@ -144,6 +146,7 @@ Connect through the proxy:
 
   PGPASSFILE=$STATE/secrets/pgpass psql -h 127.0.0.1 -p $PROXY_PORT -U stolon postgres
 
+Health checks (see README):  curl http://127.0.0.1:$((BASE + 11))/primary   (keepers 0-2: ports $((BASE + 11))-$((BASE + 13)))
 Cluster status:  $0 status
 Stop and clean:  $0 stop
 MSG
