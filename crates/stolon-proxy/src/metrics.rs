@@ -2,7 +2,8 @@
 //! `--metrics-listen-address` (stolon-behaviour.md §6.8: Stolon's proxy exports only
 //! `stolon_cluster_identifier`; the engine counters here are additions).
 //!
-//! The HTTP side is deliberately tiny: one request per connection, `GET /metrics` answered,
+//! The HTTP side is deliberately tiny: one request per connection, `GET /metrics` and the
+//! readiness check `/health` (200 while the primary listener routes, else 503) answered,
 //! anything else 404, bounded request size and time.
 
 use std::sync::Arc;
@@ -44,6 +45,24 @@ impl Metrics {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         self.last_check_success.store(now, Ordering::Relaxed);
+    }
+
+    /// The readiness check (`/health`): whether the primary listener routes new connections
+    /// (enabled, store fresh, a master named), with its destination, as one JSON line.
+    pub fn health(&self) -> (bool, String) {
+        let primary = self
+            .forwarders
+            .iter()
+            .find(|f| f.name() == "primary")
+            .and_then(|f| {
+                let (targets, fallback) = f.destinations();
+                targets.first().copied().or(fallback)
+            });
+        // A socket address needs no JSON escaping.
+        match primary {
+            Some(a) => (true, format!("{{\"ok\":true,\"primary\":\"{a}\"}}\n")),
+            None => (false, "{\"ok\":false,\"primary\":null}\n".to_string()),
+        }
     }
 
     /// The Prometheus text exposition.
@@ -166,13 +185,30 @@ async fn answer(mut sock: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     let mut words = line.split_whitespace();
     let (method, path) = (words.next(), words.next());
     let path = path.map(|p| p.split('?').next().unwrap_or(p));
-    let (status, body) = if method == Some("GET") && path == Some("/metrics") {
-        ("200 OK", metrics.render())
-    } else {
-        ("404 Not Found", "404 page not found\n".to_string())
+    let (status, content_type, body) = match (method, path) {
+        (Some("GET"), Some("/metrics")) => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        (Some("GET" | "HEAD" | "OPTIONS"), Some("/health")) => {
+            let (ok, body) = metrics.health();
+            let status = if ok {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
+            (status, "application/json", body)
+        }
+        _ => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "404 page not found\n".to_string(),
+        ),
     };
+    let shown = if method == Some("HEAD") { "" } else { &body };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{shown}",
         body.len()
     );
     sock.write_all(response.as_bytes()).await?;
@@ -213,6 +249,19 @@ mod tests {
         assert!(ok.contains("stolon_proxy_listening{listener=\"primary\"} 0"));
         assert!(!ok.contains("stolon_proxy_last_check_success_seconds 0\n"));
         assert!(get("/other").await.starts_with("HTTP/1.1 404"));
+        let routing = get("/health").await;
+        assert!(routing.starts_with("HTTP/1.1 200 OK"), "{routing}");
+        assert!(
+            routing.ends_with("\r\n\r\n{\"ok\":true,\"primary\":\"127.0.0.1:1\"}\n"),
+            "{routing}"
+        );
+        fwd.set_destination(None);
+        let closed = get("/health").await;
+        assert!(closed.starts_with("HTTP/1.1 503"), "{closed}");
+        assert!(
+            closed.ends_with("{\"ok\":false,\"primary\":null}\n"),
+            "{closed}"
+        );
         cancel.cancel();
     }
 }

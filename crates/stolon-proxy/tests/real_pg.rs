@@ -208,6 +208,28 @@ async fn wait_reaches(port: u16, want_port: u16) -> Result<()> {
     bail!("never reached port {want_port}; last: {last:?}")
 }
 
+/// Waits (up to 10 s) until the proxy's readiness check answers `want`: the status code, a
+/// space, and the JSON body.
+async fn wait_health(metrics_port: u16, want: &str) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut last = String::new();
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        let code = out.split_whitespace().nth(1).unwrap_or("");
+        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b.trim());
+        last = format!("{code} {body}");
+        if last == want {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("/health: want {want:?}, last {last:?}")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_real_postgres_and_read_only_to_standbys() -> Result<()> {
     let dir = TestDir::new("stolon-proxy-realpg");
@@ -227,7 +249,7 @@ async fn routes_real_postgres_and_read_only_to_standbys() -> Result<()> {
         ))
         .await?;
 
-    let (port, ro_port) = (free_port(), free_port());
+    let (port, ro_port, metrics_port) = (free_port(), free_port(), free_port());
     let listen = |port| ListenAddr {
         host: "127.0.0.1".into(),
         port,
@@ -243,7 +265,7 @@ async fn routes_real_postgres_and_read_only_to_standbys() -> Result<()> {
         }),
         log_level: "info".into(),
         log_color: Some(false),
-        metrics_listen: None,
+        metrics_listen: Some(format!("127.0.0.1:{metrics_port}")),
     };
     let cancel = CancellationToken::new();
     let daemon = tokio::spawn(run(
@@ -266,6 +288,11 @@ async fn routes_real_postgres_and_read_only_to_standbys() -> Result<()> {
         (row.get::<_, i32>(0), row.get::<_, bool>(1))
     };
     assert_eq!((p, in_recovery), (i32::from(a.port), false));
+    wait_health(
+        metrics_port,
+        &format!("200 {{\"ok\":true,\"primary\":\"{}\"}}", a.addr()),
+    )
+    .await?;
 
     // Read-only port: 100 new connections, all on standbys, on both.
     let mut seen = BTreeSet::new();
@@ -292,10 +319,16 @@ async fn routes_real_postgres_and_read_only_to_standbys() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(closed, "session to the old master still open");
+    wait_health(metrics_port, "503 {\"ok\":false,\"primary\":null}").await?;
     store
         .force_put_cluster_data(&cluster_data(Some(("m2", b.addr())), &[], 3))
         .await?;
     wait_reaches(port, b.port).await?;
+    wait_health(
+        metrics_port,
+        &format!("200 {{\"ok\":true,\"primary\":\"{}\"}}", b.addr()),
+    )
+    .await?;
 
     // No standby left: the read-only port falls back to the master.
     let (p, in_recovery) = whoami(ro_port).await?;
@@ -325,6 +358,7 @@ async fn routes_real_postgres_and_read_only_to_standbys() -> Result<()> {
             "a proxy not in enabledProxies routed a new connection"
         );
     }
+    wait_health(metrics_port, "503 {\"ok\":false,\"primary\":null}").await?;
 
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(10), daemon).await???;
