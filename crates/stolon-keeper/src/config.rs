@@ -146,6 +146,42 @@ pub struct KeeperConfig {
     pub log_level: String,
 }
 
+impl KeeperConfig {
+    /// A keeper handed its store and PostgreSQL directly (tests, the simulation): listening and
+    /// advertising `host:port`, md5 roles `su`/`supw` and `repl`/`replpw` (test credentials),
+    /// both roles allowed, data dir locking on, no metrics listener, log level `info`.
+    pub fn for_tests(
+        store: StoreConfig,
+        uid: &str,
+        data_dir: PathBuf,
+        host: &str,
+        port: u16,
+    ) -> KeeperConfig {
+        let role = |username: &str, password: &str| RoleConfig {
+            username: username.into(),
+            auth: AuthMethod::Md5,
+            password: Some(password.into()),
+        };
+        KeeperConfig {
+            store,
+            uid: uid.into(),
+            data_dir,
+            pg_listen_address: host.into(),
+            pg_port: port,
+            pg_advertise_address: host.into(),
+            pg_advertise_port: port.to_string(),
+            pg_bin_path: None,
+            su: role("su", "supw"),
+            repl: role("repl", "replpw"),
+            can_be_master: true,
+            can_be_synchronous_replica: true,
+            disable_data_dir_locking: false,
+            metrics_listen_address: None,
+            log_level: "info".into(),
+        }
+    }
+}
+
 /// Non-fatal findings of the checks, to be logged as warnings once logging is set up.
 pub type Warnings = Vec<String>;
 

@@ -10,40 +10,21 @@ use stolon_core::model::{
     Cluster, ClusterData, ClusterPhase, ClusterSpec, ClusterStatus, Db, DbInitMode, DbRole, DbSpec,
     Keeper as CdKeeper,
 };
-use stolon_core::pgconf::AuthMethod;
 use stolon_keeper::Keeper;
-use stolon_keeper::config::{KeeperConfig, RoleConfig};
+use stolon_keeper::config::KeeperConfig;
 use stolon_keeper::metrics::Metrics;
 use stolon_pg::fake::FakePg;
 use stolon_store::{MemKv, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
 fn config(data_dir: &std::path::Path) -> KeeperConfig {
-    KeeperConfig {
-        store: StoreConfig::in_memory("fake"),
-        uid: "keeper1".into(),
-        data_dir: data_dir.to_path_buf(),
-        pg_listen_address: "127.0.0.1".into(),
-        pg_port: 5432,
-        pg_advertise_address: "127.0.0.1".into(),
-        pg_advertise_port: "5432".into(),
-        pg_bin_path: None,
-        su: RoleConfig {
-            username: "su".into(),
-            auth: AuthMethod::Md5,
-            password: Some("supw".into()),
-        },
-        repl: RoleConfig {
-            username: "repl".into(),
-            auth: AuthMethod::Md5,
-            password: Some("replpw".into()),
-        },
-        can_be_master: true,
-        can_be_synchronous_replica: true,
-        disable_data_dir_locking: false,
-        metrics_listen_address: None,
-        log_level: "info".into(),
-    }
+    KeeperConfig::for_tests(
+        StoreConfig::in_memory("fake"),
+        "keeper1",
+        data_dir.to_path_buf(),
+        "127.0.0.1",
+        5432,
+    )
 }
 
 /// A long sleepInterval: anything that happens quickly is event-driven.

@@ -18,9 +18,8 @@ use std::time::Duration;
 
 use stolon_core::keeper::KeeperLocalState;
 use stolon_core::model::{ClusterData, ClusterSpec, DbRole};
-use stolon_core::pgconf::AuthMethod;
 use stolon_keeper::Keeper;
-use stolon_keeper::config::{KeeperConfig, RoleConfig};
+use stolon_keeper::config::KeeperConfig;
 use stolon_keeper::metrics::Metrics;
 use stolon_pg::fake::FakePg;
 use stolon_store::{
@@ -408,31 +407,15 @@ impl World {
 
     fn keeper_config(&self, i: usize) -> KeeperConfig {
         let k = &self.keepers[i];
-        KeeperConfig {
-            store: store_config(),
-            uid: k.uid.clone(),
-            data_dir: k.data_dir.clone(),
-            pg_listen_address: k.addr.0.clone(),
-            pg_port: k.addr.1.parse().expect("numeric port"),
-            pg_advertise_address: k.addr.0.clone(),
-            pg_advertise_port: k.addr.1.clone(),
-            pg_bin_path: None,
-            su: RoleConfig {
-                username: "su".into(),
-                auth: AuthMethod::Md5,
-                password: Some("supw".into()),
-            },
-            repl: RoleConfig {
-                username: "repl".into(),
-                auth: AuthMethod::Md5,
-                password: Some("replpw".into()),
-            },
-            can_be_master: true,
-            can_be_synchronous_replica: true,
-            disable_data_dir_locking: true,
-            metrics_listen_address: None,
-            log_level: "info".into(),
-        }
+        let mut cfg = KeeperConfig::for_tests(
+            store_config(),
+            &k.uid,
+            k.data_dir.clone(),
+            &k.addr.0,
+            k.addr.1.parse().expect("numeric port"),
+        );
+        cfg.disable_data_dir_locking = true;
+        cfg
     }
 
     fn spawn_keeper(&mut self, i: usize) {
@@ -648,6 +631,14 @@ impl World {
             .destination
             .clone()?;
         self.keepers.iter().position(|k| k.addr == d)
+    }
+
+    /// The master keeper, when every proxy routes to it.
+    pub fn routed_master(&self) -> Option<usize> {
+        let m = self.master_keeper()?;
+        (0..self.proxies.len())
+            .all(|p| self.routed_keeper(p) == Some(m))
+            .then_some(m)
     }
 
     /// Whether keeper `i`'s PostgreSQL runs as a primary.
