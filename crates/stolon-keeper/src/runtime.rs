@@ -807,6 +807,10 @@ impl Keeper {
 
     async fn update_pg_state(&mut self) {
         self.pg_state = self.query_state().await;
+        // Only the HTTP health checks read the snapshot; without a listener there is none.
+        if self.health.receiver_count() == 0 {
+            return;
+        }
         let in_recovery = if self.pg_state.healthy {
             self.pg.is_in_recovery().await.ok()
         } else {
