@@ -1,11 +1,15 @@
-//! The proxy's routing decision: where new client connections go.
+//! The proxy's routing decision: where new client connections go, and the small publishing
+//! policy around it (which timeout to publish, the ProxyInfo and its TTL).
 //!
 //! Pure. Fail-closed: whenever clusterdata is missing, unusable, names no master, or does not enable
 //! this proxy, the answer is "route nowhere" (and the proxy closes every connection). Mirrors
 //! stolon-behaviour.md §4.10 steps 3-9; the store read, the ProxyInfo publish and the timeout live in
 //! the proxy daemon.
 
-use crate::model::{ClusterData, DbRole, FollowType};
+use std::time::Duration;
+
+use crate::GoDuration;
+use crate::model::{ClusterData, DbRole, FollowType, ProxyInfo};
 
 /// Why nothing is routed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,10 +65,12 @@ pub struct Route {
     /// (Stolon publishes 0 when there is no proxy object, and nothing when there is no clusterdata
     /// or it is unusable).
     pub publish_generation: Option<i64>,
-    /// The proxy timeout from the spec (nanoseconds), when clusterdata is usable.
-    pub spec_proxy_timeout_ns: Option<i64>,
-    /// The proxy check interval from the spec (nanoseconds), when clusterdata is usable.
-    pub spec_check_interval_ns: Option<i64>,
+    /// The proxy timeout from the spec, when clusterdata is usable and it is positive. The
+    /// proxy adopts it after a successful publish.
+    pub spec_proxy_timeout: Option<Duration>,
+    /// The proxy check interval from the spec, when clusterdata is usable and it is positive.
+    /// The proxy adopts it after a successful publish.
+    pub spec_check_interval: Option<Duration>,
 }
 
 impl Route {
@@ -73,10 +79,39 @@ impl Route {
             primary: Err(reason),
             standbys: Vec::new(),
             publish_generation: None,
-            spec_proxy_timeout_ns: None,
-            spec_check_interval_ns: None,
+            spec_proxy_timeout: None,
+            spec_check_interval: None,
         }
     }
+
+    /// The timeout to publish with this decision while running on `current`: the larger of the
+    /// two, so the sentinel does not declare the proxy inactive while it still runs on an older,
+    /// longer timeout.
+    pub fn publish_timeout(&self, current: Duration) -> Duration {
+        self.spec_proxy_timeout
+            .map_or(current, |spec| spec.max(current))
+    }
+}
+
+/// The ProxyInfo a proxy publishes: its generation and the timeout it runs on. `info_uid` is a
+/// fresh random UID per publish (the sentinel tells a live proxy from a stale info by it).
+pub fn proxy_info(uid: &str, info_uid: String, generation: i64, timeout: Duration) -> ProxyInfo {
+    ProxyInfo {
+        info_uid,
+        uid: uid.to_string(),
+        generation,
+        proxy_timeout: GoDuration::from_std(timeout).as_nanos(),
+    }
+}
+
+/// The TTL of a published ProxyInfo: twice the timeout it carries.
+pub fn proxy_info_ttl(timeout: Duration) -> Duration {
+    timeout.saturating_mul(2)
+}
+
+/// A positive spec duration.
+fn positive(d: GoDuration) -> Option<Duration> {
+    Some(d.to_std()).filter(|d| !d.is_zero())
 }
 
 /// Decides the routing for proxy `proxy_uid` from clusterdata `cd`.
@@ -89,8 +124,8 @@ pub fn route(cd: Option<&ClusterData>, proxy_uid: &str) -> Route {
         Err(e) => return Route::closed(ClosedReason::Unusable(e.to_string())),
     };
     let mut r = Route::closed(ClosedReason::NoProxy);
-    r.spec_proxy_timeout_ns = Some(spec.proxy_timeout.as_nanos());
-    r.spec_check_interval_ns = Some(spec.proxy_check_interval.as_nanos());
+    r.spec_proxy_timeout = positive(spec.proxy_timeout);
+    r.spec_check_interval = positive(spec.proxy_check_interval);
     let Some(proxy) = &cd.proxy else {
         r.publish_generation = Some(0);
         return r;
@@ -230,6 +265,37 @@ mod tests {
             vec!["10.0.0.2"],
             "s2 is ~10MB behind, beyond the 1MiB default lag"
         );
+    }
+
+    #[test]
+    fn spec_timings_and_the_timeout_to_publish() {
+        let secs = Duration::from_secs;
+        let mut data = cd();
+        let spec = data
+            .cluster
+            .as_mut()
+            .and_then(|c| c.spec.as_mut())
+            .expect("spec");
+        spec.proxy_timeout = Some(GoDuration::from_std(secs(20)));
+        spec.proxy_check_interval = Some(GoDuration::from_std(secs(4)));
+        let r = route(Some(&data), "p1");
+        assert_eq!(r.spec_proxy_timeout, Some(secs(20)));
+        assert_eq!(r.spec_check_interval, Some(secs(4)));
+        // The larger of the current and the spec's timeout.
+        assert_eq!(r.publish_timeout(secs(15)), secs(20));
+        assert_eq!(r.publish_timeout(secs(30)), secs(30));
+        // Without usable clusterdata: the current one.
+        let none = route(None, "p1");
+        assert_eq!(none.spec_proxy_timeout, None);
+        assert_eq!(none.publish_timeout(secs(15)), secs(15));
+
+        let info = proxy_info("p1", "abcd".into(), 7, secs(20));
+        assert_eq!(
+            (info.uid.as_str(), info.info_uid.as_str(), info.generation),
+            ("p1", "abcd", 7)
+        );
+        assert_eq!(info.proxy_timeout, 20_000_000_000);
+        assert_eq!(proxy_info_ttl(secs(20)), secs(40));
     }
 
     #[test]

@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stolon_core::model::ProxyInfo;
-use stolon_core::proxy::{ClosedReason, Destination, Route, route};
+use stolon_core::proxy::{ClosedReason, Destination, Route, proxy_info, proxy_info_ttl, route};
 use stolon_store::{Revision, Store, StoreError};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -315,10 +314,7 @@ impl Proxy {
     async fn apply(&mut self, route: &Route) -> Result<(), CheckError> {
         // Step 4: publish the larger of our current and the spec's timeout, so the sentinel does
         // not declare us inactive while we still run on the older, longer timeout.
-        let publish_timeout = match route.spec_proxy_timeout_ns.and_then(nanos) {
-            Some(spec) => spec.max(self.proxy_timeout),
-            None => self.proxy_timeout,
-        };
+        let publish_timeout = route.publish_timeout(self.proxy_timeout);
         let (routed, generation) = match (&route.primary, route.publish_generation) {
             // No clusterdata, or unusable: route nowhere, publish nothing.
             (Err(reason), None) => {
@@ -421,15 +417,15 @@ impl Proxy {
 
     /// Publishes our ProxyInfo with a fresh info UID, under a TTL of twice the timeout.
     async fn publish(&self, generation: i64, proxy_timeout: Duration) -> Result<(), StoreError> {
-        let info = ProxyInfo {
-            info_uid: stolon_core::uid::uid_from_bytes(rand::random::<[u8; 4]>()),
-            uid: self.uid.clone(),
+        let info = proxy_info(
+            &self.uid,
+            stolon_core::uid::uid_from_bytes(rand::random::<[u8; 4]>()),
             generation,
-            proxy_timeout: i64::try_from(proxy_timeout.as_nanos()).unwrap_or(i64::MAX),
-        };
+            proxy_timeout,
+        );
         let res = self
             .store
-            .put_proxy_info(&info, proxy_timeout.saturating_mul(2))
+            .put_proxy_info(&info, proxy_info_ttl(proxy_timeout))
             .await;
         if let Err(e) = &res {
             tracing::warn!(error = %e, "failed to update proxyInfo");
@@ -439,10 +435,10 @@ impl Proxy {
 
     /// After a successful publish, take the spec's check interval and timeout.
     fn adopt_timings(&mut self, route: &Route) {
-        if let Some(t) = route.spec_proxy_timeout_ns.and_then(nanos) {
+        if let Some(t) = route.spec_proxy_timeout {
             self.proxy_timeout = t;
         }
-        if let Some(i) = route.spec_check_interval_ns.and_then(nanos) {
+        if let Some(i) = route.spec_check_interval {
             self.check_interval = i;
         }
     }
@@ -495,14 +491,6 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ListenError> {
             .next()
             .ok_or_else(|| ListenError::Resolve(format!("{host:?}: no address"))),
     }
-}
-
-/// A positive nanosecond count as a duration.
-fn nanos(ns: i64) -> Option<Duration> {
-    u64::try_from(ns)
-        .ok()
-        .filter(|&n| n > 0)
-        .map(Duration::from_nanos)
 }
 
 /// `error: cause: cause` on one line.

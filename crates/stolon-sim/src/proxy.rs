@@ -8,8 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stolon_core::model::ProxyInfo;
-use stolon_core::proxy::{ClosedReason, Destination, Route, route};
+use stolon_core::proxy::{ClosedReason, Destination, Route, proxy_info, proxy_info_ttl, route};
 use stolon_store::{Revision, Store, StoreError};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -60,17 +59,13 @@ impl SimProxy {
         // A fresh info UID per publish, as the daemon draws: the sentinel tells a live proxy
         // from a stale info by it changing.
         let n = self.view.lock().expect("proxy view poisoned").publishes;
-        let info = ProxyInfo {
-            info_uid: format!(
-                "{:08x}",
-                (n as u32).wrapping_mul(2_654_435_761) ^ 0x5bd1_e995
-            ),
-            uid: self.uid.clone(),
-            generation,
-            proxy_timeout: i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX),
-        };
+        let info_uid = format!(
+            "{:08x}",
+            (n as u32).wrapping_mul(2_654_435_761) ^ 0x5bd1_e995
+        );
+        let info = proxy_info(&self.uid, info_uid, generation, timeout);
         self.store
-            .put_proxy_info(&info, timeout.saturating_mul(2))
+            .put_proxy_info(&info, proxy_info_ttl(timeout))
             .await?;
         let mut v = self.view.lock().expect("proxy view poisoned");
         v.published_generation = Some(generation);
@@ -79,10 +74,10 @@ impl SimProxy {
     }
 
     fn adopt_timings(&mut self, r: &Route) {
-        if let Some(t) = r.spec_proxy_timeout_ns.and_then(nanos) {
+        if let Some(t) = r.spec_proxy_timeout {
             self.proxy_timeout = t;
         }
-        if let Some(i) = r.spec_check_interval_ns.and_then(nanos) {
+        if let Some(i) = r.spec_check_interval {
             self.check_interval = i;
         }
     }
@@ -102,10 +97,7 @@ impl SimProxy {
         }
         self.applied_revision = None;
         let r = route(read.data.as_ref(), &self.uid);
-        let publish_timeout = match r.spec_proxy_timeout_ns.and_then(nanos) {
-            Some(spec) => spec.max(self.proxy_timeout),
-            None => self.proxy_timeout,
-        };
+        let publish_timeout = r.publish_timeout(self.proxy_timeout);
         let (dest, generation) = match (&r.primary, r.publish_generation) {
             (Err(reason), None) => {
                 self.set_destination(None);
@@ -150,13 +142,6 @@ impl SimProxy {
         self.applied_revision = Some(read.revision);
         Ok(Checked::Applied)
     }
-}
-
-fn nanos(ns: i64) -> Option<Duration> {
-    u64::try_from(ns)
-        .ok()
-        .filter(|&n| n > 0)
-        .map(Duration::from_nanos)
 }
 
 /// Runs a simulated proxy `uid` until `cancel`, recording what it does in `view`.
