@@ -30,7 +30,7 @@ fn config(data_dir: &std::path::Path) -> KeeperConfig {
 /// A long sleepInterval: anything that happens quickly is event-driven.
 fn cd(boot: &str, with_db: bool) -> ClusterData {
     let spec: ClusterSpec =
-        serde_json::from_str(r#"{"initMode":"new","sleepInterval":"1m0s"}"#).unwrap();
+        serde_json::from_str(r#"{"initMode":"new","sleepInterval":"1m0s"}"#).expect("valid spec");
     let mut cd = ClusterData::new(
         Cluster {
             uid: "c1".into(),

@@ -103,10 +103,10 @@ async fn ha_flow(name: &str, rewind_works: bool) {
     set_db(&mut cd, "db2", s2);
     cd.dbs
         .get_mut("db1")
-        .unwrap()
+        .expect("db1 in clusterdata")
         .spec
         .as_mut()
-        .unwrap()
+        .expect("db1 has a spec")
         .followers = Some(vec!["db2".into()]);
     bump(&mut cd, "db1");
     w.write_cd(&cd).await;
@@ -129,10 +129,10 @@ async fn ha_flow(name: &str, rewind_works: bool) {
     assert_eq!(slot, "true");
     su(port1)
         .await
-        .unwrap()
+        .expect("connect as superuser")
         .batch_execute("create table t(i int); insert into t values (1);")
         .await
-        .unwrap();
+        .expect("create and fill t");
     wait_for("row replicated to the standby", T, || async {
         query_one_string(port2, "select count(*)::text from t")
             .await
@@ -147,7 +147,13 @@ async fn ha_flow(name: &str, rewind_works: bool) {
     w.sentinel_sync(&mut cd).await;
     cd.dbs.remove("db1");
     {
-        let s = cd.dbs.get_mut("db2").unwrap().spec.as_mut().unwrap();
+        let s = cd
+            .dbs
+            .get_mut("db2")
+            .expect("db2 in clusterdata")
+            .spec
+            .as_mut()
+            .expect("db2 has a spec");
         s.role = Some(DbRole::Master);
         s.follow_config = None;
         s.followers = Some(vec!["db3".into()]);
@@ -169,10 +175,10 @@ async fn ha_flow(name: &str, rewind_works: bool) {
     wait_db_down(port1, T).await;
     su(port2)
         .await
-        .unwrap()
+        .expect("connect as superuser")
         .batch_execute("insert into t values (2), (3);")
         .await
-        .unwrap();
+        .expect("insert into t");
     w.wait_keeper_info("keeper2", T, |i| {
         i.postgres_state.as_ref().is_some_and(|p| {
             p.healthy && p.timeline_id == 2 && p.generation == cd.dbs["db2"].generation
@@ -247,7 +253,12 @@ async fn ha_flow(name: &str, rewind_works: bool) {
                 .is_some_and(|p| p.uid == "db3" && p.healthy && p.timeline_id == 2)
         })
         .await;
-    assert!(!ps.postgres_state.unwrap().timelines_history.is_empty());
+    assert!(
+        !ps.postgres_state
+            .expect("keeper3 reports its state")
+            .timelines_history
+            .is_empty()
+    );
     drop((k1, k2));
 }
 
