@@ -628,7 +628,7 @@ def main() -> int:
     c.run("community chart values.yaml honoured", community_defaults)
 
     def snapshot() -> str:
-        docs = [d for d in inst if d.get("kind") in ("StatefulSet", "Deployment", "Job", "Role")]
+        docs = [d for d in inst if d.get("kind") in ("StatefulSet", "Deployment", "Job", "Role", "RoleBinding", "ConfigMap")]
         text = json.dumps(docs, indent=1, sort_keys=True) + "\n"
         path = repo / SNAPSHOT
         if args.update:
@@ -637,7 +637,7 @@ def main() -> int:
             return f"rewrote {SNAPSHOT}"
         expect(path.exists() and path.read_text() == text,
                f"{SNAPSHOT} differs from the install render: run scripts/validate-k8s.sh --update and commit it")
-        return f"{len(docs)} workloads and Roles"
+        return f"{len(docs)} workloads, Roles, RoleBindings, ConfigMaps"
 
     c.run(f"{SNAPSHOT} is the install render", snapshot)
 
