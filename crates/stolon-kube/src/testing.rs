@@ -92,6 +92,7 @@ struct Shared {
     kill: watch::Sender<u64>,
     unavailable: AtomicBool,
     counts: Mutex<BTreeMap<(String, String), u64>>,
+    access: Mutex<AccessLog>,
 }
 
 impl Shared {
@@ -152,6 +153,7 @@ impl FakeApiServer {
             kill: watch::channel(0).0,
             unavailable: AtomicBool::new(false),
             counts: Mutex::new(BTreeMap::new()),
+            access: Mutex::new(AccessLog::default()),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -409,6 +411,9 @@ async fn handle(
         .expect("fake API counters poisoned")
         .entry((verb.to_string(), target.resource.clone()))
         .or_default() += 1;
+    if let Some(denied) = check_access(&shared, &headers, verb, &target, &query) {
+        return denied;
+    }
     if shared.unavailable.load(Ordering::SeqCst) {
         return status(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -890,5 +895,139 @@ mod tests {
         let mut doc = json!({"a": {"b": 1, "c": 2}, "d": [1]});
         merge_patch(&mut doc, &json!({"a": {"b": null, "e": 3}, "d": {"x": 1}}));
         assert_eq!(doc, json!({"a": {"c": 2, "e": 3}, "d": {"x": 1}}));
+    }
+}
+
+/// One request as the API server's authorizer sees it: who (the bearer token of the client's
+/// kubeconfig, "" for none) did what (RBAC verb: get, list, watch, create, update, patch, delete)
+/// on which object (`name`: the path's name, or for list/watch the `metadata.name` field selector).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ApiCall {
+    /// Bearer token.
+    pub user: String,
+    /// RBAC verb.
+    pub verb: String,
+    /// API group ("" for the core group).
+    pub group: String,
+    /// Resource (plural): configmaps, pods, leases.
+    pub resource: String,
+    /// Object name, when the request names one.
+    pub name: Option<String>,
+    /// Whether the authorizer let it through.
+    pub allowed: bool,
+}
+
+/// Decides whether a call is allowed (see [`FakeApiServer::set_authorizer`]).
+pub type Authorizer = Arc<dyn Fn(&ApiCall) -> bool + Send + Sync>;
+
+#[derive(Default)]
+struct AccessLog {
+    calls: Vec<ApiCall>,
+    authorizer: Option<Authorizer>,
+}
+
+/// Maximum calls kept in the access log (older ones are dropped; a test reads a bounded run).
+const MAX_LOGGED_CALLS: usize = 100_000;
+
+/// Records the call and answers 403 when an authorizer is set and refuses it.
+fn check_access(
+    shared: &Shared,
+    headers: &HeaderMap,
+    verb: &str,
+    target: &Target,
+    query: &HashMap<String, String>,
+) -> Option<Response> {
+    let user = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_string();
+    let name = target.name.clone().or_else(|| {
+        query.get("fieldSelector").and_then(|f| {
+            f.split(',')
+                .find_map(|term| term.strip_prefix("metadata.name="))
+                .map(str::to_string)
+        })
+    });
+    let mut call = ApiCall {
+        user,
+        verb: match verb {
+            "GET" => "get",
+            "LIST" => "list",
+            "WATCH" => "watch",
+            "POST" => "create",
+            "PUT" => "update",
+            "PATCH" => "patch",
+            "DELETE" => "delete",
+            other => other,
+        }
+        .to_string(),
+        group: target
+            .api_version
+            .rsplit_once('/')
+            .map(|(g, _)| g.to_string())
+            .unwrap_or_default(),
+        resource: target.resource.clone(),
+        name,
+        allowed: true,
+    };
+    let mut log = shared.access.lock().expect("fake API access log poisoned");
+    if let Some(authorize) = &log.authorizer {
+        call.allowed = authorize(&call);
+    }
+    let allowed = call.allowed;
+    let denied = (!allowed).then(|| {
+        status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "user {:?} cannot {} resource {:?} in API group {:?}",
+                call.user, call.verb, call.resource, call.group
+            ),
+        )
+    });
+    if log.calls.len() >= MAX_LOGGED_CALLS {
+        log.calls.remove(0);
+    }
+    log.calls.push(call);
+    denied
+}
+
+impl FakeApiServer {
+    /// [`FakeApiServer::kubeconfig_yaml`] with a bearer token for the user, so that the server
+    /// can tell clients apart ([`ApiCall::user`]).
+    pub fn kubeconfig_yaml_with_token(
+        &self,
+        context: &str,
+        namespace: &str,
+        token: &str,
+    ) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
+             users:\n- name: fake\n  user:\n    token: {token}\ncontexts:\n- name: {context}\n  \
+             context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\n\
+             current-context: {context}\n",
+            url = self.url()
+        )
+    }
+
+    /// From now on, answers 403 Forbidden to every call `authorize` refuses (as RBAC would).
+    pub fn set_authorizer(&self, authorize: Authorizer) {
+        self.shared
+            .access
+            .lock()
+            .expect("fake API access log poisoned")
+            .authorizer = Some(authorize);
+    }
+
+    /// Every call served so far (the most recent 100,000), in order.
+    pub fn calls(&self) -> Vec<ApiCall> {
+        self.shared
+            .access
+            .lock()
+            .expect("fake API access log poisoned")
+            .calls
+            .clone()
     }
 }

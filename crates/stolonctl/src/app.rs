@@ -64,6 +64,9 @@ pub async fn run(
                 (None, file) => Some(read_input(file, io)?),
             };
             let spec = ops::init_spec(data.as_deref())?;
+            if a.if_absent {
+                return init_if_absent(store, spec, io, env).await;
+            }
             let current = get(store).await?;
             if current.data.is_some() {
                 writeln!(
@@ -227,6 +230,32 @@ fn one_keeper_uid(args: &[String]) -> anyhow::Result<&str> {
         [] => bail!("keeper uid required"),
         [uid] => Ok(uid),
         _ => bail!("too many arguments"),
+    }
+}
+
+/// `init --if-absent`: one compare-and-create of fresh cluster data. Whatever the store already
+/// holds (even a document this version cannot decode) is left alone; only a store failure is an
+/// error, so a retrying caller (the Helm chart's init Job) can never overwrite a live cluster.
+async fn init_if_absent(
+    store: &dyn Store,
+    spec: stolon_core::model::ClusterSpec,
+    io: &mut Io<'_>,
+    env: &mut Env<'_>,
+) -> anyhow::Result<()> {
+    let cd = ops::init_cluster_data(spec, (env.new_uid)(), (env.now)());
+    match store.put_cluster_data(&cd, None).await {
+        Ok(_) => {
+            writeln!(io.stdout, "cluster data initialised")?;
+            Ok(())
+        }
+        Err(StoreError::Conflict) => {
+            writeln!(
+                io.stdout,
+                "cluster data already present: left unchanged (--if-absent)"
+            )?;
+            Ok(())
+        }
+        Err(e) => bail!("cannot initialise cluster data: {e}"),
     }
 }
 

@@ -586,3 +586,59 @@ async fn status_from_infos_and_election() {
     assert_eq!(err(&out), "unrecognised output format yaml");
     el.resign().await.unwrap();
 }
+
+#[tokio::test]
+async fn init_if_absent_creates_once_and_never_overwrites() {
+    let store = MemStore::new("c");
+    let el = store.election();
+    // Nothing there: written without a prompt.
+    let out = run_cmd(
+        &store,
+        &el,
+        &["init", "--if-absent", r#"{"initMode":"new"}"#],
+        "",
+    )
+    .await;
+    out.result.unwrap();
+    assert_eq!(out.stdout, "cluster data initialised\n");
+    let first = raw(&store).expect("written");
+    assert_eq!(first["cluster"]["uid"], "00000001");
+    assert_eq!(first["cluster"]["spec"], json!({"initMode": "new"}));
+
+    // There already: left exactly as it was, exit status 0, whatever the spec says.
+    let out = run_cmd(
+        &store,
+        &el,
+        &[
+            "init",
+            "--if-absent",
+            r#"{"initMode":"new","maxStandbys":2}"#,
+        ],
+        "",
+    )
+    .await;
+    out.result.unwrap();
+    assert_eq!(
+        out.stdout,
+        "cluster data already present: left unchanged (--if-absent)\n"
+    );
+    assert_eq!(raw(&store), Some(first));
+
+    // Undecodable data is left alone too (plain init -y would replace it).
+    store
+        .kv()
+        .raw_put(&store.layout().cluster_data(), b"{not json");
+    let out = run_cmd(&store, &el, &["init", "--if-absent"], "").await;
+    out.result.unwrap();
+    assert_eq!(
+        store.kv().raw_get(&store.layout().cluster_data()),
+        Some(b"{not json".to_vec())
+    );
+
+    // A bad spec is refused before the store is touched; --yes makes no sense with it.
+    let empty = MemStore::new("c");
+    let out = run_cmd(&empty, &el, &["init", "--if-absent", "{"], "").await;
+    assert!(err(&out).starts_with("failed to unmarshal cluster spec: "));
+    assert_eq!(raw(&empty), None);
+    assert!(cli::parse(["stolonctl", "init", "--if-absent", "-y"]).is_err());
+}

@@ -65,6 +65,10 @@ pub struct InitArgs {
     /// don't ask for confirmation
     #[arg(short = 'y', long = "yes")]
     pub yes: bool,
+    /// initialise only when the store holds no cluster data (compare-and-create, never
+    /// overwrites, asks nothing); existing cluster data is left alone and the exit status is 0
+    #[arg(long = "if-absent", conflicts_with = "yes")]
+    pub if_absent: bool,
     /// The cluster spec as JSON (at most one).
     #[arg(value_name = "SPEC", allow_hyphen_values = true)]
     pub args: Vec<String>,

@@ -1,16 +1,42 @@
 {{/* Names, labels and the pieces every component shares. */}}
 
+{{/* The chart's name, or `nameOverride`. */}}
 {{- define "stolon.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- .Values.nameOverride | default .Chart.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Full name: the release name, prefixed to the chart name unless it already contains it. */}}
+{{/* Full name: the release name, suffixed with the (overridden) chart name unless it already
+contains it. */}}
 {{- define "stolon.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- $name := include "stolon.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 50 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Name of one component's objects: <fullname>-<keeper|sentinel|proxy|init>, the suffix
+replaced by the component's `nameOverride`; call with (dict "root" $ "component" "keeper"). */}}
+{{- define "stolon.componentName" -}}
+{{- $c := get .root.Values .component | default dict -}}
+{{- printf "%s-%s" (include "stolon.fullname" .root) ($c.nameOverride | default .component) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Ports: the component's own key, else the community chart's `ports`, else 5432. */}}
+{{- define "stolon.keeperPort" -}}
+{{- .Values.keeper.pgPort | default .Values.ports.internalPort | default 5432 -}}
+{{- end -}}
+{{- define "stolon.proxyPort" -}}
+{{- .Values.proxy.port | default .Values.ports.internalPort | default 5432 -}}
+{{- end -}}
+{{- define "stolon.proxyServicePort" -}}
+{{- .Values.proxy.service.port | default .Values.ports.externalPort | default 5432 -}}
+{{- end -}}
+
+{{/* Keeper UID prefix: `keeper.uid_prefix` (community chart) or `keeper.uidPrefix`. */}}
+{{- define "stolon.uidPrefix" -}}
+{{- .Values.keeper.uid_prefix | default .Values.keeper.uidPrefix | default "keeper" -}}
 {{- end -}}
 
 {{- define "stolon.clusterName" -}}
@@ -58,11 +84,13 @@ stolon-cluster: {{ include "stolon.clusterName" .root }}
 {{- if hasKey . "replicaCount" -}}{{ .replicaCount }}{{- else -}}{{ .replicas }}{{- end -}}
 {{- end -}}
 
+{{/* ServiceAccount of one component (dict "root" $ "component" "keeper"): its own, named like
+its objects, when serviceAccount.create; else serviceAccount.name (shared, granted by you). */}}
 {{- define "stolon.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create -}}
-{{- .Values.serviceAccount.name | default (include "stolon.fullname" .) -}}
+{{- if .root.Values.serviceAccount.create -}}
+{{- include "stolon.componentName" . -}}
 {{- else -}}
-{{- .Values.serviceAccount.name | default "default" -}}
+{{- .root.Values.serviceAccount.name | default "default" -}}
 {{- end -}}
 {{- end -}}
 
@@ -113,7 +141,10 @@ etcdv3: --store-backend=etcdv3 --store-endpoints=<store.endpoints>.
       fieldPath: metadata.name
 {{- end -}}
 
-{{/* Scheduling of one component: its own setting if non-empty, else the chart-wide default. */}}
+{{/* Scheduling of one component: its own setting if non-empty, else the chart-wide default.
+Call with (dict "root" $ "component" $values "name" "stolon-keeper" "spread" true): with `spread`
+and no affinity given, a preferred pod anti-affinity on the node and a topology spread over zones
+(podAntiAffinity: soft | hard | off; topologySpread.enabled). */}}
 {{- define "stolon.scheduling" -}}
 {{- $c := .component -}}
 {{- $v := .root.Values -}}
@@ -121,9 +152,45 @@ etcdv3: --store-backend=etcdv3 --store-endpoints=<store.endpoints>.
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with ($c.affinity | default $v.affinity) }}
+{{- $affinity := $c.affinity | default $v.affinity }}
+{{- if $affinity }}
 affinity:
+  {{- toYaml $affinity | nindent 2 }}
+{{- else if and .spread (ne ($v.podAntiAffinity | toString) "off") }}
+{{- /* Preferred, not required: a cluster with fewer nodes than replicas still schedules. */}}
+affinity:
+  podAntiAffinity:
+    {{- if eq ($v.podAntiAffinity | toString) "hard" }}
+    requiredDuringSchedulingIgnoredDuringExecution:
+      - topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "stolon.selectorLabels" (dict "root" .root "component" .name) | nindent 12 }}
+    {{- else }}
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "stolon.selectorLabels" (dict "root" .root "component" .name) | nindent 14 }}
+    {{- end }}
+{{- end }}
+{{- if .spread }}
+{{- with $c.topologySpreadConstraints }}
+topologySpreadConstraints:
   {{- toYaml . | nindent 2 }}
+{{- else }}
+{{- if $v.topologySpread.enabled }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: {{ $v.topologySpread.topologyKey }}
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "stolon.selectorLabels" (dict "root" .root "component" .name) | nindent 8 }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- with ($c.tolerations | default $v.tolerations) }}
 tolerations:
@@ -153,11 +220,20 @@ imagePullSecrets:
 {{- if $ssl.enabled -}}
 {{- $dir := include "stolon.sslDir" . -}}
 {{- $_ := set $pg "ssl" "on" -}}
-{{- $_ := set $pg "ssl_cert_file" (printf "%s/%s" $dir ($ssl.certFile | default "tls.crt")) -}}
+{{- if $ssl.certFile -}}
+{{- $_ := set $pg "ssl_cert_file" (printf "%s/%s" $dir $ssl.certFile) -}}
 {{- $_ := set $pg "ssl_key_file" (printf "%s/%s" $dir ($ssl.keyFile | default "tls.key")) -}}
+{{- else -}}
+{{- /* Key names found at pod start (tls.* or server.*), see the keeper's command. */ -}}
+{{- $_ := set $pg "ssl_cert_file" "/run/stolon/ssl/server.crt" -}}
+{{- $_ := set $pg "ssl_key_file" "/run/stolon/ssl/server.key" -}}
+{{- end -}}
 {{- if $ssl.caFile -}}
 {{- $_ := set $pg "ssl_ca_file" (printf "%s/%s" $dir $ssl.caFile) -}}
 {{- end -}}
+{{- end -}}
+{{- if .Values.slow_queries.enabled -}}
+{{- $_ := set $pg "log_min_duration_statement" (toString (.Values.slow_queries.min_duration | default 300)) -}}
 {{- end -}}
 {{- range $k, $val := (.Values.pgParameters | default dict) -}}
 {{- $_ := set $pg $k (toString $val) -}}
@@ -180,7 +256,16 @@ imagePullSecrets:
 {{- if and .Values.sentinel.initialClusterSpec .Values.initJob.enabled -}}
 {{- fail "sentinel.initialClusterSpec lets the sentinels initialise the cluster: set initJob.enabled=false with it (both would race)" -}}
 {{- end -}}
-{{- if not (regexMatch "^[a-z0-9_]+$" (.Values.keeper.uidPrefix | toString)) -}}
-{{- fail "keeper.uidPrefix must match ^[a-z0-9_]+$ (keeper UIDs end up in replication slot names)" -}}
+{{- if not (regexMatch "^[a-z0-9_]+$" (include "stolon.uidPrefix" .)) -}}
+{{- fail "keeper.uidPrefix (keeper.uid_prefix) must match ^[a-z0-9_]+$ (keeper UIDs end up in replication slot names)" -}}
+{{- end -}}
+{{- if .Values.initJob.force -}}
+{{- fail "initJob.force is not supported: the init Job only ever creates cluster data that is absent (stolonctl init --if-absent); to re-initialise a cluster on purpose run `stolonctl init` by hand" -}}
+{{- end -}}
+{{- if .Values.keeper.serviceType -}}
+{{- fail "keeper.serviceType is not supported: the keeper Service is headless (the StatefulSet's pod DNS names); for read-only clients set proxy.readOnly.enabled=true and proxy.readOnly.service.type" -}}
+{{- end -}}
+{{- if not (has (.Values.podAntiAffinity | toString) (list "soft" "hard" "off")) -}}
+{{- fail (printf "podAntiAffinity must be soft, hard or off, not %q" (.Values.podAntiAffinity | toString)) -}}
 {{- end -}}
 {{- end -}}
