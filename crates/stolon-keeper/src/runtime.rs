@@ -273,8 +273,14 @@ impl Keeper {
         }
         for _ in 0..=MAX_REPLANS {
             match self.sync(cd.as_ref()).await {
-                Ok(true) => continue,
-                Ok(false) => break,
+                Ok(Flow::Replan) => continue,
+                Ok(Flow::Continue) => {
+                    // The whole plan ran: a successful keeper loop (Stolon sets the metric at
+                    // the end of every one, converged or not).
+                    self.metrics.last_sync_success.set(unix_now());
+                    break;
+                }
+                Ok(Flow::Stop) => break,
                 Err(e) => {
                     error!("keeper sync failed: {e}");
                     break;
@@ -343,8 +349,9 @@ impl Keeper {
         }
     }
 
-    /// Observe, plan, execute. Ok(true) = re-plan now.
-    async fn sync(&mut self, cd: Option<&ClusterData>) -> Result<bool, ExecError> {
+    /// Observe, plan, execute: `Continue` = the whole plan ran, `Stop` = it ended waiting,
+    /// `Replan` = observe and plan again now.
+    async fn sync(&mut self, cd: Option<&ClusterData>) -> Result<Flow, ExecError> {
         let observed = self.observe(cd).await;
         let actions = keeper::plan(cd, &self.identity(), &observed);
         debug!(?actions, "plan");
@@ -353,12 +360,11 @@ impl Keeper {
             let promote = matches!(action, KeeperAction::Promote);
             match self.execute(action, after_promote).await? {
                 Flow::Continue => {}
-                Flow::Stop => return Ok(false),
-                Flow::Replan => return Ok(true),
+                flow => return Ok(flow),
             }
             after_promote = promote;
         }
-        Ok(false)
+        Ok(Flow::Continue)
     }
 
     fn save_db_state(&mut self) -> Result<(), ExecError> {
@@ -459,7 +465,6 @@ impl Keeper {
                 self.db_state.generation = generation;
                 self.db_state.initializing = false;
                 self.save_db_state()?;
-                self.metrics.last_sync_success.set(unix_now());
             }
             A::SetWaitSyncStandbys(b) => self.wait_sync = b,
             A::InitDb(nc) => {
