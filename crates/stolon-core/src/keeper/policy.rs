@@ -30,9 +30,7 @@ pub const MIN_REPUBLISH_PERIOD: Duration = Duration::from_millis(1);
 /// quarters of the TTL instead. Never below [`MIN_REPUBLISH_PERIOD`].
 pub fn republish_period(sleep_interval: Duration) -> Duration {
     let lease_safe = info_ttl(sleep_interval) * 3 / 4;
-    sleep_interval
-        .min(lease_safe)
-        .max(MIN_REPUBLISH_PERIOD)
+    sleep_interval.min(lease_safe).max(MIN_REPUBLISH_PERIOD)
 }
 
 /// TTL of a published keeper info: `sleepInterval`, but at least [`MIN_INFO_TTL`].

@@ -19,7 +19,10 @@ fn env_num(name: &str, default: u64) -> Result<u64> {
     std::env::var(name)
         .ok()
         .filter(|v| !v.is_empty())
-        .map(|v| v.parse().with_context(|| format!("{name} must be a number")))
+        .map(|v| {
+            v.parse()
+                .with_context(|| format!("{name} must be a number"))
+        })
         .transpose()
         .map(|v| v.unwrap_or(default))
 }
@@ -28,7 +31,15 @@ fn env_num(name: &str, default: u64) -> Result<u64> {
 fn versions(endpoint: &str, prefix: &str) -> Result<BTreeMap<String, u64>> {
     let out = std::process::Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoint, "get", "--prefix", prefix, "-w", "json"])
+        .args([
+            "--endpoints",
+            endpoint,
+            "get",
+            "--prefix",
+            prefix,
+            "-w",
+            "json",
+        ])
         .output()
         .context("run etcdctl")?;
     if !out.status.success() {
@@ -63,14 +74,20 @@ async fn main() -> Result<()> {
     let prefix = format!("stolon/cluster/{}/keepers/info/", c.name);
     let before = versions(&endpoint, &prefix)?;
     if before.len() != keepers {
-        bail!("found {} keeper infos under {prefix}, expected {keepers}", before.len());
+        bail!(
+            "found {} keeper infos under {prefix}, expected {keepers}",
+            before.len()
+        );
     }
     tokio::time::sleep(window).await;
     let after = versions(&endpoint, &prefix)?;
     let intervals = window.as_secs_f64() / sleep_interval.as_secs_f64();
     let mut total = 0u64;
     for (key, &v0) in &before {
-        let v1 = after.get(key).copied().context("a keeper info disappeared")?;
+        let v1 = after
+            .get(key)
+            .copied()
+            .context("a keeper info disappeared")?;
         if v1 < v0 {
             bail!("a keeper info was re-created during the window");
         }
