@@ -238,21 +238,21 @@ mod tests {
     fn a_change_in_substance_is_published_at_once() {
         let last = published(info(true), SECOND * 10);
         let now = SECOND * 10 + Duration::from_millis(1);
-        let changes: Vec<Box<dyn Fn(&mut KeeperInfo)>> = vec![
-            Box::new(|i| i.postgres_state.as_mut().unwrap().healthy = false),
-            Box::new(|i| i.postgres_state.as_mut().unwrap().timeline_id = 2),
-            Box::new(|i| i.postgres_state.as_mut().unwrap().xlog_pos = 42),
-            Box::new(|i| i.postgres_state.as_mut().unwrap().listen_address = "10.0.0.9".into()),
-            Box::new(|i| i.postgres_state.as_mut().unwrap().generation = 2),
-            Box::new(|i| {
+        let changes: Vec<fn(&mut KeeperInfo)> = vec![
+            |i| i.postgres_state.as_mut().unwrap().healthy = false,
+            |i| i.postgres_state.as_mut().unwrap().timeline_id = 2,
+            |i| i.postgres_state.as_mut().unwrap().xlog_pos = 42,
+            |i| i.postgres_state.as_mut().unwrap().listen_address = "10.0.0.9".into(),
+            |i| i.postgres_state.as_mut().unwrap().generation = 2,
+            |i| {
                 i.postgres_state
                     .as_mut()
                     .unwrap()
                     .pg_parameters
                     .insert("work_mem".into(), "8MB".into());
-            }),
-            Box::new(|i| i.postgres_state = None),
-            Box::new(|i| i.can_be_master = Some(false)),
+            },
+            |i| i.postgres_state = None,
+            |i| i.can_be_master = Some(false),
         ];
         for change in changes {
             let mut next = info(true);

@@ -181,14 +181,12 @@ pub fn record(
         }
         (A::Start | A::Reload | A::Restart, _) => memory.applied = memory.written.clone(),
         (A::Promote, _) => memory.just_promoted = true,
-        (A::CheckRestart { automatic }, _) => {
-            // Only an instance running with a configuration of ours can be waiting for a
-            // restart to apply it.
-            if memory.applied.is_some() {
-                return vec![A::QueryPendingRestart {
-                    automatic: *automatic,
-                }];
-            }
+        // Only an instance running with a configuration of ours can be waiting for a restart
+        // to apply it.
+        (A::CheckRestart { automatic }, _) if memory.applied.is_some() => {
+            return vec![A::QueryPendingRestart {
+                automatic: *automatic,
+            }];
         }
         (A::QueryPendingRestart { automatic }, Outcome::PendingRestart(pending)) => {
             let mut next = vec![A::ReportNeedsRestart(pending)];
