@@ -48,12 +48,32 @@ fn versions(endpoint: &str, prefix: &str) -> Result<BTreeMap<String, u64>> {
     let v: Value = serde_json::from_slice(&out.stdout).context("parse etcdctl output")?;
     let mut m = BTreeMap::new();
     for kv in v["kvs"].as_array().into_iter().flatten() {
-        // etcdctl's JSON carries the keys base64-encoded; they only need to tell keepers apart.
-        let key = kv["key"].as_str().unwrap_or_default().to_string();
+        // etcdctl's JSON carries the keys base64-encoded.
+        let key = base64_decode(kv["key"].as_str().unwrap_or_default());
         let version = kv["version"].as_u64().unwrap_or(0);
         m.insert(key, version);
     }
     Ok(m)
+}
+
+/// Standard base64 (with padding) to text; undecodable input comes back as it is.
+fn base64_decode(s: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let Some(v) = ALPHABET.iter().position(|&a| a == c) else {
+            return s.to_string();
+        };
+        bits = (bits << 6) | v as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
