@@ -2,22 +2,24 @@
 //!
 //! The keeper loop can be busy for a long time on one action (a `pg_basebackup` of a large
 //! database, a slow start): if it also carried the publishing, the sentinel would see no fresh
-//! info for `failInterval` and declare a working keeper failed. So a task republishes the latest
-//! info (a new `infoUID` each time) every three quarters of `sleepInterval`, and at once when the
-//! loop hands it a new one. (The sentinel counts an info as fresh for one `sleepInterval` after it
-//! first sees it: publishing exactly that often would make a live keeper look silent whenever a
-//! publish comes a little late.) An info the loop has not refreshed for
-//! [`STALE_AFTER_INTERVALS`](stolon_core::keeper::STALE_AFTER_INTERVALS) intervals is published
-//! with its PostgreSQL state marked unhealthy: the keeper is alive, but nobody is looking after
-//! its database, so the sentinel must not rely on it.
+//! info for `failInterval` and declare a working keeper failed. So a task holds the latest info
+//! the loop handed it and writes it (a new `infoUID` each time) when
+//! [`publish_decision`](stolon_core::keeper::publish_decision) says so: at once when the report
+//! changed in substance, otherwise once per `sleepInterval`, as Stolon does (the sentinel
+//! counts an info as fresh for 1.5 `sleepInterval` after it first sees it). An info the loop has
+//! not refreshed for [`STALE_AFTER_INTERVALS`](stolon_core::keeper::STALE_AFTER_INTERVALS)
+//! intervals is published with its PostgreSQL state marked unhealthy: the keeper is alive, but
+//! nobody is looking after its database, so the sentinel must not rely on it.
 //!
-//! Those rules (period, TTL, staleness) are pure functions of `stolon_core::keeper`; this task
-//! only keeps the clock, draws the `infoUID` and writes to the store.
+//! Those rules (when to write, TTL, staleness) are pure functions of `stolon_core::keeper`; this
+//! task only keeps the clock, draws the `infoUID` and writes to the store.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stolon_core::keeper::{info_to_publish, info_ttl, republish_period};
+use stolon_core::keeper::{
+    PublishedInfo, info_to_publish, info_ttl, next_publish_at, publish_decision, republish_period,
+};
 use stolon_core::model::KeeperInfo;
 use stolon_store::Store;
 use tokio::sync::Notify;
@@ -94,42 +96,55 @@ impl Drop for Publisher {
 }
 
 async fn run(store: Arc<dyn Store>, shared: Arc<Shared>, cancel: CancellationToken) {
+    let epoch = Instant::now();
+    let mut published: Option<PublishedInfo> = None;
     loop {
-        let interval = shared
-            .latest
-            .lock()
-            .expect("publisher state poisoned")
-            .interval;
+        let candidate = candidate(&shared);
+        let now = epoch.elapsed();
+        let mut failed = false;
+        if let Some((info, interval)) = &candidate
+            && publish_decision(published.as_ref(), info, now, *interval).is_some()
+        {
+            let mut info = info.clone();
+            info.info_uid = state::new_uid();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                r = store.put_keeper_info(&info, info_ttl(*interval)) => match r {
+                    Ok(()) => published = Some(PublishedInfo { info, at: now }),
+                    Err(e) => {
+                        error!("failed to update keeper info: {e}");
+                        failed = true;
+                    }
+                },
+            }
+        }
+        // Sleep until the next publish is due, or until the loop hands over a new info; a
+        // failed write is retried after one republish period.
+        let wake = match (&candidate, &published) {
+            (Some((_, interval)), _) if failed => Instant::now() + republish_period(*interval),
+            (Some((_, interval)), Some(p)) => epoch + next_publish_at(p, *interval),
+            // Nothing to publish yet: only a new info wakes the task.
+            _ => Instant::now() + Duration::from_secs(3600),
+        };
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
             _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep(republish_period(interval)) => {}
-        }
-        let Some((info, interval)) = next_info(&shared) else {
-            continue;
-        };
-        let ttl = info_ttl(interval);
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            r = store.put_keeper_info(&info, ttl) => {
-                if let Err(e) = r {
-                    error!("failed to update keeper info: {e}");
-                }
-            }
+            _ = tokio::time::sleep_until(wake) => {}
         }
     }
 }
 
-/// The info to publish now, if any: a new `infoUID`, and the PostgreSQL state marked unhealthy
-/// when the keeper loop has not refreshed it for too long ([`info_to_publish`]).
-fn next_info(shared: &Shared) -> Option<(KeeperInfo, Duration)> {
+/// The info the loop handed over last, with its PostgreSQL state marked unhealthy when the loop
+/// has not refreshed it for too long ([`info_to_publish`]), and the `sleepInterval`.
+fn candidate(shared: &Shared) -> Option<(KeeperInfo, Duration)> {
     let l = shared.latest.lock().expect("publisher state poisoned");
     let latest = l.info.clone()?;
-    let mut info = info_to_publish(latest, l.refreshed.elapsed(), l.interval);
-    info.info_uid = state::new_uid();
-    Some((info, l.interval))
+    Some((
+        info_to_publish(latest, l.refreshed.elapsed(), l.interval),
+        l.interval,
+    ))
 }
 
 #[cfg(test)]

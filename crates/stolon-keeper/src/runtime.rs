@@ -1,19 +1,21 @@
 //! The keeper loop: wait for a store change, a postgres exit or the `sleepInterval` tick; read
-//! clusterdata; observe the local instance; `stolon_core::keeper::plan`; execute the actions in
-//! order through [`PgCtl`] (stopping at the first failure); refresh and publish the `KeeperInfo`.
-//! Errors are logged and retried on the next wake-up; only cancellation ends the loop (postgres
-//! is then stopped in fast mode).
+//! clusterdata; observe the local instance; `stolon_core::keeper::step`; execute the actions in
+//! order through [`PgCtl`] (stopping at the first failure), handing every outcome to
+//! `stolon_core::keeper::record` and running the follow-ups it returns; refresh and hand the
+//! `KeeperInfo` to the publisher. The runtime decides nothing: the keeper's memory
+//! ([`KeeperMemory`]) and every decision are in the core; here IO results become observations
+//! and outcomes, and actions are executed. Errors are logged and retried on the next wake-up;
+//! only cancellation ends the loop (postgres is then stopped in fast mode).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use stolon_core::keeper::{
-    self, KeeperAction, KeeperIdentity, KeeperLocalState, LocalDbState, Observed, PgConfig,
-    ResyncPlan, RolesPlan,
+    self, KeeperAction, KeeperIdentity, KeeperLocalState, KeeperMemory, MonoInstant, Observed,
+    Outcome, PgConfig, Probe, ResyncPlan, RolesPlan, Wake,
 };
-use stolon_core::model::{
-    ClusterData, DbRole, KeeperInfo, PostgresBinaryVersion, PostgresState, TimelineHistory,
-};
+use stolon_core::model::{ClusterData, PostgresBinaryVersion, PostgresState, TimelineHistory};
 use stolon_core::pgconf::{self, RecoveryMode as CoreRecoveryMode};
 use stolon_pg::{
     BaseBackupOptions, ConnParams, InitDbOptions, PgCtl, RecoveryMode, RewindOptions, RoleDef,
@@ -56,6 +58,9 @@ pub enum ExecError {
     /// Waiting for something timed out.
     #[error("{0}")]
     Timeout(String),
+    /// An action lacks what its execution needs.
+    #[error("malformed action: {0}")]
+    Malformed(&'static str),
 }
 
 fn pg(what: &'static str) -> impl FnOnce(stolon_pg::PgError) -> ExecError {
@@ -70,12 +75,10 @@ pub struct Keeper {
     metrics: Metrics,
     boot_uuid: String,
     keeper_state: KeeperLocalState,
-    db_state: LocalDbState,
-    /// Config the running instance was started/reloaded with.
-    applied: Option<PgConfig>,
-    /// Config last written to disk (becomes `applied` on start/reload/restart).
-    written: Option<PgConfig>,
-    wait_sync: bool,
+    /// The core's memory, handed back to it on every step and outcome.
+    memory: KeeperMemory,
+    /// Origin of the monotonic times the core works with.
+    epoch: tokio::time::Instant,
     version: Option<PostgresBinaryVersion>,
     sleep_interval: Duration,
     pg_state: PostgresState,
@@ -107,10 +110,11 @@ impl Keeper {
             metrics,
             boot_uuid,
             keeper_state,
-            db_state,
-            applied: None,
-            written: None,
-            wait_sync: false,
+            memory: KeeperMemory {
+                db_state,
+                ..KeeperMemory::default()
+            },
+            epoch: tokio::time::Instant::now(),
             version: None,
             sleep_interval,
             pg_state: PostgresState::default(),
@@ -177,17 +181,12 @@ impl Keeper {
         self.publisher = Some(Publisher::spawn(self.store.clone(), self.sleep_interval));
         let mut changes = self.store.changes();
         let mut exits = self.pg.exits();
-        let mut tick = true;
-        let mut next_tick = tokio::time::Instant::now();
+        let mut wake = Wake::Tick;
         loop {
-            self.iteration(tick).await;
-            // The tick comes sleepInterval after the last ticked iteration, however many store
-            // changes (infos published every second or so) wake the loop in between: restarting
-            // the timer on each wake-up would starve the tick, and with it every retry.
-            if tick {
-                next_tick = tokio::time::Instant::now() + self.sleep_interval;
-            }
-            let sleep = tokio::time::sleep_until(next_tick);
+            // The core says when the next timer pass is due: sleepInterval after the last timer
+            // pass, however many store changes (infos published every second or so) wake the
+            // loop in between.
+            let next_tick = self.epoch + self.iteration(wake).await;
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 r = changes.changed() => {
@@ -195,7 +194,7 @@ impl Keeper {
                         // The store dropped its sender; fall back to ticking.
                         changes = self.store.changes();
                     }
-                    tick = false;
+                    wake = Wake::StoreChange { clusterdata_changed: false };
                 }
                 r = exits.changed() => {
                     if r.is_ok() {
@@ -204,9 +203,9 @@ impl Keeper {
                             warn!(pid = ev.pid, status = %ev.status, "postgres exited unexpectedly");
                         }
                     }
-                    tick = true;
+                    wake = Wake::Tick;
                 }
-                _ = sleep => tick = true,
+                _ = tokio::time::sleep_until(next_tick) => wake = Wake::Tick,
             }
         }
         self.metrics.shutdown_seconds.set(unix_now());
@@ -226,55 +225,64 @@ impl Keeper {
         }
     }
 
-    /// One wake-up. `tick`: a timer/postgres wake-up (always act); otherwise a store change
-    /// (act only when clusterdata changed, so our own info writes do not spin the loop).
-    async fn iteration(&mut self, tick: bool) {
+    fn now(&self) -> MonoInstant {
+        self.epoch.elapsed()
+    }
+
+    /// One wake-up; returns when the next timer pass is due. A store change runs a pass only
+    /// when the clusterdata changed ([`keeper::pass_wanted`]), so our own info writes do not
+    /// spin the loop.
+    async fn iteration(&mut self, wake: Wake) -> MonoInstant {
         let read = match self.store.get_cluster_data().await {
             Ok(r) => r,
             Err(e) => {
                 error!("error retrieving cluster data: {e}");
-                return;
+                let (now, si) = (self.now(), self.sleep_interval);
+                return self.memory.woke(wake, now, si);
             }
         };
-        if !tick
-            && read.revision == self.last_revision
-            && self.last_cd.is_some() == read.data.is_some()
-        {
-            return;
+        let wake = match wake {
+            Wake::StoreChange { .. } => Wake::StoreChange {
+                clusterdata_changed: read.revision != self.last_revision
+                    || self.last_cd.is_some() != read.data.is_some(),
+            },
+            w => w,
+        };
+        if !keeper::pass_wanted(wake) {
+            let (now, si) = (self.now(), self.sleep_interval);
+            return self.memory.woke(wake, now, si);
         }
         self.last_revision = read.revision.clone();
         self.last_cd = read.data.clone();
         let cd = read.data;
-        if let Some(cd) = &cd {
-            if cd.check_usable().is_ok() {
+        match &cd {
+            Some(cd) if cd.check_usable().is_ok() => {
                 self.metrics.clusterdata_last_valid_update.set(unix_now());
-                if let Some(spec) = cd.cluster.as_ref().and_then(|c| c.spec.as_ref()) {
-                    let si = spec.effective().sleep_interval.to_std();
-                    if !si.is_zero() {
-                        self.sleep_interval = si;
-                        self.metrics.sleep_interval.set(si.as_secs_f64());
-                    }
-                }
-                let cluster_uid = cd
-                    .cluster
-                    .as_ref()
-                    .map(|c| c.uid.clone())
-                    .unwrap_or_default();
-                if !cluster_uid.is_empty() && cluster_uid != self.keeper_state.cluster_uid {
-                    self.keeper_state.cluster_uid = cluster_uid;
-                    if let Err(e) = state::save_keeper_state(&self.cfg.data_dir, &self.keeper_state)
-                    {
-                        error!("failed to save keeper state: {e}");
-                    }
-                }
             }
-        } else {
-            info!("no cluster data available, waiting for it to appear");
+            Some(_) => {}
+            None => info!("no cluster data available, waiting for it to appear"),
         }
+        if let Some(si) = keeper::sleep_interval_of(cd.as_ref()) {
+            self.sleep_interval = si;
+            self.metrics.sleep_interval.set(si.as_secs_f64());
+        }
+        if let Some(ks) = keeper::keeper_state_update(cd.as_ref(), &self.keeper_state) {
+            self.keeper_state = ks;
+            if let Err(e) = state::save_keeper_state(&self.cfg.data_dir, &self.keeper_state) {
+                error!("failed to save keeper state: {e}");
+            }
+        }
+        let mut pass_wake = wake;
         for _ in 0..=MAX_REPLANS {
-            match self.sync(cd.as_ref()).await {
-                Ok(true) => continue,
-                Ok(false) => break,
+            match self.sync(cd.as_ref(), pass_wake).await {
+                Ok(Flow::Replan) => pass_wake = Wake::Replan,
+                Ok(Flow::Continue) => {
+                    // The whole plan ran: a successful keeper loop (Stolon sets the metric at
+                    // the end of every one, converged or not).
+                    self.metrics.last_sync_success.set(unix_now());
+                    break;
+                }
+                Ok(Flow::Stop) => break,
                 Err(e) => {
                     error!("keeper sync failed: {e}");
                     break;
@@ -283,90 +291,82 @@ impl Keeper {
         }
         self.update_pg_state().await;
         self.publish();
+        let (now, si) = (self.now(), self.sleep_interval);
+        self.memory.woke(Wake::Replan, now, si)
     }
 
     async fn observe(&mut self, cd: Option<&ClusterData>) -> Observed {
-        let running = match self.pg.is_running().await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!("cannot check whether postgres runs: {e}");
-                false
-            }
+        let running = Probe::from_result(self.pg.is_running().await.inspect_err(|e| {
+            warn!("cannot check whether postgres runs: {e}");
+        }));
+        let initialized = Probe::from_result(self.pg.is_initialized().await.inspect_err(|e| {
+            warn!("cannot check whether the data directory is initialized: {e}");
+        }));
+        let standby_signal = Probe::from_result(
+            self.pg
+                .recovery_mode()
+                .await
+                .map(|m| m == RecoveryMode::Standby)
+                .inspect_err(|e| warn!("cannot read the recovery signal files: {e}")),
+        );
+        // pg_control exists only in initialised data.
+        let system_id = match initialized {
+            Probe::Known(true) => self.pg.system_id().await.ok().flatten(),
+            _ => None,
         };
-        if !running {
-            self.applied = None;
-        }
-        let initialized = self.pg.is_initialized().await.unwrap_or(false);
-        let standby_signal = matches!(self.pg.recovery_mode().await, Ok(RecoveryMode::Standby));
-        let system_id = if initialized {
-            self.pg.system_id().await.ok().flatten()
-        } else {
-            None
-        };
-        let mine = cd.and_then(|cd| cd.db_of_keeper(&self.keeper_state.uid));
-        let want_sync = mine
-            .and_then(|d| d.spec.as_ref())
-            .is_some_and(|s| s.synchronous_replication && s.role == Some(DbRole::Master));
-        let in_sync_standbys = if running && want_sync && self.wait_sync {
+        let uid = &self.keeper_state.uid;
+        let in_sync_standbys = if keeper::wants_in_sync_standbys(cd, uid, &self.memory, running) {
             self.pg.in_sync_standbys().await.ok()
         } else {
             None
         };
-        let local_role = if !initialized {
-            "undefined"
-        } else if standby_signal {
-            "standby"
-        } else {
-            "master"
-        };
-        Metrics::set_role(&self.metrics.local_role, local_role);
-        if let Some(role) = mine.and_then(|d| d.spec.as_ref()).and_then(|s| s.role) {
-            Metrics::set_role(
-                &self.metrics.target_role,
-                if role == DbRole::Master {
-                    "master"
-                } else {
-                    "standby"
-                },
-            );
-        }
-        Observed {
-            db_state: self.db_state.clone(),
+        let observed = Observed {
             initialized,
             standby_signal,
             running,
             system_id,
             version: self.version,
-            applied: self.applied.clone(),
-            wait_sync_standbys_synced: self.wait_sync,
             in_sync_standbys,
+        };
+        if let Ok(k) = observed.known() {
+            Metrics::set_role(&self.metrics.local_role, k.role().as_str());
         }
+        if let Some(role) = keeper::target_role(cd, uid) {
+            Metrics::set_role(&self.metrics.target_role, role.as_str());
+        }
+        observed
     }
 
-    /// Observe, plan, execute. Ok(true) = re-plan now.
-    async fn sync(&mut self, cd: Option<&ClusterData>) -> Result<bool, ExecError> {
+    /// Observe, step, execute: `Continue` = the whole plan ran, `Stop` = it ended waiting,
+    /// `Replan` = observe and plan again now.
+    async fn sync(&mut self, cd: Option<&ClusterData>, wake: Wake) -> Result<Flow, ExecError> {
         let observed = self.observe(cd).await;
-        let actions = keeper::plan(cd, &self.identity(), &observed);
-        debug!(?actions, "plan");
-        let mut after_promote = false;
-        for action in actions {
-            let promote = matches!(action, KeeperAction::Promote);
-            match self.execute(action, after_promote).await? {
-                Flow::Continue => {}
-                Flow::Stop => return Ok(false),
-                Flow::Replan => return Ok(true),
+        let step = keeper::step(
+            cd,
+            &self.identity(),
+            &observed,
+            std::mem::take(&mut self.memory),
+            wake,
+            self.now(),
+            self.sleep_interval,
+        );
+        self.memory = step.memory;
+        debug!(actions = ?step.actions, "plan");
+        let mut queue = VecDeque::from(step.actions);
+        while let Some(action) = queue.pop_front() {
+            let (flow, outcome) = self.execute(&action).await?;
+            let follow_ups = keeper::record(&mut self.memory, &action, outcome);
+            for a in follow_ups.into_iter().rev() {
+                queue.push_front(a);
             }
-            after_promote = promote;
+            if !matches!(flow, Flow::Continue) {
+                return Ok(flow);
+            }
         }
-        Ok(false)
+        Ok(Flow::Continue)
     }
 
-    fn save_db_state(&mut self) -> Result<(), ExecError> {
-        state::save_db_state(&self.cfg.data_dir, &self.db_state)?;
-        Ok(())
-    }
-
-    async fn write_config(&mut self, c: &PgConfig) -> Result<(), ExecError> {
+    async fn write_config(&self, c: &PgConfig) -> Result<(), ExecError> {
         let conf = pgconf::render_postgresql_conf(&c.parameters, &c.recovery);
         self.pg
             .write_postgresql_conf(&conf)
@@ -384,30 +384,24 @@ impl Keeper {
             .block_alter_system()
             .await
             .map_err(pg("block ALTER SYSTEM"))?;
-        self.written = Some(c.clone());
         Ok(())
     }
 
-    async fn start(&mut self) -> Result<(), ExecError> {
-        if let Err(e) = self.pg.start(&StartOptions::default()).await {
+    async fn start(&self, opts: &StartOptions) -> Result<(), ExecError> {
+        self.pg.start(opts).await.map_err(|e| {
             error!("failed to start postgres: {e}");
-            return Err(ExecError::Pg {
+            ExecError::Pg {
                 what: "start postgres",
                 source: e,
-            });
-        }
-        self.applied = self.written.clone();
-        Ok(())
+            }
+        })
     }
 
-    async fn restart(&mut self) -> Result<(), ExecError> {
-        info!("restarting postgres");
+    async fn stop(&self) -> Result<(), ExecError> {
         self.pg
             .stop_if_started(StopMode::Fast)
             .await
-            .map_err(pg("stop postgres"))?;
-        self.applied = None;
-        self.start().await
+            .map_err(pg("stop postgres"))
     }
 
     fn su_role(&self, login: bool, replication: bool) -> RoleDef {
@@ -419,49 +413,35 @@ impl Keeper {
         }
     }
 
-    async fn execute(
-        &mut self,
-        action: KeeperAction,
-        after_promote: bool,
-    ) -> Result<Flow, ExecError> {
+    /// Executes one action and reports what it yielded. Actions whose only effect is on the
+    /// core's memory or on the follow-ups [`keeper::record`] decides (`FinishInit`,
+    /// `MarkConverged`, `SetWaitSyncStandbys`, `CheckRestart`, `Resync`) do no IO here.
+    async fn execute(&mut self, action: &KeeperAction) -> Result<(Flow, Outcome), ExecError> {
         use KeeperAction as A;
+        let done = Ok((Flow::Continue, Outcome::Done));
         match action {
             A::Wait(r) => {
                 info!("{r}");
-                return Ok(Flow::Stop);
+                return Ok((Flow::Stop, Outcome::Done));
             }
             A::Fail(e) => {
                 error!("{e}");
-                return Err(e.into());
+                return Err(e.clone().into());
             }
+            A::Note(n) if n.is_warning() => warn!("{n}"),
             A::Note(n) => info!("{n}"),
-            A::Stop => {
-                self.pg
-                    .stop_if_started(StopMode::Fast)
-                    .await
-                    .map_err(pg("stop postgres"))?;
-                self.applied = None;
-            }
+            A::Stop => self.stop().await?,
             A::RemoveData => self
                 .pg
                 .remove_data_dir()
                 .await
                 .map_err(pg("remove data dir"))?,
-            A::SaveDbState(s) => {
-                self.db_state = s;
-                self.save_db_state()?;
-            }
-            A::FinishInit => {
-                self.db_state.initializing = false;
-                self.save_db_state()?;
-            }
-            A::MarkConverged { generation } => {
-                self.db_state.generation = generation;
-                self.db_state.initializing = false;
-                self.save_db_state()?;
-                self.metrics.last_sync_success.set(unix_now());
-            }
-            A::SetWaitSyncStandbys(b) => self.wait_sync = b,
+            A::SaveDbState(s) => state::save_db_state(&self.cfg.data_dir, s)?,
+            A::FinishInit
+            | A::MarkConverged { .. }
+            | A::SetWaitSyncStandbys(_)
+            | A::CheckRestart { .. }
+            | A::Resync(_) => {}
             A::InitDb(nc) => {
                 info!("initializing the database cluster");
                 let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -479,7 +459,7 @@ impl Keeper {
             A::RestoreData { command } => {
                 info!("executing the data restore command");
                 self.pg
-                    .restore_data(&command, None)
+                    .restore_data(command, None)
                     .await
                     .map_err(pg("run data restore command"))?;
             }
@@ -493,17 +473,11 @@ impl Keeper {
                     .await
                     .map_err(pg("write recovery signal file"))?;
                 let extra = pgconf::render_postgresql_conf(&c.parameters, &c.recovery);
-                let opts = StartOptions {
+                self.start(&StartOptions {
                     temp_merged_config: Some(extra),
                     ..StartOptions::default()
-                };
-                if let Err(e) = self.pg.start(&opts).await {
-                    error!("failed to start postgres: {e}");
-                    return Err(ExecError::Pg {
-                        what: "start postgres",
-                        source: e,
-                    });
-                }
+                })
+                .await?;
             }
             A::WaitRecoveryDone { timeout } => {
                 let limit = timeout.unwrap_or(FOREVER);
@@ -535,18 +509,14 @@ impl Keeper {
                     .file_settings()
                     .await
                     .map_err(pg("read pg_file_settings"))?;
-                self.db_state.init_pg_parameters = Some(pgconf::filter_managed(&fs));
-                self.save_db_state()?;
+                return Ok((
+                    Flow::Continue,
+                    Outcome::InitParameters(pgconf::filter_managed(&fs)),
+                ));
             }
-            A::CreateRoles(plan) => self.create_roles(plan).await?,
-            A::Resync(plan) => self.resync(*plan).await?,
-            A::WriteConfig(c) => {
-                self.write_config(&c).await?;
-                if after_promote {
-                    self.applied = Some(*c);
-                }
-            }
-            A::Start => self.start().await?,
+            A::CreateRoles(plan) => self.create_roles(*plan).await?,
+            A::WriteConfig(c) => self.write_config(c).await?,
+            A::Start => self.start(&StartOptions::default()).await?,
             A::Promote => {
                 info!("promoting to master");
                 self.pg.promote().await.map_err(pg("promote"))?;
@@ -555,34 +525,59 @@ impl Keeper {
                 self.metrics.needs_reload.set(1);
                 self.pg.reload().await.map_err(pg("reload postgres"))?;
                 self.metrics.needs_reload.set(0);
-                self.applied = self.written.clone();
             }
-            A::Restart => self.restart().await?,
-            A::RefreshSlots { wanted } => self.refresh_slots(&wanted).await?,
-            A::CheckRestart { automatic } => {
-                if self.applied.is_some() {
-                    let pending = self
-                        .pg
-                        .pending_restart()
-                        .await
-                        .map_err(pg("check pending restart"))?;
-                    self.metrics.needs_restart.set(i64::from(pending));
-                    if pending {
-                        if automatic {
-                            info!("postgres parameters requiring a restart changed, restarting");
-                            self.restart().await?;
-                            self.metrics.needs_restart.set(0);
-                        } else {
-                            info!(
-                                "postgres parameters requiring a restart changed, automaticPgRestart is disabled: not restarting"
-                            );
-                        }
+            A::Restart => {
+                info!("restarting postgres");
+                self.stop().await?;
+                self.start(&StartOptions::default()).await?;
+            }
+            A::RefreshSlots { wanted } => self.refresh_slots(wanted).await?,
+            A::QueryPendingRestart { .. } => {
+                let pending = self
+                    .pg
+                    .pending_restart()
+                    .await
+                    .map_err(pg("check pending restart"))?;
+                return Ok((Flow::Continue, Outcome::PendingRestart(pending)));
+            }
+            A::ReportNeedsRestart(b) => {
+                self.metrics.needs_restart.set(i64::from(*b));
+            }
+            A::Rewind(plan) => {
+                let Some(from) = &plan.rewind_from else {
+                    return Err(ExecError::Malformed("pg_rewind without a source"));
+                };
+                info!(host = %from.host, port = %from.port, "syncing using pg_rewind");
+                let source = self.conn(&from.host, &from.port, true, &plan.application_name);
+                let r = self
+                    .pg
+                    .rewind(&RewindOptions {
+                        source,
+                        checkpoint_source: true,
+                        timeout: None,
+                    })
+                    .await;
+                let outcome = match r {
+                    Ok(out) => {
+                        info!(rewound = out.rewound, "pg_rewind succeeded");
+                        Ok(())
                     }
-                }
+                    Err(e) => Err(e.to_string()),
+                };
+                return Ok((Flow::Continue, Outcome::Rewind(outcome)));
             }
-            A::Replan => return Ok(Flow::Replan),
+            A::BaseBackup(plan) => self.base_backup(plan).await?,
+            A::CheckRewound(plan) => {
+                let ready = self.pg.wait_ready(plan.wait_ready.unwrap_or(FOREVER)).await;
+                let outcome = match ready {
+                    Ok(()) => Ok(Box::new(self.query_state().await)),
+                    Err(e) => Err(e.to_string()),
+                };
+                return Ok((Flow::Continue, Outcome::Rewound(outcome)));
+            }
+            A::Replan => return Ok((Flow::Replan, Outcome::Done)),
         }
-        Ok(Flow::Continue)
+        done
     }
 
     async fn create_roles(&mut self, plan: RolesPlan) -> Result<(), ExecError> {
@@ -627,7 +622,7 @@ impl Keeper {
         c
     }
 
-    async fn base_backup(&mut self, plan: &ResyncPlan) -> Result<(), ExecError> {
+    async fn base_backup(&self, plan: &ResyncPlan) -> Result<(), ExecError> {
         info!(
             host = %plan.clone_from.host,
             port = %plan.clone_from.port,
@@ -653,68 +648,8 @@ impl Keeper {
         Ok(())
     }
 
-    async fn resync(&mut self, plan: ResyncPlan) -> Result<(), ExecError> {
-        let mut rewound = false;
-        if let Some(from) = &plan.rewind_from {
-            info!(host = %from.host, port = %from.port, "syncing using pg_rewind");
-            let source = self.conn(&from.host, &from.port, true, &plan.application_name);
-            match self
-                .pg
-                .rewind(&RewindOptions {
-                    source,
-                    checkpoint_source: true,
-                    timeout: None,
-                })
-                .await
-            {
-                Ok(out) => {
-                    info!(rewound = out.rewound, "pg_rewind succeeded");
-                    rewound = true;
-                }
-                Err(e) => warn!("error syncing with pg_rewind, falling back to pg_basebackup: {e}"),
-            }
-        }
-        if !rewound {
-            self.base_backup(&plan).await?;
-        }
-        self.write_config(&plan.config).await?;
-        self.start().await?;
-        if rewound {
-            let ready = self.pg.wait_ready(plan.wait_ready.unwrap_or(FOREVER)).await;
-            let forked = match ready {
-                Err(e) => {
-                    warn!("rewound instance not ready, resyncing with pg_basebackup: {e}");
-                    true
-                }
-                Ok(()) => {
-                    let local = self.query_state().await;
-                    let f = keeper::is_different_timeline_branch(&plan.followed_status, &local);
-                    if f {
-                        warn!(
-                            "rewound instance is on a different timeline branch than the followed db, resyncing with pg_basebackup"
-                        );
-                    }
-                    f
-                }
-            };
-            if forked {
-                self.pg
-                    .stop_if_started(StopMode::Fast)
-                    .await
-                    .map_err(pg("stop postgres"))?;
-                self.applied = None;
-                self.base_backup(&plan).await?;
-                self.write_config(&plan.config).await?;
-                self.start().await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn refresh_slots(&mut self, wanted: &[String]) -> Result<(), ExecError> {
-        if self.applied.is_none() && !self.pg.is_running().await.unwrap_or(false) {
-            return Ok(());
-        }
+    /// Makes the `stolon_*` slots exactly `wanted` (other slots untouched).
+    async fn refresh_slots(&self, wanted: &[String]) -> Result<(), ExecError> {
         let current = self
             .pg
             .replication_slots()
@@ -743,14 +678,20 @@ impl Keeper {
     /// Queries the local instance (Stolon's `GetPGState`).
     async fn query_state(&self) -> PostgresState {
         let mut st = PostgresState {
-            uid: self.db_state.uid.clone(),
-            generation: self.db_state.generation,
+            uid: self.memory.db_state.uid.clone(),
+            generation: self.memory.db_state.generation,
             listen_address: self.cfg.pg_advertise_address.clone(),
             port: self.cfg.pg_advertise_port.clone(),
             ..Default::default()
         };
-        if !self.pg.is_initialized().await.unwrap_or(false) {
-            return st;
+        // Not initialised, or unknown: reported unhealthy, with no position.
+        match self.pg.is_initialized().await {
+            Ok(true) => {}
+            Ok(false) => return st,
+            Err(e) => {
+                debug!("cannot check whether the data directory is initialized: {e}");
+                return st;
+            }
         }
         let params = match self.pg.file_settings().await {
             Ok(p) => p,
@@ -826,23 +767,20 @@ impl Keeper {
         });
     }
 
-    /// Hands the current info to the publishing task (which sets its `infoUID` per publish).
+    /// Hands the current info to the publishing task (which decides when to write it and sets
+    /// its `infoUID` per write).
     fn publish(&self) {
-        if self.keeper_state.cluster_uid.is_empty() {
-            return;
-        }
-        let info = KeeperInfo {
-            info_uid: String::new(),
-            uid: self.keeper_state.uid.clone(),
-            cluster_uid: self.keeper_state.cluster_uid.clone(),
-            boot_uuid: self.boot_uuid.clone(),
-            postgres_binary_version: self.version.unwrap_or_default(),
-            priority: None,
-            postgres_state: Some(self.pg_state.clone()),
-            can_be_master: Some(self.cfg.can_be_master),
-            can_be_synchronous_replica: Some(self.cfg.can_be_synchronous_replica),
+        let report = keeper::KeeperReport {
+            keeper_state: &self.keeper_state,
+            boot_uuid: &self.boot_uuid,
+            version: self.version,
+            can_be_master: self.cfg.can_be_master,
+            can_be_synchronous_replica: self.cfg.can_be_synchronous_replica,
         };
-        if let Some(p) = &self.publisher {
+        if let (Some(info), Some(p)) = (
+            keeper::keeper_info(&report, &self.pg_state),
+            &self.publisher,
+        ) {
             p.update(info, self.sleep_interval);
         }
     }

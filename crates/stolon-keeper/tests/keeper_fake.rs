@@ -177,3 +177,60 @@ async fn event_driven_init_crash_restart_and_boot_id() {
         .expect("keeper stops on cancel")
         .unwrap();
 }
+
+/// `stolon_keeper_last_sync_success_seconds` moves on every successful pass, as in Stolon, not
+/// only when a new generation converges: an alert on its staleness must not fire on a healthy,
+/// idle keeper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_sync_success_moves_on_every_successful_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = MemKv::new();
+    let store: Arc<dyn Store> = Arc::new(kv.store("stolon/cluster", "fake"));
+    let pg = Arc::new(FakePg::new(dir.path().join("postgres")));
+    let ks = KeeperLocalState {
+        uid: "keeper1".into(),
+        cluster_uid: String::new(),
+    };
+    let metrics = Metrics::new("fake");
+    let keeper = Keeper::new(
+        config(dir.path()),
+        store.clone(),
+        pg.clone(),
+        metrics.clone(),
+        ks,
+        "boot-a".into(),
+    )
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(keeper.run(cancel.clone()));
+
+    let mut data = cd("boot-a", true);
+    data.cluster.as_mut().unwrap().spec =
+        Some(serde_json::from_str(r#"{"initMode":"new","sleepInterval":"1s"}"#).unwrap());
+    store.force_put_cluster_data(&data).await.unwrap();
+    wait("dbstate generation 1", Duration::from_secs(20), || {
+        stolon_keeper::state::load_db_state(dir.path())
+            .map(|s| s.uid == "db1" && s.generation == 1 && !s.initializing)
+            .unwrap_or(false)
+    })
+    .await;
+    let converged = metrics.last_sync_success.get();
+    assert!(converged > 0.0, "not set when the db converged");
+
+    // Nothing changes any more (same generation, same clusterdata): the ticks' passes still
+    // count as successful loops.
+    wait(
+        "last_sync_success after an idle pass",
+        Duration::from_secs(20),
+        || metrics.last_sync_success.get() > converged,
+    )
+    .await;
+    let state = stolon_keeper::state::load_db_state(dir.path()).unwrap();
+    assert_eq!(state.generation, 1);
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("keeper stops on cancel")
+        .unwrap();
+}

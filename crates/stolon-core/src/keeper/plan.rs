@@ -1,11 +1,15 @@
-//! `plan`: clusterdata + local observation -> ordered actions (stolon-behaviour.md §4.8 steps
-//! 1-15). Pure.
+//! `plan`: clusterdata + local observation + the keeper's memory -> ordered actions
+//! (stolon-behaviour.md §4.8 steps 1-15), split along its phases: the assignment checks, the
+//! init of a newly assigned DB (per init mode, sharing their common steps), then the role phase
+//! (master, fenced, standby) and the converge phase (parameters, pg_hba, restart check,
+//! generation). Pure.
 
 use std::time::Duration;
 
 use crate::duration::GoDuration;
 use crate::model::{
-    ClusterData, Db, DbInitMode, DbRole, DbSpec, DbStatus, EffectiveSpec, FollowType, PostgresState,
+    ClusterData, Db, DbInitMode, DbRole, DbSpec, DbStatus, EffectiveSpec, FollowType, NewConfig,
+    PostgresBinaryVersion, PostgresState,
 };
 use crate::pgconf::{
     HbaInput, ParamsInput, RecoveryMode, RecoveryOptions, ReplConn, generate_hba,
@@ -63,7 +67,8 @@ pub fn is_different_timeline_branch(followed: &DbStatus, local: &PostgresState) 
     }
 }
 
-struct Ctx<'a> {
+/// What the clusterdata assigns to this keeper, with the effective spec.
+struct Assignment<'a> {
     cd: &'a ClusterData,
     id: &'a KeeperIdentity,
     db: &'a Db,
@@ -71,7 +76,57 @@ struct Ctx<'a> {
     eff: EffectiveSpec,
 }
 
-impl Ctx<'_> {
+/// The plan's running view of the local instance: the observation and the memory, updated as
+/// the planned actions would change them (so later phases plan on the state the earlier actions
+/// leave behind).
+#[derive(Debug, Clone)]
+struct LocalView {
+    db_state: LocalDbState,
+    initialized: bool,
+    standby_signal: bool,
+    running: bool,
+    system_id: Option<u64>,
+    version: Option<PostgresBinaryVersion>,
+    applied: Option<PgConfig>,
+    wait_sync: bool,
+    in_sync_standbys: Option<Vec<String>>,
+}
+
+impl LocalView {
+    fn new(known: KnownLocal, observed: &Observed, memory: &KeeperMemory) -> Self {
+        LocalView {
+            db_state: memory.db_state.clone(),
+            initialized: known.initialized,
+            standby_signal: known.standby_signal,
+            running: known.running,
+            system_id: observed.system_id,
+            version: observed.version,
+            applied: memory.applied.clone(),
+            wait_sync: memory.wait_sync_standbys_synced,
+            in_sync_standbys: observed.in_sync_standbys.clone(),
+        }
+    }
+
+    fn role(&self) -> LocalRole {
+        KnownLocal {
+            initialized: self.initialized,
+            standby_signal: self.standby_signal,
+            running: self.running,
+        }
+        .role()
+    }
+}
+
+/// The planned actions so far; a phase that cannot go on ends the plan with `Stop`.
+type Actions = Vec<KeeperAction>;
+
+/// A phase either lets the plan continue or ends it (its last action says why).
+enum Phase {
+    Continue,
+    End,
+}
+
+impl Assignment<'_> {
     fn hba(&self, only_internal: bool) -> Vec<String> {
         generate_hba(&HbaInput {
             cd: self.cd,
@@ -86,20 +141,20 @@ impl Ctx<'_> {
         })
     }
 
-    fn parameters(&self, o: &Observed) -> crate::model::PgParameters {
+    fn parameters(&self, v: &LocalView) -> crate::model::PgParameters {
         let empty = crate::model::PgParameters::new();
         postgresql_parameters(&ParamsInput {
             spec: self.spec,
-            init_parameters: o.db_state.init_pg_parameters.as_ref().unwrap_or(&empty),
+            init_parameters: v.db_state.init_pg_parameters.as_ref().unwrap_or(&empty),
             listen_address: &self.id.pg_listen_address,
             port: self.id.pg_port,
-            version: o.version,
+            version: v.version,
         })
     }
 
-    fn config(&self, o: &Observed, only_internal: bool, recovery: RecoveryOptions) -> PgConfig {
+    fn config(&self, v: &LocalView, only_internal: bool, recovery: RecoveryOptions) -> PgConfig {
         PgConfig {
-            parameters: self.parameters(o),
+            parameters: self.parameters(v),
             hba: self.hba(only_internal),
             recovery,
         }
@@ -171,26 +226,90 @@ impl Ctx<'_> {
             }
         }
     }
+
+    fn wait_ready(&self) -> KeeperAction {
+        KeeperAction::WaitReady {
+            timeout: bound(self.eff.db_wait_ready_timeout),
+        }
+    }
 }
 
 /// The ordered actions that converge the local instance to the DB the clusterdata assigns to
-/// this keeper. `cd` is `None` when the store holds no clusterdata.
+/// this keeper. `cd` is `None` when the store holds no clusterdata. A failed check of the
+/// local instance ([`Probe::Unknown`]) ends the plan before anything is started, written,
+/// initialised or cloned.
 pub fn plan(
     cd: Option<&ClusterData>,
     id: &KeeperIdentity,
     observed: &Observed,
+    memory: &KeeperMemory,
 ) -> Vec<KeeperAction> {
-    let mut a = Vec::new();
+    let mut a = Actions::new();
+    let Some(asg) = assignment(&mut a, cd, id, observed) else {
+        return a;
+    };
+    let known = match observed.known() {
+        Ok(k) => k,
+        Err(u) => {
+            a.push(KeeperAction::Wait(WaitReason::Unknown(u)));
+            return a;
+        }
+    };
+    let mut v = LocalView::new(known, observed, memory);
+
+    // 6. an interrupted init/resync: throw its data away.
+    if v.db_state.initializing {
+        discard_interrupted_init(&mut a, &mut v);
+    }
+    // 7. a different DB is assigned: initialise it by its init mode.
+    if v.db_state.uid != asg.db.uid {
+        init(&mut a, &asg, &v);
+        return a;
+    }
+    // 8.-10. the role.
+    let phase = match asg.spec.role {
+        Some(DbRole::Master) => master(&mut a, &asg, &mut v),
+        Some(DbRole::Standby) if asg.spec.follow_config.is_none() => fenced(&mut a, &asg, &mut v),
+        Some(DbRole::Standby) => standby(&mut a, &asg, &mut v),
+        None => unreachable_role(&mut a, &asg),
+    };
+    if let Phase::Continue = phase {
+        // 11.-15.
+        converge(&mut a, &asg, &mut v);
+    }
+    a
+}
+
+fn unreachable_role(a: &mut Actions, asg: &Assignment<'_>) -> Phase {
+    a.push(KeeperAction::Fail(PlanError::NoRole(asg.db.uid.clone())));
+    Phase::End
+}
+
+/// Steps 1-5: usable clusterdata, our keeper, our DB, our boot id, a role. `None` ends the plan
+/// (its last action says why).
+fn assignment<'a>(
+    a: &mut Actions,
+    cd: Option<&'a ClusterData>,
+    id: &'a KeeperIdentity,
+    observed: &Observed,
+) -> Option<Assignment<'a>> {
+    // A postgres left running for a DB that is no longer ours (or for another incarnation of
+    // this keeper) is stopped; when we cannot tell whether it runs, nothing is done.
+    let stop_if_running = |a: &mut Actions| {
+        if observed.running == Probe::Known(true) {
+            a.push(KeeperAction::Stop);
+        }
+    };
     // 1. clusterdata.
     let Some(cd) = cd else {
         a.push(KeeperAction::Wait(WaitReason::NoClusterData));
-        return a;
+        return None;
     };
     if let Err(e) = cd.check_usable() {
         a.push(KeeperAction::Fail(PlanError::InvalidClusterData(
             e.to_string(),
         )));
-        return a;
+        return None;
     }
     let eff = cd
         .cluster
@@ -201,401 +320,406 @@ pub fn plan(
     // 2. our keeper.
     let Some(keeper) = cd.keepers.get(&id.uid) else {
         a.push(KeeperAction::Wait(WaitReason::KeeperNotInClusterData));
-        return a;
+        return None;
     };
     // 3. our DB.
     let Some(db) = cd.db_of_keeper(&id.uid) else {
-        if observed.running {
-            a.push(KeeperAction::Stop);
-        }
+        stop_if_running(a);
         a.push(KeeperAction::Wait(WaitReason::NoDbAssigned));
-        return a;
+        return None;
     };
     // 4. boot id: act only on decisions made about this process.
     if keeper.status.boot_uuid != id.boot_uuid {
-        if observed.running {
-            a.push(KeeperAction::Stop);
-        }
+        stop_if_running(a);
         a.push(KeeperAction::Wait(WaitReason::BootUuidMismatch));
-        return a;
+        return None;
     }
-    let Some(spec) = db.spec.as_ref() else {
+    // 5. a role.
+    let Some(spec) = db.spec.as_ref().filter(|s| s.role.is_some()) else {
         a.push(KeeperAction::Fail(PlanError::NoRole(db.uid.clone())));
-        return a;
+        return None;
     };
-    let Some(role) = spec.role else {
-        a.push(KeeperAction::Fail(PlanError::NoRole(db.uid.clone())));
-        return a;
-    };
-    let ctx = Ctx {
+    Some(Assignment {
         cd,
         id,
         db,
         spec,
         eff,
+    })
+}
+
+/// Step 6: the data of an interrupted init/resync is thrown away.
+fn discard_interrupted_init(a: &mut Actions, v: &mut LocalView) {
+    a.push(KeeperAction::Note(Note::RemovingInterruptedInit));
+    a.push(KeeperAction::Stop);
+    a.push(KeeperAction::RemoveData);
+    let fresh = LocalDbState::default();
+    a.push(KeeperAction::SaveDbState(fresh.clone()));
+    v.db_state = fresh;
+    v.initialized = false;
+    v.running = false;
+    v.standby_signal = false;
+    v.system_id = None;
+    v.applied = None;
+}
+
+/// How a newly assigned DB gets its data.
+enum InitSource {
+    /// `initdb`, then the roles.
+    New(NewConfig),
+    /// The data restore command, then recovery with these options.
+    Pitr {
+        command: String,
+        recovery: RecoveryOptions,
+        wait_recovery: bool,
+    },
+    /// The data already there.
+    Existing,
+    /// A clone (or rewind) from the followed DB.
+    Resync(Box<ResyncPlan>),
+}
+
+/// Step 7: a different DB is assigned: record it, get its data by its init mode, finish the
+/// init and plan again.
+fn init(a: &mut Actions, asg: &Assignment<'_>, v: &LocalView) {
+    a.push(KeeperAction::Note(Note::DbUidChanged {
+        local: v.db_state.uid.clone(),
+        assigned: asg.db.uid.clone(),
+    }));
+    a.push(KeeperAction::SetWaitSyncStandbys(false));
+    let begin = LocalDbState {
+        uid: asg.db.uid.clone(),
+        generation: 0,
+        initializing: true,
+        init_pg_parameters: None,
     };
-    let mut o = observed.clone();
-
-    // 6. an interrupted init/resync: throw its data away.
-    if o.db_state.initializing {
-        a.push(KeeperAction::Note(Note::RemovingInterruptedInit));
-        a.push(KeeperAction::Stop);
-        a.push(KeeperAction::RemoveData);
-        let fresh = LocalDbState::default();
-        a.push(KeeperAction::SaveDbState(fresh.clone()));
-        o.db_state = fresh;
-        o.initialized = false;
-        o.running = false;
-        o.standby_signal = false;
-        o.system_id = None;
-        o.applied = None;
-    }
-
-    // 7. a different DB is assigned: initialise it by its init mode.
-    if o.db_state.uid != db.uid {
-        a.push(KeeperAction::Note(Note::DbUidChanged {
-            local: o.db_state.uid.clone(),
-            assigned: db.uid.clone(),
-        }));
-        a.push(KeeperAction::SetWaitSyncStandbys(false));
-        let begin = LocalDbState {
-            uid: db.uid.clone(),
-            generation: 0,
-            initializing: true,
-            init_pg_parameters: None,
-        };
-        let mut init_o = o.clone();
-        init_o.db_state = begin.clone();
-        match spec.init_mode.unwrap_or(DbInitMode::None) {
-            DbInitMode::New => {
-                a.push(KeeperAction::Note(Note::Initializing));
-                a.push(KeeperAction::SaveDbState(begin));
-                a.push(KeeperAction::Stop);
-                a.push(KeeperAction::RemoveData);
-                a.push(KeeperAction::InitDb(
-                    spec.new_config.clone().unwrap_or_default(),
-                ));
-                a.push(KeeperAction::StartTmpMerged(Box::new(ctx.config(
-                    &init_o,
-                    false,
-                    RecoveryOptions::none(),
-                ))));
-                a.push(KeeperAction::WaitReady {
-                    timeout: bound(ctx.eff.db_wait_ready_timeout),
-                });
-                if spec.include_previous_config {
-                    a.push(KeeperAction::SaveInitParameters);
-                }
-                a.push(KeeperAction::CreateRoles(ctx.roles()));
-                a.push(KeeperAction::Stop);
+    let source = match init_source(asg, v, &begin) {
+        Ok(s) => s,
+        Err(e) => {
+            a.push(KeeperAction::Fail(e));
+            return;
+        }
+    };
+    let mut init_v = v.clone();
+    init_v.db_state = begin.clone();
+    match source {
+        InitSource::New(nc) => {
+            a.push(KeeperAction::Note(Note::Initializing));
+            a.push(KeeperAction::SaveDbState(begin));
+            a.push(KeeperAction::Stop);
+            a.push(KeeperAction::RemoveData);
+            a.push(KeeperAction::InitDb(nc));
+            start_and_capture(a, asg, &init_v, RecoveryOptions::none(), asg.wait_ready());
+            a.push(KeeperAction::CreateRoles(asg.roles()));
+            a.push(KeeperAction::Stop);
+        }
+        InitSource::Pitr {
+            command,
+            recovery,
+            wait_recovery,
+        } => {
+            a.push(KeeperAction::Note(Note::Initializing));
+            a.push(KeeperAction::SaveDbState(begin));
+            a.push(KeeperAction::Stop);
+            a.push(KeeperAction::RemoveData);
+            a.push(KeeperAction::RestoreData { command });
+            let timeout = bound(asg.eff.sync_timeout);
+            a.push(KeeperAction::StartTmpMerged(Box::new(
+                asg.config(&init_v, false, recovery),
+            )));
+            if wait_recovery {
+                a.push(KeeperAction::WaitRecoveryDone { timeout });
             }
-            DbInitMode::Pitr => {
-                let Some(pitr) = &spec.pitr_config else {
-                    a.push(KeeperAction::Fail(PlanError::NoPitrConfig(db.uid.clone())));
-                    return a;
-                };
-                let external = if ctx.is_external() {
+            a.push(KeeperAction::WaitReady { timeout });
+            save_init_parameters(a, asg);
+            a.push(KeeperAction::Stop);
+        }
+        InitSource::Existing => {
+            let existing = LocalDbState {
+                initializing: false,
+                ..begin
+            };
+            init_v.db_state = existing.clone();
+            a.push(KeeperAction::SaveDbState(existing));
+            a.push(KeeperAction::Stop);
+            start_and_capture(a, asg, &init_v, RecoveryOptions::none(), asg.wait_ready());
+            a.push(KeeperAction::Stop);
+        }
+        InitSource::Resync(plan) => {
+            a.push(KeeperAction::Note(Note::Resyncing));
+            a.push(KeeperAction::SaveDbState(begin));
+            a.push(KeeperAction::Stop);
+            a.push(KeeperAction::Resync(plan));
+        }
+    }
+    a.push(KeeperAction::FinishInit);
+    a.push(KeeperAction::Replan);
+}
+
+/// Starts the new data with the temporary merged configuration, waits for it and (with
+/// `includePreviousConfig`) records its own parameters: the steps `new` and `existing` share
+/// (`pitr` shares the last two).
+fn start_and_capture(
+    a: &mut Actions,
+    asg: &Assignment<'_>,
+    v: &LocalView,
+    recovery: RecoveryOptions,
+    wait_ready: KeeperAction,
+) {
+    a.push(KeeperAction::StartTmpMerged(Box::new(
+        asg.config(v, false, recovery),
+    )));
+    a.push(wait_ready);
+    save_init_parameters(a, asg);
+}
+
+fn save_init_parameters(a: &mut Actions, asg: &Assignment<'_>) {
+    if asg.spec.include_previous_config {
+        a.push(KeeperAction::SaveInitParameters);
+    }
+}
+
+/// Where the data of a newly assigned DB comes from, by its init mode.
+fn init_source(
+    asg: &Assignment<'_>,
+    v: &LocalView,
+    begin: &LocalDbState,
+) -> Result<InitSource, PlanError> {
+    let spec = asg.spec;
+    match spec.init_mode.unwrap_or(DbInitMode::None) {
+        DbInitMode::New => Ok(InitSource::New(spec.new_config.clone().unwrap_or_default())),
+        DbInitMode::Existing => Ok(InitSource::Existing),
+        DbInitMode::None => Err(PlanError::InitModeNone),
+        DbInitMode::Pitr => {
+            let pitr = spec
+                .pitr_config
+                .as_ref()
+                .ok_or_else(|| PlanError::NoPitrConfig(asg.db.uid.clone()))?;
+            // A standby cluster's master stays in standby mode even without standby settings
+            // (fed by restore_command only): plain recovery would end the archive and promote
+            // it onto a new timeline.
+            let (mode, external) = if asg.is_external() {
+                (
+                    RecoveryMode::Standby,
                     spec.follow_config
                         .as_ref()
-                        .and_then(|f| f.standby_settings.as_ref())
-                } else {
-                    None
-                };
-                // A standby cluster's master stays in standby mode even without standby
-                // settings (fed by restore_command only): plain recovery would end the archive
-                // and promote it onto a new timeline.
-                let mode = if ctx.is_external() {
-                    RecoveryMode::Standby
-                } else {
-                    RecoveryMode::Recovery
-                };
-                let recovery = RecoveryOptions::new(
+                        .and_then(|f| f.standby_settings.as_ref()),
+                )
+            } else {
+                (RecoveryMode::Recovery, None)
+            };
+            Ok(InitSource::Pitr {
+                command: pitr.data_restore_command.clone(),
+                recovery: RecoveryOptions::new(
                     mode,
                     external,
                     pitr.archive_recovery_settings.as_ref(),
                     pitr.recovery_target_settings.as_ref(),
-                );
-                a.push(KeeperAction::Note(Note::Initializing));
-                a.push(KeeperAction::SaveDbState(begin));
-                a.push(KeeperAction::Stop);
-                a.push(KeeperAction::RemoveData);
-                a.push(KeeperAction::RestoreData {
-                    command: pitr.data_restore_command.clone(),
-                });
-                a.push(KeeperAction::StartTmpMerged(Box::new(
-                    ctx.config(&init_o, false, recovery),
-                )));
-                if mode == RecoveryMode::Recovery {
-                    a.push(KeeperAction::WaitRecoveryDone {
-                        timeout: bound(ctx.eff.sync_timeout),
-                    });
-                }
-                a.push(KeeperAction::WaitReady {
-                    timeout: bound(ctx.eff.sync_timeout),
-                });
-                if spec.include_previous_config {
-                    a.push(KeeperAction::SaveInitParameters);
-                }
-                a.push(KeeperAction::Stop);
-            }
-            DbInitMode::Existing => {
-                let existing = LocalDbState {
-                    initializing: false,
-                    ..begin
-                };
-                init_o.db_state = existing.clone();
-                a.push(KeeperAction::SaveDbState(existing));
-                a.push(KeeperAction::Stop);
-                a.push(KeeperAction::StartTmpMerged(Box::new(ctx.config(
-                    &init_o,
-                    false,
-                    RecoveryOptions::none(),
-                ))));
-                a.push(KeeperAction::WaitReady {
-                    timeout: bound(ctx.eff.db_wait_ready_timeout),
-                });
-                if spec.include_previous_config {
-                    a.push(KeeperAction::SaveInitParameters);
-                }
-                a.push(KeeperAction::Stop);
-            }
-            DbInitMode::Resync => {
-                let followed = match ctx.followed() {
-                    Ok(Some(f)) => f,
-                    Ok(None) => {
-                        a.push(KeeperAction::Fail(PlanError::FollowedDbMissing(
-                            spec.follow_config
-                                .as_ref()
-                                .map(|f| f.db_uid.clone())
-                                .unwrap_or_default(),
-                        )));
-                        return a;
-                    }
-                    Err(e) => {
-                        a.push(KeeperAction::Fail(e));
-                        return a;
-                    }
-                };
-                let recovery = match ctx.standby_recovery() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        a.push(KeeperAction::Fail(e));
-                        return a;
-                    }
-                };
-                let master = cd.master_db();
-                let same_system = o.initialized
-                    && o.system_id.is_some()
-                    && o.system_id.map(|s| s.to_string())
-                        == Some(followed.status.system_id.clone());
-                let rewind_from = match master {
-                    Some(m)
-                        if spec.use_pgrewind
-                            && id.su_has_password
-                            && id.su_auth != crate::pgconf::AuthMethod::Trust
-                            && same_system =>
-                    {
-                        Some(PgEndpoint {
-                            host: m.status.listen_address.clone(),
-                            port: m.status.port.clone(),
-                        })
-                    }
-                    _ => None,
-                };
-                a.push(KeeperAction::Note(Note::Resyncing));
-                a.push(KeeperAction::SaveDbState(begin));
-                a.push(KeeperAction::Stop);
-                a.push(KeeperAction::Resync(Box::new(ResyncPlan {
-                    rewind_from,
-                    clone_from: PgEndpoint {
-                        host: followed.status.listen_address.clone(),
-                        port: followed.status.port.clone(),
-                    },
-                    slot: stolon_name(&db.uid),
-                    application_name: stolon_name(&db.uid),
-                    config: ctx.config(&init_o, false, recovery),
-                    wait_ready: bound(ctx.eff.db_wait_ready_timeout),
-                    followed_status: followed.status.clone(),
-                })));
-            }
-            DbInitMode::None => {
-                a.push(KeeperAction::Fail(PlanError::InitModeNone));
-                return a;
-            }
+                ),
+                wait_recovery: mode == RecoveryMode::Recovery,
+            })
         }
-        a.push(KeeperAction::FinishInit);
-        a.push(KeeperAction::Replan);
-        return a;
-    }
-
-    // 8. local role.
-    let local = o.local_role();
-    let only_internal = o.wait_sync_standbys_synced;
-    let params = ctx.parameters(&o);
-
-    match role {
-        // 9. master.
-        DbRole::Master => {
-            a.push(KeeperAction::Note(Note::RequestedRole("master")));
-            if local == LocalRole::Undefined {
-                a.push(KeeperAction::Fail(PlanError::NotInitialized));
-                return a;
-            }
-            let mut only_internal = only_internal;
-            if !o.running {
-                if spec.synchronous_replication {
-                    a.push(KeeperAction::SetWaitSyncStandbys(true));
-                    only_internal = true;
-                    o.wait_sync_standbys_synced = true;
-                }
-                // A standby that must become master starts as a standby first and is promoted,
-                // so it switches to a new timeline (starting it as a primary would not).
-                let recovery = if local == LocalRole::Standby {
-                    RecoveryOptions::new(RecoveryMode::Standby, None, None, None)
-                } else {
-                    RecoveryOptions::none()
-                };
-                let cfg = PgConfig {
-                    parameters: params.clone(),
-                    hba: ctx.hba(only_internal),
-                    recovery,
-                };
-                a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
-                a.push(KeeperAction::Start);
-                a.push(KeeperAction::WaitReady {
-                    timeout: bound(ctx.eff.db_wait_ready_timeout),
-                });
-                o.running = true;
-                o.applied = Some(cfg);
-            }
-            if local == LocalRole::Standby {
-                a.push(KeeperAction::Promote);
-                let cfg = PgConfig {
-                    parameters: o
-                        .applied
+        DbInitMode::Resync => {
+            let followed = asg.followed()?.ok_or_else(|| {
+                PlanError::FollowedDbMissing(
+                    spec.follow_config
                         .as_ref()
-                        .map(|c| c.parameters.clone())
-                        .unwrap_or_else(|| params.clone()),
-                    hba: o
-                        .applied
-                        .as_ref()
-                        .map(|c| c.hba.clone())
-                        .unwrap_or_else(|| ctx.hba(only_internal)),
-                    recovery: RecoveryOptions::none(),
-                };
-                a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
-                o.applied = Some(cfg);
-            } else {
-                a.push(KeeperAction::Note(Note::AlreadyMaster));
-            }
-            a.push(KeeperAction::RefreshSlots {
-                wanted: wanted_slots(spec),
-            });
-        }
-        // 10a. fenced former master.
-        DbRole::Standby if spec.follow_config.is_none() => {
-            // The sentinel fences a replaced master by making its DB a standby that follows
-            // nothing (so clusterdata never names two masters). It runs read-only: in recovery
-            // with no WAL source, after replaying all the WAL it has. It takes no write, yet
-            // reports its true position, so the sentinel can elect it again if the failover
-            // fails, until the DB is removed and this keeper resynced.
-            a.push(KeeperAction::Note(Note::Fenced));
-            if local == LocalRole::Undefined {
-                a.push(KeeperAction::Wait(WaitReason::LocalRoleNone));
-                return a;
-            }
-            let cfg = PgConfig {
-                parameters: params.clone(),
-                hba: ctx.hba(only_internal),
-                recovery: RecoveryOptions::new(RecoveryMode::Standby, None, None, None),
+                        .map(|f| f.db_uid.clone())
+                        .unwrap_or_default(),
+                )
+            })?;
+            let recovery = asg.standby_recovery()?;
+            let same_system = v.initialized
+                && v.system_id.is_some()
+                && v.system_id.map(|s| s.to_string()) == Some(followed.status.system_id.clone());
+            let id = asg.id;
+            let rewind_from = match asg.cd.master_db() {
+                Some(m)
+                    if spec.use_pgrewind
+                        && id.su_has_password
+                        && id.su_auth != crate::pgconf::AuthMethod::Trust
+                        && same_system =>
+                {
+                    Some(PgEndpoint {
+                        host: m.status.listen_address.clone(),
+                        port: m.status.port.clone(),
+                    })
+                }
+                _ => None,
             };
-            if local == LocalRole::Master && o.running {
-                a.push(KeeperAction::Stop);
-                o.running = false;
-            }
-            if !o.running {
-                a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
-                a.push(KeeperAction::Start);
-                o.running = true;
-                o.applied = Some(cfg);
-            } else if o.applied.as_ref().map(|c| &c.recovery) != Some(&cfg.recovery) {
-                apply_recovery_change(&mut a, &mut o, cfg);
-            }
-            a.push(KeeperAction::RefreshSlots { wanted: vec![] });
-        }
-        // 10. standby.
-        DbRole::Standby => {
-            a.push(KeeperAction::Note(Note::RequestedRole("standby")));
-            match local {
-                LocalRole::Master => {
-                    a.push(KeeperAction::Fail(PlanError::MasterToStandby));
-                    return a;
-                }
-                LocalRole::Undefined => {
-                    a.push(KeeperAction::Wait(WaitReason::LocalRoleNone));
-                    return a;
-                }
-                LocalRole::Standby => {}
-            }
-            let recovery = match ctx.standby_recovery() {
-                Ok(r) => r,
-                Err(e) => {
-                    a.push(KeeperAction::Fail(e));
-                    return a;
-                }
-            };
-            if !o.running {
-                let cfg = PgConfig {
-                    parameters: params.clone(),
-                    hba: ctx.hba(only_internal),
-                    recovery,
-                };
-                a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
-                a.push(KeeperAction::Start);
-                o.running = true;
-                o.applied = Some(cfg);
-            } else {
-                a.push(KeeperAction::Note(Note::AlreadyStandby));
-                let cur = o.applied.as_ref().map(|c| &c.recovery);
-                if cur != Some(&recovery) {
-                    a.push(KeeperAction::Note(Note::RecoveryChanged));
-                    let cfg = PgConfig {
-                        parameters: params.clone(),
-                        hba: ctx.hba(only_internal),
-                        recovery,
-                    };
-                    apply_recovery_change(&mut a, &mut o, cfg);
-                }
-            }
-            // A standby cluster's master (following an external primary) serves the cluster's
-            // other keepers: it keeps their slots. An internal standby has no followers.
-            let wanted = if ctx.is_external() {
-                wanted_slots(spec)
-            } else {
-                vec![]
-            };
-            a.push(KeeperAction::RefreshSlots { wanted });
+            let mut init_v = v.clone();
+            init_v.db_state = begin.clone();
+            Ok(InitSource::Resync(Box::new(ResyncPlan {
+                rewind_from,
+                clone_from: PgEndpoint {
+                    host: followed.status.listen_address.clone(),
+                    port: followed.status.port.clone(),
+                },
+                slot: stolon_name(&asg.db.uid),
+                application_name: stolon_name(&asg.db.uid),
+                config: asg.config(&init_v, false, recovery),
+                wait_ready: bound(asg.eff.db_wait_ready_timeout),
+                followed_status: followed.status.clone(),
+            })))
         }
     }
+}
 
+/// Step 9: the master role: start (as a standby first when the data is a standby's, so the
+/// promotion switches timeline), promote, keep the followers' slots.
+fn master(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) -> Phase {
+    a.push(KeeperAction::Note(Note::RequestedRole("master")));
+    let local = v.role();
+    if local == LocalRole::Undefined {
+        a.push(KeeperAction::Fail(PlanError::NotInitialized));
+        return Phase::End;
+    }
+    let params = asg.parameters(v);
+    let mut only_internal = v.wait_sync;
+    if !v.running {
+        if asg.spec.synchronous_replication {
+            a.push(KeeperAction::SetWaitSyncStandbys(true));
+            only_internal = true;
+            v.wait_sync = true;
+        }
+        let recovery = if local == LocalRole::Standby {
+            RecoveryOptions::new(RecoveryMode::Standby, None, None, None)
+        } else {
+            RecoveryOptions::none()
+        };
+        let cfg = PgConfig {
+            parameters: params.clone(),
+            hba: asg.hba(only_internal),
+            recovery,
+        };
+        a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
+        a.push(KeeperAction::Start);
+        a.push(asg.wait_ready());
+        v.running = true;
+        v.applied = Some(cfg);
+    }
+    if local == LocalRole::Standby {
+        a.push(KeeperAction::Promote);
+        let applied = v.applied.as_ref();
+        let cfg = PgConfig {
+            parameters: applied.map_or_else(|| params.clone(), |c| c.parameters.clone()),
+            hba: applied.map_or_else(|| asg.hba(only_internal), |c| c.hba.clone()),
+            recovery: RecoveryOptions::none(),
+        };
+        a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
+        v.applied = Some(cfg);
+    } else {
+        a.push(KeeperAction::Note(Note::AlreadyMaster));
+    }
+    a.push(KeeperAction::RefreshSlots {
+        wanted: wanted_slots(asg.spec),
+    });
+    Phase::Continue
+}
+
+/// Step 10a: a fenced former master.
+///
+/// The sentinel fences a replaced master by making its DB a standby that follows nothing (so
+/// clusterdata never names two masters). It runs read-only: in recovery with no WAL source,
+/// after replaying all the WAL it has. It takes no write, yet reports its true position, so the
+/// sentinel can elect it again if the failover fails, until the DB is removed and this keeper
+/// resynced.
+fn fenced(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) -> Phase {
+    a.push(KeeperAction::Note(Note::Fenced));
+    let local = v.role();
+    if local == LocalRole::Undefined {
+        a.push(KeeperAction::Wait(WaitReason::LocalRoleNone));
+        return Phase::End;
+    }
+    let cfg = PgConfig {
+        parameters: asg.parameters(v),
+        hba: asg.hba(v.wait_sync),
+        recovery: RecoveryOptions::new(RecoveryMode::Standby, None, None, None),
+    };
+    if local == LocalRole::Master && v.running {
+        a.push(KeeperAction::Stop);
+        v.running = false;
+    }
+    if !v.running {
+        a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
+        a.push(KeeperAction::Start);
+        v.running = true;
+        v.applied = Some(cfg);
+    } else if v.applied.as_ref().map(|c| &c.recovery) != Some(&cfg.recovery) {
+        apply_recovery_change(a, v, cfg);
+    }
+    a.push(KeeperAction::RefreshSlots { wanted: vec![] });
+    Phase::Continue
+}
+
+/// Step 10: the standby role: start following, or re-point a running standby.
+fn standby(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) -> Phase {
+    a.push(KeeperAction::Note(Note::RequestedRole("standby")));
+    match v.role() {
+        LocalRole::Master => {
+            a.push(KeeperAction::Fail(PlanError::MasterToStandby));
+            return Phase::End;
+        }
+        LocalRole::Undefined => {
+            a.push(KeeperAction::Wait(WaitReason::LocalRoleNone));
+            return Phase::End;
+        }
+        LocalRole::Standby => {}
+    }
+    let recovery = match asg.standby_recovery() {
+        Ok(r) => r,
+        Err(e) => {
+            a.push(KeeperAction::Fail(e));
+            return Phase::End;
+        }
+    };
+    let cfg = PgConfig {
+        parameters: asg.parameters(v),
+        hba: asg.hba(v.wait_sync),
+        recovery,
+    };
+    if !v.running {
+        a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
+        a.push(KeeperAction::Start);
+        v.running = true;
+        v.applied = Some(cfg);
+    } else {
+        a.push(KeeperAction::Note(Note::AlreadyStandby));
+        if v.applied.as_ref().map(|c| &c.recovery) != Some(&cfg.recovery) {
+            a.push(KeeperAction::Note(Note::RecoveryChanged));
+            apply_recovery_change(a, v, cfg);
+        }
+    }
+    // A standby cluster's master (following an external primary) serves the cluster's other
+    // keepers: it keeps their slots. An internal standby has no followers.
+    let wanted = if asg.is_external() {
+        wanted_slots(asg.spec)
+    } else {
+        vec![]
+    };
+    a.push(KeeperAction::RefreshSlots { wanted });
+    Phase::Continue
+}
+
+/// Steps 11-15: parameters, the synchronous standbys' sync, pg_hba, reload, the restart check
+/// and the generation.
+fn converge(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) {
+    let params = asg.parameters(v);
     // 11. parameters.
-    let applied = o.applied.clone().unwrap_or_default();
+    let applied = v.applied.clone().unwrap_or_default();
     let mut needs_reload = false;
-    let old_names = applied
-        .parameters
-        .get("synchronous_standby_names")
-        .cloned()
-        .unwrap_or_default();
-    let new_names = params
-        .get("synchronous_standby_names")
-        .cloned()
-        .unwrap_or_default();
-    if o.applied.is_some() && old_names != new_names {
+    let names = |p: &crate::model::PgParameters| {
+        p.get("synchronous_standby_names")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (old_names, new_names) = (names(&applied.parameters), names(&params));
+    if v.applied.is_some() && old_names != new_names {
         a.push(KeeperAction::Note(Note::SyncStandbyNamesChanged(
             old_names, new_names,
         )));
     }
-    if o.applied.is_none() || applied.parameters != params {
+    if v.applied.is_none() || applied.parameters != params {
         a.push(KeeperAction::Note(Note::ParametersChanged));
         needs_reload = true;
     } else {
@@ -603,25 +727,14 @@ pub fn plan(
     }
 
     // 12. synchronous standbys back in sync? then pg_hba.
-    let mut only_internal = o.wait_sync_standbys_synced;
-    if o.wait_sync_standbys_synced {
-        let synced = if spec.synchronous_replication {
-            let mut want: Vec<String> = spec.synchronous_standbys.clone().unwrap_or_default();
-            want.sort();
-            let mut have = o.in_sync_standbys.clone().unwrap_or_default();
-            have.sort();
-            o.in_sync_standbys.is_some() && want == have
-        } else {
-            true
-        };
-        if synced {
-            a.push(KeeperAction::Note(Note::SyncStandbysSynced));
-            a.push(KeeperAction::SetWaitSyncStandbys(false));
-            only_internal = false;
-        }
+    let mut only_internal = v.wait_sync;
+    if v.wait_sync && sync_standbys_synced(asg.spec, v) {
+        a.push(KeeperAction::Note(Note::SyncStandbysSynced));
+        a.push(KeeperAction::SetWaitSyncStandbys(false));
+        only_internal = false;
     }
-    let hba = ctx.hba(only_internal);
-    if o.applied.is_none() || applied.hba != hba {
+    let hba = asg.hba(only_internal);
+    if v.applied.is_none() || applied.hba != hba {
         a.push(KeeperAction::Note(Note::HbaChanged));
         needs_reload = true;
     } else {
@@ -639,40 +752,61 @@ pub fn plan(
     }
     // 14. restart-needing changes.
     a.push(KeeperAction::CheckRestart {
-        automatic: ctx.eff.automatic_pg_restart,
+        automatic: asg.eff.automatic_pg_restart,
     });
     // 15. converged.
-    if o.db_state.generation != db.generation || o.db_state.initializing {
+    if v.db_state.generation != asg.db.generation || v.db_state.initializing {
         a.push(KeeperAction::MarkConverged {
-            generation: db.generation,
+            generation: asg.db.generation,
         });
     }
-    a
+}
+
+/// The synchronous standbys the spec wants are exactly those the primary reports in sync (or
+/// synchronous replication is off).
+fn sync_standbys_synced(spec: &DbSpec, v: &LocalView) -> bool {
+    if !spec.synchronous_replication {
+        return true;
+    }
+    let mut want: Vec<String> = spec.synchronous_standbys.clone().unwrap_or_default();
+    want.sort();
+    match &v.in_sync_standbys {
+        Some(have) => {
+            let mut have = have.clone();
+            have.sort();
+            want == have
+        }
+        None => false,
+    }
 }
 
 /// Writes `cfg` (new recovery settings for a running standby) and applies it: PostgreSQL 13+
 /// re-reads `primary_conninfo` / `primary_slot_name` on reload and restarts its WAL receiver, so
 /// a standby re-pointed at a new primary keeps serving reads and re-attaches sooner than after a
 /// restart; any other recovery change needs a restart.
-fn apply_recovery_change(a: &mut Vec<KeeperAction>, o: &mut Observed, cfg: PgConfig) {
-    let reload = o
+fn apply_recovery_change(a: &mut Actions, v: &mut LocalView, cfg: PgConfig) {
+    let reload = v
         .applied
         .as_ref()
-        .is_some_and(|c| reloadable_recovery_change(&c.recovery, &cfg.recovery, o));
+        .is_some_and(|c| reloadable_recovery_change(&c.recovery, &cfg.recovery, v.version));
     a.push(KeeperAction::WriteConfig(Box::new(cfg.clone())));
     a.push(if reload {
         KeeperAction::Reload
     } else {
         KeeperAction::Restart
     });
-    o.applied = Some(cfg);
+    v.applied = Some(cfg);
 }
 
 /// A standby's recovery settings changed only in what PostgreSQL 13 and later apply on reload
 /// (`primary_conninfo`, `primary_slot_name`), with the same recovery mode.
-fn reloadable_recovery_change(old: &RecoveryOptions, new: &RecoveryOptions, o: &Observed) -> bool {
+fn reloadable_recovery_change(
+    old: &RecoveryOptions,
+    new: &RecoveryOptions,
+    version: Option<PostgresBinaryVersion>,
+) -> bool {
     const RELOADABLE: [&str; 2] = ["primary_conninfo", "primary_slot_name"];
-    let version_ok = o.version.as_ref().is_some_and(|v| v.maj >= 13);
+    let version_ok = version.as_ref().is_some_and(|v| v.maj >= 13);
     let rest = |r: &RecoveryOptions| {
         r.parameters
             .iter()

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::model::KeeperInfo;
+pub use crate::sentinel::MonoInstant;
 
 /// After this many `sleepInterval`s without a refresh from the keeper loop, the published
 /// PostgreSQL state says unhealthy.
@@ -21,13 +22,15 @@ pub const MIN_INFO_TTL: Duration = Duration::from_secs(20);
 /// resolution of one millisecond anyway).
 pub const MIN_REPUBLISH_PERIOD: Duration = Duration::from_millis(1);
 
-/// How often the publisher republishes the latest info when the keeper loop hands it nothing
-/// new: three quarters of `sleepInterval`. The sentinel counts an info as fresh for 1.5 ×
-/// `sleepInterval` after it first sees it; publishing well inside that window keeps a live keeper
-/// from looking silent when one publish comes late. Never below
-/// [`MIN_REPUBLISH_PERIOD`].
+/// How often the keeper republishes an info that did not change in substance: once per
+/// `sleepInterval`, as Stolon does. The sentinel counts an info as fresh for 1.5 ×
+/// `sleepInterval` after it first sees it, so one publish per interval keeps a live keeper
+/// fresh with half an interval to spare. The info's lease must never lapse: when
+/// `sleepInterval` comes close to the TTL ([`info_ttl`], at least 20 s) the period is three
+/// quarters of the TTL instead. Never below [`MIN_REPUBLISH_PERIOD`].
 pub fn republish_period(sleep_interval: Duration) -> Duration {
-    (sleep_interval * 3 / 4).max(MIN_REPUBLISH_PERIOD)
+    let lease_safe = info_ttl(sleep_interval) * 3 / 4;
+    sleep_interval.min(lease_safe).max(MIN_REPUBLISH_PERIOD)
 }
 
 /// TTL of a published keeper info: `sleepInterval`, but at least [`MIN_INFO_TTL`].
@@ -61,6 +64,60 @@ pub fn info_to_publish(
         ps.healthy = false;
     }
     info
+}
+
+/// The keeper info as last written to the store, and when (monotonic time, as the sentinel's
+/// [`MonoInstant`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedInfo {
+    /// What was written (its `infoUID` included; it is ignored when comparing).
+    pub info: KeeperInfo,
+    /// When it was written.
+    pub at: MonoInstant,
+}
+
+/// Why an info is written now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishReason {
+    /// Nothing was published yet.
+    First,
+    /// The report changed in substance: role, health, timeline, a WAL position that moved,
+    /// parameters, the listen address, or any other field but the `infoUID`.
+    Changed,
+    /// The last publish is [`republish_period`] old: republish so the sentinel keeps seeing a
+    /// fresh `infoUID` and the lease never lapses.
+    Due,
+}
+
+/// Whether two infos report the same thing: equal in every field but the `infoUID`.
+pub fn same_report(a: &KeeperInfo, b: &KeeperInfo) -> bool {
+    let strip = |i: &KeeperInfo| KeeperInfo {
+        info_uid: String::new(),
+        ..i.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// Publish `next` now, and why; `None` = not yet (see [`next_publish_at`]). At most one write
+/// per [`republish_period`] unless the report changed in substance.
+pub fn publish_decision(
+    last: Option<&PublishedInfo>,
+    next: &KeeperInfo,
+    now: MonoInstant,
+    sleep_interval: Duration,
+) -> Option<PublishReason> {
+    let Some(last) = last else {
+        return Some(PublishReason::First);
+    };
+    if !same_report(&last.info, next) {
+        return Some(PublishReason::Changed);
+    }
+    (now >= next_publish_at(last, sleep_interval)).then_some(PublishReason::Due)
+}
+
+/// When the last published info must be republished at the latest.
+pub fn next_publish_at(last: &PublishedInfo, sleep_interval: Duration) -> MonoInstant {
+    last.at.saturating_add(republish_period(sleep_interval))
 }
 
 /// Parameters that never count as waiting for a restart, besides every `recovery_*` one.
@@ -98,17 +155,39 @@ mod tests {
     }
 
     #[test]
-    fn republish_period_is_three_quarters_of_the_interval() {
-        assert_eq!(republish_period(SECOND), Duration::from_millis(750));
+    fn republish_period_is_the_interval() {
+        assert_eq!(republish_period(SECOND), SECOND);
         assert_eq!(
             republish_period(Duration::from_secs(5)),
-            Duration::from_millis(3750)
+            Duration::from_secs(5)
         );
         assert_eq!(
             republish_period(Duration::from_millis(4)),
-            Duration::from_millis(3)
+            Duration::from_millis(4)
         );
-        assert!(republish_period(Duration::from_secs(5)) < Duration::from_secs(5));
+        assert_eq!(
+            republish_period(Duration::from_secs(15)),
+            Duration::from_secs(15)
+        );
+    }
+
+    #[test]
+    fn republish_period_stays_inside_the_lease() {
+        // TTL 20 s (the floor): republish after 15 s at the latest.
+        assert_eq!(
+            republish_period(Duration::from_secs(16)),
+            Duration::from_secs(15)
+        );
+        // TTL = sleepInterval: three quarters of it.
+        assert_eq!(
+            republish_period(Duration::from_secs(60)),
+            Duration::from_secs(45)
+        );
+        for s in [1, 5, 10, 15, 16, 20, 30, 60, 3600] {
+            let si = Duration::from_secs(s);
+            assert!(republish_period(si) < info_ttl(si), "{si:?}");
+            assert!(republish_period(si) <= si, "{si:?}");
+        }
     }
 
     #[test]
@@ -116,7 +195,7 @@ mod tests {
         assert_eq!(republish_period(Duration::ZERO), MIN_REPUBLISH_PERIOD);
         assert_eq!(republish_period(NANO), MIN_REPUBLISH_PERIOD);
         assert_eq!(
-            republish_period(Duration::from_micros(1333)),
+            republish_period(Duration::from_micros(999)),
             MIN_REPUBLISH_PERIOD
         );
     }
@@ -126,6 +205,102 @@ mod tests {
         // The largest interval a GoDuration can carry.
         let max = Duration::from_nanos(i64::MAX as u64);
         assert_eq!(republish_period(max), max * 3 / 4);
+    }
+
+    fn published(info: KeeperInfo, at: Duration) -> PublishedInfo {
+        PublishedInfo { info, at }
+    }
+
+    #[test]
+    fn first_info_is_published_at_once() {
+        assert_eq!(
+            publish_decision(None, &info(true), Duration::ZERO, SECOND),
+            Some(PublishReason::First)
+        );
+    }
+
+    #[test]
+    fn unchanged_report_waits_for_the_interval() {
+        let last = published(info(true), SECOND * 10);
+        let mut next = info(true);
+        next.info_uid = "u2".into();
+        for at in [SECOND * 10, SECOND * 10 + Duration::from_millis(999)] {
+            assert_eq!(publish_decision(Some(&last), &next, at, SECOND), None);
+        }
+        assert_eq!(
+            publish_decision(Some(&last), &next, SECOND * 11, SECOND),
+            Some(PublishReason::Due)
+        );
+        assert_eq!(next_publish_at(&last, SECOND), SECOND * 11);
+    }
+
+    #[test]
+    fn a_change_in_substance_is_published_at_once() {
+        let last = published(info(true), SECOND * 10);
+        let now = SECOND * 10 + Duration::from_millis(1);
+        let changes: Vec<fn(&mut KeeperInfo)> = vec![
+            |i| i.postgres_state.as_mut().unwrap().healthy = false,
+            |i| i.postgres_state.as_mut().unwrap().timeline_id = 2,
+            |i| i.postgres_state.as_mut().unwrap().xlog_pos = 42,
+            |i| i.postgres_state.as_mut().unwrap().listen_address = "10.0.0.9".into(),
+            |i| i.postgres_state.as_mut().unwrap().generation = 2,
+            |i| {
+                i.postgres_state
+                    .as_mut()
+                    .unwrap()
+                    .pg_parameters
+                    .insert("work_mem".into(), "8MB".into());
+            },
+            |i| i.postgres_state = None,
+            |i| i.can_be_master = Some(false),
+        ];
+        for change in changes {
+            let mut next = info(true);
+            change(&mut next);
+            assert_eq!(
+                publish_decision(Some(&last), &next, now, SECOND),
+                Some(PublishReason::Changed),
+                "{next:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_info_uid_alone_is_no_change() {
+        let mut other = info(true);
+        other.info_uid = "another".into();
+        assert!(same_report(&info(true), &other));
+        assert!(!same_report(&info(true), &info(false)));
+    }
+
+    #[test]
+    fn the_lease_never_lapses_and_the_sentinel_keeps_seeing_fresh_infos() {
+        // An idle keeper republishing only when due: the gap between two writes stays below
+        // the TTL and inside the sentinel's freshness window (1.5 sleepInterval).
+        for s in [1, 2, 5, 15, 20, 60] {
+            let si = Duration::from_secs(s);
+            let mut last = published(info(true), Duration::ZERO);
+            let mut now = Duration::ZERO;
+            let step = Duration::from_millis(100);
+            let mut writes = 0;
+            while now < si * 20 {
+                now += step;
+                if publish_decision(Some(&last), &info(true), now, si).is_some() {
+                    let gap = now - last.at;
+                    assert!(gap < info_ttl(si), "{si:?}: gap {gap:?}");
+                    assert!(gap * 2 < si * 3 + step * 2, "{si:?}: gap {gap:?}");
+                    last = published(info(true), now);
+                    writes += 1;
+                }
+            }
+            if s <= 15 {
+                // One write per sleepInterval: 20 intervals, 20 writes.
+                assert_eq!(writes, 20, "{si:?}");
+            } else {
+                // Lease-bound: one write per three quarters of the TTL.
+                assert!(writes > 20, "{si:?}: {writes} writes");
+            }
+        }
     }
 
     #[test]

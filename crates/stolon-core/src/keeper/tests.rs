@@ -1,5 +1,6 @@
 //! Named tests of the keeper's `plan`: every init mode and role transition, with exact action
-//! lists.
+//! lists; of the refusal to act on a failed check; and of `step` and `record` (the follow-ups
+//! the core decides from the executor's outcomes).
 
 use std::time::Duration;
 
@@ -13,6 +14,48 @@ use crate::model::{
 };
 use crate::pgconf::{AuthMethod, RecoveryMode, RecoveryOptions};
 use KeeperAction as A;
+
+/// The scenarios describe the local instance as one record: what the keeper observes and what
+/// it remembers. [`Observed::split`] hands them to the plan as an observation and a memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Observed {
+    db_state: LocalDbState,
+    initialized: bool,
+    standby_signal: bool,
+    running: bool,
+    system_id: Option<u64>,
+    version: Option<PostgresBinaryVersion>,
+    applied: Option<PgConfig>,
+    wait_sync_standbys_synced: bool,
+    in_sync_standbys: Option<Vec<String>>,
+}
+
+impl Observed {
+    fn split(&self) -> (super::Observed, KeeperMemory) {
+        (
+            super::Observed {
+                initialized: Probe::Known(self.initialized),
+                standby_signal: Probe::Known(self.standby_signal),
+                running: Probe::Known(self.running),
+                system_id: self.system_id,
+                version: self.version,
+                in_sync_standbys: self.in_sync_standbys.clone(),
+            },
+            KeeperMemory {
+                db_state: self.db_state.clone(),
+                applied: self.applied.clone(),
+                wait_sync_standbys_synced: self.wait_sync_standbys_synced,
+                ..Default::default()
+            },
+        )
+    }
+}
+
+/// The plan for a scenario.
+fn plan(cd: Option<&ClusterData>, id: &KeeperIdentity, o: &Observed) -> Vec<KeeperAction> {
+    let (observed, memory) = o.split();
+    super::plan(cd, id, &observed, &memory)
+}
 
 const BOOT: &str = "boot-1";
 
@@ -1030,4 +1073,492 @@ fn timeline_branch_detection() {
         &followed(2, vec![th(1, 100)]),
         &local(1, 150, vec![])
     ));
+}
+
+// --- Failed checks: the plan refuses to act on what it does not know. ---
+
+/// Actions that start, write, initialise or clone something.
+fn acts(a: &A) -> bool {
+    matches!(
+        a,
+        A::Start
+            | A::StartTmpMerged(_)
+            | A::Restart
+            | A::Reload
+            | A::Promote
+            | A::WriteConfig(_)
+            | A::SaveDbState(_)
+            | A::FinishInit
+            | A::MarkConverged { .. }
+            | A::InitDb(_)
+            | A::RestoreData { .. }
+            | A::RemoveData
+            | A::Resync(_)
+            | A::BaseBackup(_)
+            | A::Rewind(_)
+            | A::CreateRoles(_)
+            | A::RefreshSlots { .. }
+            | A::Stop
+    )
+}
+
+/// Scenarios in which a known observation makes the plan act: a fresh keeper to initialise in
+/// each init mode, a stopped master and standby to start, a running standby to promote.
+fn acting_scenarios() -> Vec<(&'static str, ClusterData, Observed)> {
+    let mut out = Vec::new();
+    for mode in [DbInitMode::New, DbInitMode::Existing, DbInitMode::Resync] {
+        let role = if mode == DbInitMode::Resync {
+            DbRole::Standby
+        } else {
+            DbRole::Master
+        };
+        out.push(("fresh keeper", cd(role, mode), empty()));
+    }
+    for role in [DbRole::Master, DbRole::Standby] {
+        let c = cd(role, DbInitMode::None);
+        let mut o = converged(&c, role);
+        o.running = false;
+        o.applied = None;
+        out.push(("stopped instance", c, o));
+    }
+    let c = cd(DbRole::Master, DbInitMode::None);
+    let o = converged(&cd(DbRole::Standby, DbInitMode::None), DbRole::Standby);
+    out.push(("standby to promote", c, o));
+    out
+}
+
+#[test]
+fn a_failed_is_initialized_check_yields_no_start_write_or_init() {
+    for (name, c, o) in acting_scenarios() {
+        assert!(plan(Some(&c), &id(), &o).iter().any(acts), "{name} acts");
+        let (mut observed, memory) = o.split();
+        observed.initialized = Probe::Unknown;
+        let p = super::plan(Some(&c), &id(), &observed, &memory);
+        assert!(!p.iter().any(acts), "{name}: {p:?}");
+        assert_eq!(
+            p,
+            vec![A::Wait(WaitReason::Unknown(Unknown::Initialized))],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_is_running_check_yields_no_start_write_or_init() {
+    for (name, c, o) in acting_scenarios() {
+        let (mut observed, memory) = o.split();
+        observed.running = Probe::Unknown;
+        let p = super::plan(Some(&c), &id(), &observed, &memory);
+        assert!(!p.iter().any(acts), "{name}: {p:?}");
+        assert_eq!(
+            p,
+            vec![A::Wait(WaitReason::Unknown(Unknown::Running))],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_standby_signal_check_on_initialised_data_yields_nothing() {
+    // Read as "no signal file", a standby would look like a master (and a fenced one be
+    // stopped); unknown, nothing is done.
+    let c = cd(DbRole::Standby, DbInitMode::None);
+    let (mut observed, memory) = converged(&c, DbRole::Standby).split();
+    observed.standby_signal = Probe::Unknown;
+    let p = super::plan(Some(&c), &id(), &observed, &memory);
+    assert_eq!(
+        p,
+        vec![A::Wait(WaitReason::Unknown(Unknown::StandbySignal))]
+    );
+    // Not initialised, there is no signal file to read: the init goes on.
+    let (mut observed, memory) = empty().split();
+    observed.standby_signal = Probe::Unknown;
+    let c = cd(DbRole::Master, DbInitMode::New);
+    assert_eq!(
+        super::plan(Some(&c), &id(), &observed, &memory),
+        plan(Some(&c), &id(), &empty())
+    );
+}
+
+#[test]
+fn a_failed_is_running_check_does_not_stop_an_unassigned_keeper() {
+    let mut c = cd(DbRole::Master, DbInitMode::None);
+    c.dbs.clear();
+    let (mut observed, memory) =
+        converged(&cd(DbRole::Master, DbInitMode::None), DbRole::Master).split();
+    observed.running = Probe::Unknown;
+    assert_eq!(
+        super::plan(Some(&c), &id(), &observed, &memory),
+        vec![A::Wait(WaitReason::NoDbAssigned)]
+    );
+}
+
+// --- step: memory and wake-up. ---
+
+#[test]
+fn step_forgets_the_applied_config_of_a_stopped_instance_only() {
+    let c = cd(DbRole::Master, DbInitMode::None);
+    let o = converged(&c, DbRole::Master);
+    let si = Duration::from_secs(5);
+    let now = Duration::from_secs(100);
+    let (observed, memory) = o.split();
+    let s = step(
+        Some(&c),
+        &id(),
+        &observed,
+        memory.clone(),
+        Wake::Tick,
+        now,
+        si,
+    );
+    assert_eq!(s.memory.applied, memory.applied);
+    assert_eq!(s.actions, plan(Some(&c), &id(), &o));
+
+    let mut stopped = observed.clone();
+    stopped.running = Probe::Known(false);
+    let s = step(
+        Some(&c),
+        &id(),
+        &stopped,
+        memory.clone(),
+        Wake::Tick,
+        now,
+        si,
+    );
+    assert_eq!(s.memory.applied, None);
+    assert!(s.actions.contains(&A::Start));
+
+    let mut unknown = observed;
+    unknown.running = Probe::Unknown;
+    let s = step(
+        Some(&c),
+        &id(),
+        &unknown,
+        memory.clone(),
+        Wake::Tick,
+        now,
+        si,
+    );
+    assert_eq!(s.memory.applied, memory.applied);
+}
+
+#[test]
+fn step_wakes_one_interval_after_the_last_tick() {
+    let c = cd(DbRole::Master, DbInitMode::None);
+    let (observed, memory) = converged(&c, DbRole::Master).split();
+    let si = Duration::from_secs(5);
+    let at = |s: u64| Duration::from_secs(s);
+    let run = |m: KeeperMemory, wake, now| step(Some(&c), &id(), &observed, m, wake, now, si);
+    let first = run(memory, Wake::Tick, at(10));
+    assert_eq!(first.wake_at, at(15));
+    // Store changes in between do not push the tick back.
+    let change = Wake::StoreChange {
+        clusterdata_changed: true,
+    };
+    let second = run(first.memory, change, at(12));
+    assert_eq!(second.wake_at, at(15));
+    let third = run(second.memory, Wake::Replan, at(13));
+    assert_eq!(third.wake_at, at(15));
+    let fourth = run(third.memory, Wake::Tick, at(15));
+    assert_eq!(fourth.wake_at, at(20));
+    // The first pass of a process, even woken by the store, schedules a tick.
+    let fresh = run(KeeperMemory::default(), change, at(1));
+    assert_eq!(fresh.wake_at, at(6));
+}
+
+#[test]
+fn only_a_clusterdata_change_among_store_changes_calls_for_a_pass() {
+    assert!(pass_wanted(Wake::Tick));
+    assert!(pass_wanted(Wake::Replan));
+    assert!(pass_wanted(Wake::StoreChange {
+        clusterdata_changed: true
+    }));
+    assert!(!pass_wanted(Wake::StoreChange {
+        clusterdata_changed: false
+    }));
+}
+
+#[test]
+fn clusterdata_housekeeping() {
+    let mut c = cd(DbRole::Master, DbInitMode::None);
+    c.cluster.as_mut().unwrap().spec =
+        Some(serde_json::from_str(r#"{"initMode":"new","sleepInterval":"2s"}"#).unwrap());
+    assert_eq!(sleep_interval_of(Some(&c)), Some(Duration::from_secs(2)));
+    assert_eq!(sleep_interval_of(None), None);
+    let seen = KeeperLocalState {
+        uid: "k1".into(),
+        cluster_uid: String::new(),
+    };
+    let saved = keeper_state_update(Some(&c), &seen).expect("new cluster uid");
+    assert_eq!(saved.cluster_uid, "c1");
+    assert_eq!(saved.uid, "k1");
+    assert_eq!(keeper_state_update(Some(&c), &saved), None);
+    assert_eq!(keeper_state_update(None, &seen), None);
+    let mut unusable = c.clone();
+    unusable.format_version = 99;
+    assert_eq!(sleep_interval_of(Some(&unusable)), None);
+    assert_eq!(keeper_state_update(Some(&unusable), &seen), None);
+}
+
+// --- record: outcomes folded into memory, follow-ups decided in the core. ---
+
+fn some_cfg() -> PgConfig {
+    let c = cd(DbRole::Master, DbInitMode::None);
+    cfg(&c, &empty(), false, RecoveryOptions::none())
+}
+
+#[test]
+fn restart_check_queries_only_an_instance_running_our_config() {
+    let mut m = KeeperMemory::default();
+    assert_eq!(
+        record(&mut m, &A::CheckRestart { automatic: true }, Outcome::Done),
+        vec![]
+    );
+    m.applied = Some(some_cfg());
+    assert_eq!(
+        record(&mut m, &A::CheckRestart { automatic: false }, Outcome::Done),
+        vec![A::QueryPendingRestart { automatic: false }]
+    );
+}
+
+#[test]
+fn pending_restart_is_reported_and_restarts_only_when_automatic() {
+    let mut m = KeeperMemory {
+        applied: Some(some_cfg()),
+        ..Default::default()
+    };
+    let q = |automatic| A::QueryPendingRestart { automatic };
+    assert_eq!(
+        record(&mut m, &q(true), Outcome::PendingRestart(false)),
+        vec![A::ReportNeedsRestart(false)]
+    );
+    assert_eq!(
+        record(&mut m, &q(false), Outcome::PendingRestart(true)),
+        vec![A::ReportNeedsRestart(true), A::Note(Note::RestartDisabled)]
+    );
+    assert_eq!(
+        record(&mut m, &q(true), Outcome::PendingRestart(true)),
+        vec![
+            A::ReportNeedsRestart(true),
+            A::Note(Note::RestartingForParameters),
+            A::Restart,
+            A::ReportNeedsRestart(false),
+        ]
+    );
+}
+
+#[test]
+fn the_config_written_after_a_promotion_is_the_applied_one() {
+    let written = some_cfg();
+    let mut m = KeeperMemory::default();
+    record(
+        &mut m,
+        &A::WriteConfig(Box::new(written.clone())),
+        Outcome::Done,
+    );
+    assert_eq!(m.written.as_ref(), Some(&written));
+    assert_eq!(m.applied, None, "a plain write applies nothing");
+    record(&mut m, &A::Promote, Outcome::Done);
+    record(
+        &mut m,
+        &A::WriteConfig(Box::new(written.clone())),
+        Outcome::Done,
+    );
+    assert_eq!(m.applied.as_ref(), Some(&written));
+    // Only right after the promotion.
+    let mut other = written.clone();
+    other.hba.push("host all all 0.0.0.0/0 md5".into());
+    record(
+        &mut m,
+        &A::WriteConfig(Box::new(other.clone())),
+        Outcome::Done,
+    );
+    assert_eq!(m.applied.as_ref(), Some(&written));
+    assert_eq!(m.written.as_ref(), Some(&other));
+    record(&mut m, &A::Reload, Outcome::Done);
+    assert_eq!(m.applied.as_ref(), Some(&other));
+    record(&mut m, &A::Stop, Outcome::Done);
+    assert_eq!(m.applied, None);
+    record(&mut m, &A::Start, Outcome::Done);
+    assert_eq!(m.applied.as_ref(), Some(&other));
+}
+
+#[test]
+fn db_state_changes_go_through_save_db_state() {
+    let mut m = KeeperMemory::default();
+    record(&mut m, &A::SaveDbState(begin("db1")), Outcome::Done);
+    assert_eq!(m.db_state, begin("db1"));
+    let finished = LocalDbState {
+        initializing: false,
+        ..begin("db1")
+    };
+    assert_eq!(
+        record(&mut m, &A::FinishInit, Outcome::Done),
+        vec![A::SaveDbState(finished.clone())]
+    );
+    assert_eq!(m.db_state, begin("db1"), "changed only once saved");
+    let mut params = PgParameters::new();
+    params.insert("work_mem".into(), "8MB".into());
+    assert_eq!(
+        record(
+            &mut m,
+            &A::SaveInitParameters,
+            Outcome::InitParameters(params.clone())
+        ),
+        vec![A::SaveDbState(LocalDbState {
+            init_pg_parameters: Some(params),
+            ..begin("db1")
+        })]
+    );
+    assert_eq!(
+        record(&mut m, &A::MarkConverged { generation: 7 }, Outcome::Done),
+        vec![A::SaveDbState(LocalDbState {
+            generation: 7,
+            ..finished
+        })]
+    );
+    record(&mut m, &A::SetWaitSyncStandbys(true), Outcome::Done);
+    assert!(m.wait_sync_standbys_synced);
+}
+
+fn resync_plan_box(c: &ClusterData, rewind: bool) -> Box<ResyncPlan> {
+    match resync_plan(c, rewind) {
+        A::Resync(p) => p,
+        other => panic!("not a resync: {other:?}"),
+    }
+}
+
+fn clone_steps(p: &ResyncPlan) -> Vec<A> {
+    vec![
+        A::BaseBackup(Box::new(p.clone())),
+        A::WriteConfig(Box::new(p.config.clone())),
+        A::Start,
+    ]
+}
+
+#[test]
+fn resync_without_rewind_clones() {
+    let c = cd(DbRole::Standby, DbInitMode::Resync);
+    let p = resync_plan_box(&c, false);
+    let mut m = KeeperMemory::default();
+    assert_eq!(
+        record(&mut m, &A::Resync(p.clone()), Outcome::Done),
+        clone_steps(&p)
+    );
+}
+
+#[test]
+fn resync_rewinds_then_checks_the_rewound_instance() {
+    let c = cd(DbRole::Standby, DbInitMode::Resync);
+    let p = resync_plan_box(&c, true);
+    let mut m = KeeperMemory::default();
+    assert_eq!(
+        record(&mut m, &A::Resync(p.clone()), Outcome::Done),
+        vec![A::Rewind(p.clone())]
+    );
+    assert_eq!(
+        record(&mut m, &A::Rewind(p.clone()), Outcome::Rewind(Ok(()))),
+        vec![
+            A::WriteConfig(Box::new(p.config.clone())),
+            A::Start,
+            A::CheckRewound(p.clone()),
+        ]
+    );
+    // On the followed DB's timeline: done.
+    let on_branch = PostgresState {
+        timeline_id: 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        record(
+            &mut m,
+            &A::CheckRewound(p.clone()),
+            Outcome::Rewound(Ok(Box::new(on_branch)))
+        ),
+        vec![]
+    );
+}
+
+#[test]
+fn a_failed_rewind_falls_back_to_a_clone() {
+    let c = cd(DbRole::Standby, DbInitMode::Resync);
+    let p = resync_plan_box(&c, true);
+    let mut m = KeeperMemory::default();
+    let mut want = vec![A::Note(Note::RewindFailed("no route".into()))];
+    want.extend(clone_steps(&p));
+    assert_eq!(
+        record(
+            &mut m,
+            &A::Rewind(p.clone()),
+            Outcome::Rewind(Err("no route".into()))
+        ),
+        want
+    );
+}
+
+#[test]
+fn a_rewound_instance_not_ready_or_forked_is_cloned_again() {
+    let c = cd(DbRole::Standby, DbInitMode::Resync);
+    let p = resync_plan_box(&c, true);
+    let mut m = KeeperMemory::default();
+    let mut want = vec![A::Note(Note::RewoundNotReady("timeout".into())), A::Stop];
+    want.extend(clone_steps(&p));
+    assert_eq!(
+        record(
+            &mut m,
+            &A::CheckRewound(p.clone()),
+            Outcome::Rewound(Err("timeout".into()))
+        ),
+        want
+    );
+    // A newer local timeline than the followed DB's: forked.
+    let forked = PostgresState {
+        timeline_id: 5,
+        ..Default::default()
+    };
+    let mut want = vec![A::Note(Note::RewoundForked), A::Stop];
+    want.extend(clone_steps(&p));
+    assert_eq!(
+        record(
+            &mut m,
+            &A::CheckRewound(p.clone()),
+            Outcome::Rewound(Ok(Box::new(forked)))
+        ),
+        want
+    );
+}
+
+#[test]
+fn no_keeper_info_until_the_cluster_uid_is_known() {
+    let mut ks = KeeperLocalState {
+        uid: "k1".into(),
+        cluster_uid: String::new(),
+    };
+    let state = PostgresState {
+        healthy: true,
+        ..Default::default()
+    };
+    let report = |ks: &KeeperLocalState| {
+        keeper_info(
+            &KeeperReport {
+                keeper_state: ks,
+                boot_uuid: BOOT,
+                version: v15(),
+                can_be_master: true,
+                can_be_synchronous_replica: false,
+            },
+            &state,
+        )
+    };
+    assert_eq!(report(&ks), None);
+    ks.cluster_uid = "c1".into();
+    let info = report(&ks).expect("cluster uid known");
+    assert_eq!(info.uid, "k1");
+    assert_eq!(info.cluster_uid, "c1");
+    assert_eq!(info.boot_uuid, BOOT);
+    assert_eq!(info.postgres_binary_version, v15().unwrap());
+    assert_eq!(info.postgres_state, Some(state.clone()));
+    assert_eq!(info.can_be_master, Some(true));
+    assert_eq!(info.can_be_synchronous_replica, Some(false));
+    assert!(info.info_uid.is_empty());
 }

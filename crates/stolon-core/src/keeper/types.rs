@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{DbStatus, NewConfig, PgParameters, PostgresBinaryVersion};
 use crate::pgconf::{AuthMethod, RecoveryOptions};
+use crate::sentinel::MonoInstant;
 
 /// `<data-dir>/keeperstate` (Stolon's keys `UID`, `ClusterUID`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,34 +95,67 @@ pub struct PgConfig {
     pub recovery: RecoveryOptions,
 }
 
-/// What the keeper observed of its local instance just before planning.
+/// The answer of a check of the local instance that can fail: a failed check is `Unknown`,
+/// never read as "no".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Probe<T> {
+    /// The check answered.
+    Known(T),
+    /// The check failed: nothing may be decided on it.
+    #[default]
+    Unknown,
+}
+
+impl<T> Probe<T> {
+    /// `Known(v)` for `Ok(v)`, `Unknown` for an error.
+    pub fn from_result<E>(r: Result<T, E>) -> Self {
+        r.map_or(Probe::Unknown, Probe::Known)
+    }
+
+    /// The answer, if known.
+    pub fn known(self) -> Option<T> {
+        match self {
+            Probe::Known(v) => Some(v),
+            Probe::Unknown => None,
+        }
+    }
+}
+
+/// What the keeper observed of its local instance just before planning. Facts only, each
+/// check that can fail a [`Probe`]; what the keeper itself did and remembers is in
+/// [`KeeperMemory`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Observed {
-    /// Content of `dbstate`.
-    pub db_state: LocalDbState,
+    /// PGDATA is initialised.
+    pub initialized: Probe<bool>,
+    /// `standby.signal` exists.
+    pub standby_signal: Probe<bool>,
+    /// A postmaster runs on PGDATA.
+    pub running: Probe<bool>,
+    /// System identifier from `global/pg_control` (`None` when not initialised or unreadable:
+    /// then no pg_rewind is attempted).
+    pub system_id: Option<u64>,
+    /// PostgreSQL binary version.
+    pub version: Option<PostgresBinaryVersion>,
+    /// In-sync standbys (DB UIDs) reported by the running primary, when queried (`None` when
+    /// not queried or the query failed: not in sync).
+    pub in_sync_standbys: Option<Vec<String>>,
+}
+
+/// The local facts the plan decides on, all known (see [`Observed::known`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownLocal {
     /// PGDATA is initialised.
     pub initialized: bool,
     /// `standby.signal` exists.
     pub standby_signal: bool,
     /// A postmaster runs on PGDATA.
     pub running: bool,
-    /// System identifier from `global/pg_control`.
-    pub system_id: Option<u64>,
-    /// PostgreSQL binary version.
-    pub version: Option<PostgresBinaryVersion>,
-    /// The configuration the running instance was last started or reloaded with (None when the
-    /// keeper has not started/reloaded it in this process).
-    pub applied: Option<PgConfig>,
-    /// A synchronous primary restarted and allows only internal connections until its
-    /// synchronous standbys are back in sync.
-    pub wait_sync_standbys_synced: bool,
-    /// In-sync standbys (DB UIDs) reported by the running primary, when queried.
-    pub in_sync_standbys: Option<Vec<String>>,
 }
 
-impl Observed {
+impl KnownLocal {
     /// The local role from PGDATA (PostgreSQL >= 12 signal files).
-    pub fn local_role(&self) -> LocalRole {
+    pub fn role(&self) -> LocalRole {
         if !self.initialized {
             LocalRole::Undefined
         } else if self.standby_signal {
@@ -130,6 +164,64 @@ impl Observed {
             LocalRole::Master
         }
     }
+}
+
+impl Observed {
+    /// The checks the plan needs, or the first one that failed.
+    pub fn known(&self) -> Result<KnownLocal, Unknown> {
+        Ok(KnownLocal {
+            initialized: self.initialized.known().ok_or(Unknown::Initialized)?,
+            running: self.running.known().ok_or(Unknown::Running)?,
+            standby_signal: match self.initialized {
+                // Not initialised: there is no signal file to read.
+                Probe::Known(false) => self.standby_signal.known().unwrap_or(false),
+                _ => self.standby_signal.known().ok_or(Unknown::StandbySignal)?,
+            },
+        })
+    }
+}
+
+/// A check of the local instance that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unknown {
+    /// Whether PGDATA is initialised.
+    Initialized,
+    /// Whether postgres runs.
+    Running,
+    /// Whether `standby.signal` exists.
+    StandbySignal,
+}
+
+impl std::fmt::Display for Unknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unknown::Initialized => "whether the data directory is initialized",
+            Unknown::Running => "whether postgres is running",
+            Unknown::StandbySignal => "whether the data directory has a standby.signal file",
+        })
+    }
+}
+
+/// What the keeper remembers between passes, owned by the pure core: the runtime holds it,
+/// hands it to [`super::step`] and to [`super::record`] after each executed action, and
+/// keeps what they return.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeeperMemory {
+    /// Content of `dbstate` (loaded at start; changed only through `SaveDbState`).
+    pub db_state: LocalDbState,
+    /// The configuration the running instance was last started or reloaded with (`None` when
+    /// the keeper has not started/reloaded it in this process, or it stopped).
+    pub applied: Option<PgConfig>,
+    /// The configuration last written to disk (becomes `applied` on start/reload/restart).
+    pub written: Option<PgConfig>,
+    /// A synchronous primary restarted and allows only internal connections until its
+    /// synchronous standbys are back in sync.
+    pub wait_sync_standbys_synced: bool,
+    /// The last executed action was `Promote`: the configuration written right after it is
+    /// what the promoted instance runs with.
+    pub just_promoted: bool,
+    /// When the next timer pass is due (monotonic; `None` = at once).
+    pub next_tick: Option<MonoInstant>,
 }
 
 /// Why the plan stops without doing anything more.
@@ -145,6 +237,9 @@ pub enum WaitReason {
     BootUuidMismatch,
     /// The local data has no role (not initialised) while a standby is wanted.
     LocalRoleNone,
+    /// A check of the local instance failed: nothing is started, written or initialised until
+    /// it answers.
+    Unknown(Unknown),
 }
 
 impl std::fmt::Display for WaitReason {
@@ -159,6 +254,9 @@ impl std::fmt::Display for WaitReason {
                 "our db boot UID is different than the cluster data one, waiting for it to be updated"
             }
             WaitReason::LocalRoleNone => "our db role is none",
+            WaitReason::Unknown(u) => {
+                return write!(f, "cannot tell {u}, not acting until it is known");
+            }
         })
     }
 }
@@ -269,6 +367,26 @@ pub enum Note {
     RemovingInterruptedInit,
     /// The synchronous standbys are back in sync: all clients allowed again.
     SyncStandbysSynced,
+    /// `pending_restart` parameters and `automaticPgRestart`: restarting.
+    RestartingForParameters,
+    /// `pending_restart` parameters but `automaticPgRestart` is off.
+    RestartDisabled,
+    /// pg_rewind failed (its error): cloning instead.
+    RewindFailed(String),
+    /// The rewound instance did not become ready (the error): cloning instead.
+    RewoundNotReady(String),
+    /// The rewound instance is on a timeline branch the followed DB is not on: cloning instead.
+    RewoundForked,
+}
+
+impl Note {
+    /// Logged as a warning rather than as information.
+    pub fn is_warning(&self) -> bool {
+        matches!(
+            self,
+            Note::RewindFailed(_) | Note::RewoundNotReady(_) | Note::RewoundForked
+        )
+    }
 }
 
 impl std::fmt::Display for Note {
@@ -309,6 +427,26 @@ impl std::fmt::Display for Note {
             Note::SyncStandbysSynced => {
                 write!(f, "synchronous standbys in sync, allowing all connections")
             }
+            Note::RestartingForParameters => write!(
+                f,
+                "postgres parameters requiring a restart changed, restarting"
+            ),
+            Note::RestartDisabled => write!(
+                f,
+                "postgres parameters requiring a restart changed, automaticPgRestart is disabled: not restarting"
+            ),
+            Note::RewindFailed(e) => write!(
+                f,
+                "error syncing with pg_rewind, falling back to pg_basebackup: {e}"
+            ),
+            Note::RewoundNotReady(e) => write!(
+                f,
+                "rewound instance not ready, resyncing with pg_basebackup: {e}"
+            ),
+            Note::RewoundForked => write!(
+                f,
+                "rewound instance is on a different timeline branch than the followed db, resyncing with pg_basebackup"
+            ),
         }
     }
 }
@@ -380,12 +518,43 @@ pub enum KeeperAction {
         /// Full slot names.
         wanted: Vec<String>,
     },
-    /// Query `pending_restart`; publish it as `stolon_keeper_needs_restart`; restart when
-    /// `automatic`.
+    /// The restart check (§4.8 step 14): when the instance runs with a configuration of ours,
+    /// [`super::record`] follows it with [`KeeperAction::QueryPendingRestart`].
     CheckRestart {
         /// `automaticPgRestart`.
         automatic: bool,
     },
+    /// Query `pending_restart` (outcome [`Outcome::PendingRestart`]); [`super::record`] then
+    /// reports it and restarts when `automatic`.
+    QueryPendingRestart {
+        /// `automaticPgRestart`.
+        automatic: bool,
+    },
+    /// Set `stolon_keeper_needs_restart`.
+    ReportNeedsRestart(bool),
+    /// pg_rewind against `rewind_from` (outcome [`Outcome::Rewind`]: a failure is an outcome,
+    /// not an error: [`super::record`] falls back to a clone).
+    Rewind(Box<ResyncPlan>),
+    /// pg_basebackup from `clone_from` into an empty PGDATA.
+    BaseBackup(Box<ResyncPlan>),
+    /// Wait for the rewound, started instance to be ready and read its state (outcome
+    /// [`Outcome::Rewound`]), to detect a forked timeline.
+    CheckRewound(Box<ResyncPlan>),
     /// Observe and plan again right away (an init/resync finished).
     Replan,
+}
+
+/// What executing a [`KeeperAction`] yielded, reported back to [`super::record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The action succeeded and has nothing to report.
+    Done,
+    /// `pending_restart` answered.
+    PendingRestart(bool),
+    /// The instance's own parameters (`pg_file_settings` minus managed ones).
+    InitParameters(PgParameters),
+    /// pg_rewind succeeded, or failed with this error.
+    Rewind(Result<(), String>),
+    /// The rewound instance became ready with this state, or did not (the error).
+    Rewound(Result<Box<crate::model::PostgresState>, String>),
 }
