@@ -28,3 +28,18 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --all-features --no-fail-fast
 fi
+
+# ---- container image and the container failover test --------------------------------------
+# Builds the image from the Dockerfile on a Debian 12 base made here with debootstrap (there is
+# no image registry), with the debug binaries built above (a release build costs minutes of the
+# two cores; the story tested is the same), then fails a cluster of containers over. Needs the
+# Docker engine: without it this step fails.
+echo "== container image"
+bash scripts/image.sh --binaries target/debug --tag stolon-rs:ci --etcd-tag stolon-rs-etcd:ci
+echo "== container failover test"
+export STOLON_IT_IMAGE=stolon-rs:ci STOLON_IT_ETCD_IMAGE=stolon-rs-etcd:ci
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run -p stolon-it --all-features --profile ci --test container --run-ignored only
+else
+  cargo test -p stolon-it --all-features --test container -- --ignored
+fi

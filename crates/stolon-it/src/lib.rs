@@ -6,9 +6,11 @@
 //! - [`process`]: one supervised process with a log file, signals, cleanup.
 //! - [`cluster`]: a whole cluster and the waits the scenarios use.
 //! - [`pg`]: SQL helpers (through the proxy or on a keeper's instance).
+//! - [`docker`]: containers of the project's image on a private network of a Docker engine.
 
 pub mod bins;
 pub mod cluster;
+pub mod docker;
 pub mod pg;
 pub mod process;
 

@@ -20,8 +20,13 @@ pub const SQL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects to `127.0.0.1:port` as `user` (database `postgres`).
 pub async fn connect_as(port: u16, user: &str, password: &str) -> Result<Client> {
+    connect_to("127.0.0.1", port, user, password).await
+}
+
+/// Connects to `host:port` as `user` (database `postgres`).
+pub async fn connect_to(host: &str, port: u16, user: &str, password: &str) -> Result<Client> {
     let conninfo = format!(
-        "host=127.0.0.1 port={port} user={user} dbname=postgres connect_timeout=5 \
+        "host={host} port={port} user={user} dbname=postgres connect_timeout=5 \
          application_name=stolon-it"
     );
     let mut cfg: tokio_postgres::Config = conninfo.parse().context("conninfo")?;
@@ -29,8 +34,8 @@ pub async fn connect_as(port: u16, user: &str, password: &str) -> Result<Client>
     let fut = cfg.connect(NoTls);
     let (client, conn) = tokio::time::timeout(SQL_TIMEOUT, fut)
         .await
-        .map_err(|_| anyhow!("connect to 127.0.0.1:{port}: timed out"))?
-        .with_context(|| format!("connect to 127.0.0.1:{port} as {user}"))?;
+        .map_err(|_| anyhow!("connect to {host}:{port}: timed out"))?
+        .with_context(|| format!("connect to {host}:{port} as {user}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -66,6 +71,20 @@ pub async fn run_on(client: &Client, sql: &str) -> Result<Vec<Vec<Option<String>
         }
     }
     Ok(rows)
+}
+
+/// [`query_rows`] on `host:port` as the test superuser.
+pub async fn query_rows_at(host: &str, port: u16, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+    let client = connect_to(host, port, SU_USER, SU_PASSWORD).await?;
+    run_on(&client, sql).await
+}
+
+/// The first column of the first row of `sql` on a fresh connection to `host:port`.
+pub async fn query_value_at(host: &str, port: u16, sql: &str) -> Result<String> {
+    let rows = query_rows_at(host, port, sql).await?;
+    rows.first()
+        .and_then(|r| r.first().cloned().flatten())
+        .with_context(|| format!("{sql:?} returned no value"))
 }
 
 /// The first column of the first row of `sql` on a fresh connection to `port`.
