@@ -84,11 +84,21 @@ pub fn load_spec(path: &str) -> Result<ClusterSpec, ConfigError> {
             path: path.into(),
             source,
         })?;
-    let spec: ClusterSpec =
-        serde_json::from_str(&text).map_err(|source| ConfigError::SpecParse {
-            path: path.into(),
-            source,
-        })?;
+    let spec: ClusterSpec = match stolon_core::model::decode_spec(text.as_bytes()) {
+        Ok(spec) => spec,
+        Err(stolon_core::model::SpecDecodeError::Json(source)) => {
+            return Err(ConfigError::SpecParse {
+                path: path.into(),
+                source,
+            });
+        }
+        Err(stolon_core::model::SpecDecodeError::Invalid(source)) => {
+            return Err(ConfigError::SpecInvalid {
+                path: path.into(),
+                source,
+            });
+        }
+    };
     spec.validate().map_err(|source| ConfigError::SpecInvalid {
         path: path.into(),
         source,
