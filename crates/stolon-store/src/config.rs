@@ -63,6 +63,9 @@ pub struct CommonArgs {
     /// debug logging level. Valid values: error, warn, info, debug
     #[arg(long = "log-level", default_value = "info")]
     pub log_level: String,
+    /// log line format: console (Stolon's layout) or json (one object per line)
+    #[arg(long = "log-format", default_value = "console")]
+    pub log_format: String,
 }
 
 /// A validated store configuration.
