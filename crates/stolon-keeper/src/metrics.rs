@@ -54,6 +54,7 @@ impl Metrics {
     /// Registers every metric; `cluster_name` labels `stolon_cluster_identifier`.
     pub fn new(cluster_name: &str) -> Self {
         let mut r = Registry::default();
+        r.register_collector(stolon_obs::process::ProcessCollector::boxed());
         let ident: Family<Labels, Gauge> = Family::default();
         r.register(
             "stolon_cluster_identifier",

@@ -80,6 +80,8 @@ pub struct Keeper {
     sleep_interval: Duration,
     pg_state: PostgresState,
     last_revision: Option<Revision>,
+    /// Failed clusterdata reads (logged once per change, retried with a bounded backoff).
+    cd_errors: stolon_store::repeat::Repeated,
     last_cd: Option<ClusterData>,
     /// Publishes our KeeperInfo (started by `run`).
     publisher: Option<Publisher>,
@@ -115,6 +117,7 @@ impl Keeper {
             sleep_interval,
             pg_state: PostgresState::default(),
             last_revision: None,
+            cd_errors: Default::default(),
             last_cd: None,
             publisher: None,
             health,
@@ -229,12 +232,15 @@ impl Keeper {
     /// One wake-up. `tick`: a timer/postgres wake-up (always act); otherwise a store change
     /// (act only when clusterdata changed, so our own info writes do not spin the loop).
     async fn iteration(&mut self, tick: bool) {
-        let read = match self.store.get_cluster_data().await {
+        let read = match stolon_store::repeat::read_cluster_data(
+            self.store.as_ref(),
+            &mut self.cd_errors,
+            "error retrieving cluster data",
+        )
+        .await
+        {
             Ok(r) => r,
-            Err(e) => {
-                error!("error retrieving cluster data: {e}");
-                return;
-            }
+            Err(_) => return,
         };
         if !tick
             && read.revision == self.last_revision

@@ -128,6 +128,7 @@ impl Metrics {
                 out.push_str(&format!("{name}{{listener=\"{listener}\"}} {}\n", pick(s)));
             }
         }
+        out.push_str(&stolon_obs::process::render_text());
         out
     }
 }

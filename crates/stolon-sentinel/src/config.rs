@@ -10,7 +10,7 @@ use stolon_store::{CommonArgs, StoreConfig};
 
 /// Command line of `stolon-sentinel`. Every flag also reads `STSENTINEL_<FLAG>`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "stolon-sentinel", about = "Stolon sentinel", version)]
+#[command(name = "stolon-sentinel", about = "Stolon sentinel", version = stolon_obs::VERSION_TEXT)]
 pub struct Cli {
     /// Common flags.
     #[command(flatten)]

@@ -39,6 +39,7 @@ impl Metrics {
     /// Registers the metrics for `cluster_name`.
     pub fn new(cluster_name: &str) -> Self {
         let mut registry = Registry::default();
+        registry.register_collector(stolon_obs::process::ProcessCollector::boxed());
         let ident = Family::<Vec<(String, String)>, Gauge>::default();
         ident
             .get_or_create(&vec![
