@@ -59,7 +59,7 @@ fn check(bin: &Path, as_postgres: bool, daemon: bool, case: &Case, cwd: &Path) {
                 Some("WARN"),
                 "only warnings before the error: {ctx}"
             );
-            assert_eq!(w.split('\t').count() >= 4, true, "console layout: {ctx}");
+            assert!(w.split('\t').count() >= 4, "console layout: {ctx}");
         }
         assert_eq!(level(last).as_deref(), Some("FATAL"), "{ctx}");
         let ts = last.split('\t').next().unwrap_or_default();

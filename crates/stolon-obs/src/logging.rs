@@ -4,10 +4,10 @@
 //! as Stolon configures it, on stderr:
 //!
 //! ```text
-//! 2026-01-02T15:04:05.123Z	INFO	stolon-keeper/runtime.rs:42	our db requested role is master	{"keeper": "k1"}
+//! 2026-01-02T15:04:05.123Z<TAB>INFO<TAB>stolon-keeper/runtime.rs:42<TAB>our db requested role is master<TAB>{"keeper": "k1"}
 //! ```
 //!
-//! (time with milliseconds, capital level, coloured on a terminal or with `--log-color`, the
+//! (`<TAB>` is a tab; time with milliseconds, capital level, coloured on a terminal or with `--log-color`, the
 //! caller as `<crate>/<file>:<line>`, the message, then the fields as one JSON object).
 //! `--log-format json` writes one JSON object per line instead, for log pipelines.
 //!
