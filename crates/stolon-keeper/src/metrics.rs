@@ -195,3 +195,25 @@ pub async fn serve(
         tracing::error!(error = %e, "metrics http server failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn exports_the_process_metrics() {
+        let text = &super::Metrics::new("c").encode();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_max_fds",
+            "process_virtual_memory_bytes",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("\n{name} ")),
+                "{name} missing in:\n{text}"
+            );
+        }
+    }
+}
