@@ -80,8 +80,8 @@ if [ -d "$STATE" ]; then
 fi
 
 bash scripts/install-deps.sh
-echo "building release binaries..."
-cargo build --release --quiet --bin stolon-keeper --bin stolon-sentinel --bin stolon-proxy --bin stolonctl
+echo "building release binaries (a first build takes several minutes; cargo shows its progress)..."
+cargo build --release --bin stolon-keeper --bin stolon-sentinel --bin stolon-proxy --bin stolonctl
 
 mkdir -p "$STATE"/{bin,log,run,secrets}
 chmod 755 "$STATE"

@@ -31,9 +31,13 @@ pub enum ClosedReason {
 impl std::fmt::Display for ClosedReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClosedReason::NoClusterData => f.write_str("no clusterdata available"),
+            ClosedReason::NoClusterData => {
+                f.write_str("no clusterdata available, closing connections to master")
+            }
             ClosedReason::Unusable(e) => write!(f, "unusable clusterdata: {e}"),
-            ClosedReason::NoProxy => f.write_str("no proxy object available"),
+            ClosedReason::NoProxy => {
+                f.write_str("no proxy object available, closing connections to master")
+            }
             ClosedReason::NoMaster => {
                 f.write_str("no db object available, closing connections to master")
             }

@@ -535,7 +535,7 @@ fn failover_async_elects_standby_and_clears_proxy_target() {
     let msgs: Vec<&str> = d.events.iter().map(|e| e.message()).collect();
     for m in [
         "master db is failed",
-        "trying to find a standby to replace failed master",
+        "trying to find a new master to replace failed master",
         "electing db as the new master",
     ] {
         assert!(msgs.contains(&m), "missing {m:?} in {msgs:?}");

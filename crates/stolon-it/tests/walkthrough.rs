@@ -64,7 +64,7 @@ async fn walkthrough_failover_through_proxy() -> anyhow::Result<()> {
     eprintln!("--- the leader sentinel logged the failover");
     let s = c.wait_sentinel_log("master db is failed", SECS(10)).await?;
     for line in [
-        "trying to find a standby to replace failed master",
+        "trying to find a new master to replace failed master",
         "electing db as the new master",
     ] {
         c.sentinels[s].wait_log_line(line, SECS(10)).await?;

@@ -11,7 +11,7 @@ use stolon_store::{CommonArgs, StoreConfig};
 
 /// Command-line flags of `stolon-keeper`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "stolon-keeper", about = "stolon keeper", version)]
+#[command(name = "stolon-keeper", about = "stolon keeper", version = stolon_obs::VERSION_TEXT)]
 pub struct Cli {
     #[command(flatten)]
     /// Flags shared by every stolon binary.
@@ -182,8 +182,64 @@ impl KeeperConfig {
     }
 }
 
-/// Non-fatal findings of the checks, to be logged as warnings once logging is set up.
-pub type Warnings = Vec<String>;
+/// A non-fatal finding of the checks, logged as a warning once logging is set up (before any
+/// fatal error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// Stolon's words.
+    pub message: String,
+    /// The file concerned (a field of the log line).
+    pub file: Option<String>,
+    /// Its mode, as Go's `%#o` prints it (a field of the log line).
+    pub mode: Option<String>,
+}
+
+impl From<String> for Warning {
+    fn from(message: String) -> Self {
+        Warning {
+            message,
+            file: None,
+            mode: None,
+        }
+    }
+}
+
+impl From<&str> for Warning {
+    fn from(message: &str) -> Self {
+        Warning::from(message.to_string())
+    }
+}
+
+impl PartialEq<str> for Warning {
+    fn eq(&self, other: &str) -> bool {
+        self.message == other
+    }
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Warning {
+    /// Logs it at WARN, with its fields.
+    pub fn log(&self) {
+        match (&self.file, &self.mode) {
+            (Some(file), Some(mode)) => {
+                tracing::warn!(file = %file, mode = %mode, "{}", self.message)
+            }
+            _ => tracing::warn!("{}", self.message),
+        }
+    }
+}
+
+/// Non-fatal findings of the checks, in the order found.
+pub type Warnings = Vec<Warning>;
+
+fn push(w: &mut Warnings, m: impl Into<Warning>) {
+    w.push(m.into());
+}
 
 /// True for a valid keeper UID (`^[a-z0-9_]+$`).
 pub fn is_valid_uid(uid: &str) -> bool {
@@ -195,9 +251,11 @@ fn read_password_file(path: &str, warnings: &mut Warnings) -> Result<String, Str
     let meta = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode > 0o600 {
-        warnings.push(format!(
-            "password file {path} permissions {mode:#o} are too open. This file should only be readable to the user executing stolon! Continuing..."
-        ));
+        warnings.push(Warning {
+            message: "password file permissions are too open. This file should only be readable to the user executing stolon! Continuing...".into(),
+            file: Some(path.to_string()),
+            mode: Some(format!("0{mode:o}")),
+        });
     }
     std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
 }
@@ -227,9 +285,24 @@ impl Cli {
     /// the OS user name is used).
     pub fn validate(&self) -> Result<(KeeperConfig, Warnings), ConfigError> {
         let mut warnings = Warnings::new();
+        self.check(&mut warnings).map(|c| (c, warnings))
+    }
+
+    /// [`Cli::validate`], also returning the warnings found before a failure (they are logged
+    /// before the fatal error).
+    pub fn validate_all(&self) -> (Result<KeeperConfig, ConfigError>, Warnings) {
+        let mut warnings = Warnings::new();
+        let r = self.check(&mut warnings);
+        (r, warnings)
+    }
+
+    fn check(&self, warnings: &mut Warnings) -> Result<KeeperConfig, ConfigError> {
         let mut log_level = self.common.log_level.clone();
         if self.debug {
-            warnings.push("--debug is deprecated, use --log-level=debug instead".into());
+            push(
+                warnings,
+                "--debug is deprecated, use --log-level=debug instead",
+            );
             log_level = "debug".into();
         }
         stolon_store::config::check_log_level(&log_level)
@@ -267,23 +340,52 @@ impl Cli {
         } else {
             self.pg_advertise_port.clone()
         };
-        match pg_advertise_address.parse::<std::net::IpAddr>() {
-            Ok(ip) if ip.is_loopback() => warnings.push(format!(
-                "provided --pg-advertise-address {pg_advertise_address:?} is a loopback ip. This will be advertised to the other components and communication will fail if they are on different hosts"
-            )),
-            Ok(_) => {}
-            Err(_) => warnings.push(format!(
-                "provided --pg-advertise-address {pg_advertise_address:?} is not an ip address but a hostname. This will be advertised to the other components and may have undefined behaviors if resolved differently by other hosts"
-            )),
+        // Stolon names the flag the address came from, and resolves a hostname to check it.
+        let flag = if self.pg_advertise_address.is_empty() {
+            "pg-listen-address"
+        } else {
+            "pg-advertise-address"
+        };
+        let ip = match pg_advertise_address.parse::<std::net::IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                push(
+                    warnings,
+                    format!(
+                        "provided --{flag} {pg_advertise_address:?}: is not an ip address but a hostname. This will be advertized to the other components and may have undefined behaviors if resolved differently by other hosts"
+                    ),
+                );
+                use std::net::ToSocketAddrs as _;
+                match (pg_advertise_address.as_str(), 0u16).to_socket_addrs() {
+                    Ok(mut addrs) => addrs.next().map(|a| a.ip()),
+                    Err(e) => {
+                        push(
+                            warnings,
+                            format!(
+                                "cannot resolve provided --{flag} {pg_advertise_address:?}: {e}"
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        if ip.is_some_and(|ip| ip.is_loopback()) {
+            push(
+                warnings,
+                format!(
+                    "provided --{flag} {pg_advertise_address:?} is a loopback ip. This will be advertized to the other components and communication will fail if they are on different hosts"
+                ),
+            );
         }
         let repl_auth = parse_auth(&self.pg_repl_auth_method, "--pg-repl-auth-method")?;
         if self.pg_repl_username.is_empty() {
             return fail("--pg-repl-username is required");
         }
         if repl_auth == AuthMethod::Trust {
-            warnings.push(
-                "not utilizing a password for replication between hosts is extremely dangerous"
-                    .into(),
+            push(
+                warnings,
+                "not utilizing a password for replication between hosts is extremely dangerous",
             );
             if !self.pg_repl_password.is_empty() || !self.pg_repl_passwordfile.is_empty() {
                 return fail(
@@ -293,7 +395,10 @@ impl Cli {
         }
         let su_auth = parse_auth(&self.pg_su_auth_method, "--pg-su-auth-method")?;
         if su_auth == AuthMethod::Trust {
-            warnings.push("not utilizing a password for superuser is extremely dangerous".into());
+            push(
+                warnings,
+                "not utilizing a password for superuser is extremely dangerous",
+            );
             if !self.pg_su_password.is_empty() || !self.pg_su_passwordfile.is_empty() {
                 return fail(
                     "can not utilize --pg-su-auth-method trust together with --pg-su-password or --pg-su-passwordfile",
@@ -322,25 +427,30 @@ impl Cli {
         }
         let mut repl_pw = self.pg_repl_password.clone();
         if !self.pg_repl_passwordfile.is_empty() {
-            repl_pw =
-                read_password_file(&self.pg_repl_passwordfile, &mut warnings).map_err(|e| {
-                    ConfigError(format!("cannot read pg replication user password: {e}"))
-                })?;
+            repl_pw = read_password_file(&self.pg_repl_passwordfile, warnings).map_err(|e| {
+                ConfigError(format!("cannot read pg replication user password: {e}"))
+            })?;
         }
         let mut su_pw = self.pg_su_password.clone();
         if !self.pg_su_passwordfile.is_empty() {
-            su_pw = read_password_file(&self.pg_su_passwordfile, &mut warnings)
+            su_pw = read_password_file(&self.pg_su_passwordfile, warnings)
                 .map_err(|e| ConfigError(format!("cannot read pg superuser password: {e}")))?;
         }
         if su_pw.ends_with('\n') || su_pw.ends_with('\r') {
-            warnings.push("superuser password contain trailing new line, removing".into());
+            push(
+                warnings,
+                "superuser password contain trailing new line, removing",
+            );
             su_pw = trim_newlines(&su_pw).to_string();
             if su_pw.is_empty() {
                 return fail("superuser password is empty after removing trailing new line");
             }
         }
         if repl_pw.ends_with('\n') || repl_pw.ends_with('\r') {
-            warnings.push("replication user password contain trailing new line, removing".into());
+            push(
+                warnings,
+                "replication user password contain trailing new line, removing",
+            );
             repl_pw = trim_newlines(&repl_pw).to_string();
             if repl_pw.is_empty() {
                 return fail("replication user password is empty after removing trailing new line");
@@ -352,7 +462,10 @@ impl Cli {
             self.pg_su_username.clone()
         };
         if su_username == self.pg_repl_username {
-            warnings.push("superuser name and replication user name are the same. Different users are suggested.".into());
+            push(
+                warnings,
+                "superuser name and replication user name are the same. Different users are suggested.",
+            );
             if su_auth != repl_auth {
                 return fail(
                     "do not support different auth methods when utilizing superuser for replication.",
@@ -366,7 +479,7 @@ impl Cli {
         }
         let mut uid = self.uid.clone();
         if !self.id.is_empty() {
-            warnings.push("--id is deprecated, please use --uid".into());
+            push(warnings, "--id is deprecated, please use --uid");
             if uid.is_empty() {
                 uid = self.id.clone();
             }
@@ -379,34 +492,31 @@ impl Cli {
         let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
         let pw =
             |auth: AuthMethod, p: String| (auth != AuthMethod::Trust && !p.is_empty()).then_some(p);
-        Ok((
-            KeeperConfig {
-                store,
-                uid,
-                data_dir,
-                pg_listen_address: self.pg_listen_address.clone(),
-                pg_port,
-                pg_advertise_address,
-                pg_advertise_port,
-                pg_bin_path: opt(&self.pg_bin_path).map(PathBuf::from),
-                su: RoleConfig {
-                    username: su_username,
-                    auth: su_auth,
-                    password: pw(su_auth, su_pw),
-                },
-                repl: RoleConfig {
-                    username: self.pg_repl_username.clone(),
-                    auth: repl_auth,
-                    password: pw(repl_auth, repl_pw),
-                },
-                can_be_master: self.can_be_master,
-                can_be_synchronous_replica: self.can_be_synchronous_replica,
-                disable_data_dir_locking: self.disable_data_dir_locking,
-                metrics_listen_address: opt(&self.common.metrics_listen_address),
-                log_level,
+        Ok(KeeperConfig {
+            store,
+            uid,
+            data_dir,
+            pg_listen_address: self.pg_listen_address.clone(),
+            pg_port,
+            pg_advertise_address,
+            pg_advertise_port,
+            pg_bin_path: opt(&self.pg_bin_path).map(PathBuf::from),
+            su: RoleConfig {
+                username: su_username,
+                auth: su_auth,
+                password: pw(su_auth, su_pw),
             },
-            warnings,
-        ))
+            repl: RoleConfig {
+                username: self.pg_repl_username.clone(),
+                auth: repl_auth,
+                password: pw(repl_auth, repl_pw),
+            },
+            can_be_master: self.can_be_master,
+            can_be_synchronous_replica: self.can_be_synchronous_replica,
+            disable_data_dir_locking: self.disable_data_dir_locking,
+            metrics_listen_address: opt(&self.common.metrics_listen_address),
+            log_level,
+        })
     }
 }
 
@@ -546,7 +656,15 @@ mod tests {
             w.iter()
                 .any(|l| l == "replication user password contain trailing new line, removing")
         );
-        assert!(w.iter().any(|l| l.contains("are too open")));
+        let open = w
+            .iter()
+            .find(|l| {
+                l.message
+                    .starts_with("password file permissions are too open.")
+            })
+            .expect("permission warning");
+        assert_eq!(open.file.as_deref(), Some(repl.to_str().unwrap()));
+        assert_eq!(open.mode.as_deref(), Some("0644"));
         std::fs::write(&repl, "\n").unwrap();
         let e = check(d.path(), &[&suf, &replf]).unwrap_err();
         assert_eq!(

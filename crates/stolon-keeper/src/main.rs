@@ -5,49 +5,44 @@
 use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches};
-use stolon_keeper::{Cli, Keeper, logging, metrics, state};
+use stolon_keeper::{Cli, Keeper, metrics, state};
+use stolon_obs::logging::{self, fatal};
 use stolon_pg::{Credentials, PgBinaries, ProcessPg, ProcessPgConfig};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
-
-fn fatal(msg: impl std::fmt::Display) -> ! {
-    error!("{msg}");
-    std::process::exit(1);
-}
+use tracing::{error, info};
 
 fn main() {
     let cmd = stolon_store::config::apply_env_prefix(Cli::command(), "STKEEPER");
-    let matches = cmd.get_matches();
+    let matches = match cmd.try_get_matches() {
+        Ok(m) => m,
+        Err(e) => stolon_obs::exit_on_clap_error(e),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
-        Err(e) => e.exit(),
+        Err(e) => stolon_obs::exit_on_clap_error(e),
     };
-    if nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "stolon-keeper must not run as root (PostgreSQL refuses to run as root): run it as an unprivileged user such as postgres"
-        );
-        std::process::exit(1);
-    }
     let level = if cli.debug {
         "debug".to_string()
     } else {
         cli.common.log_level.clone()
     };
-    if stolon_store::config::check_log_level(&level).is_err() {
-        eprintln!("invalid log level: {level:?}");
-        std::process::exit(1);
+    let color = stolon_obs::explicit_flag(&matches, "log_color");
+    match stolon_obs::log_options(&level, &cli.common.log_format, color) {
+        Ok(opts) => logging::init(&opts),
+        Err(e) => fatal(e),
     }
-    logging::init(&level);
-    let (cfg, warnings) = match cli.validate() {
-        Ok(v) => v,
-        Err(e) => {
-            // Warnings found before the failure (e.g. trailing newlines) are part of the story.
-            fatal(e)
-        }
-    };
+    logging::warn_all(stolon_store::config::startup_warnings(&cli.common));
+    if nix::unistd::geteuid().is_root() {
+        fatal(
+            "stolon-keeper must not run as root (PostgreSQL refuses to run as root): run it as an unprivileged user such as postgres",
+        );
+    }
+    // Warnings found before a failure (e.g. trailing newlines) are logged before it.
+    let (cfg, warnings) = cli.validate_all();
     for w in &warnings {
-        warn!("{w}");
+        w.log();
     }
+    let cfg = cfg.unwrap_or_else(|e| fatal(e));
     let _lock = if cfg.disable_data_dir_locking {
         None
     } else {

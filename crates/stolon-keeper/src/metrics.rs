@@ -54,6 +54,7 @@ impl Metrics {
     /// Registers every metric; `cluster_name` labels `stolon_cluster_identifier`.
     pub fn new(cluster_name: &str) -> Self {
         let mut r = Registry::default();
+        r.register_collector(stolon_obs::process::ProcessCollector::boxed());
         let ident: Family<Labels, Gauge> = Family::default();
         r.register(
             "stolon_cluster_identifier",
@@ -192,5 +193,27 @@ pub async fn serve(
         .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "metrics http server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn exports_the_process_metrics() {
+        let text = &super::Metrics::new("c").encode();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_max_fds",
+            "process_virtual_memory_bytes",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("\n{name} ")),
+                "{name} missing in:\n{text}"
+            );
+        }
     }
 }

@@ -83,6 +83,8 @@ pub struct Keeper {
     sleep_interval: Duration,
     pg_state: PostgresState,
     last_revision: Option<Revision>,
+    /// Failed clusterdata reads (logged once per change, retried with a bounded backoff).
+    cd_errors: stolon_store::repeat::Repeated,
     last_cd: Option<ClusterData>,
     /// Publishes our KeeperInfo (started by `run`).
     publisher: Option<Publisher>,
@@ -119,6 +121,7 @@ impl Keeper {
             sleep_interval,
             pg_state: PostgresState::default(),
             last_revision: None,
+            cd_errors: Default::default(),
             last_cd: None,
             publisher: None,
             health,
@@ -233,10 +236,15 @@ impl Keeper {
     /// when the clusterdata changed ([`keeper::pass_wanted`]), so our own info writes do not
     /// spin the loop.
     async fn iteration(&mut self, wake: Wake) -> MonoInstant {
-        let read = match self.store.get_cluster_data().await {
+        let read = match stolon_store::repeat::read_cluster_data(
+            self.store.as_ref(),
+            &mut self.cd_errors,
+            "error retrieving cluster data",
+        )
+        .await
+        {
             Ok(r) => r,
-            Err(e) => {
-                error!("error retrieving cluster data: {e}");
+            Err(_) => {
                 let (now, si) = (self.now(), self.sleep_interval);
                 return self.memory.woke(wake, now, si);
             }

@@ -79,7 +79,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StateError> {
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
+        Ok(b) => stolon_core::model::json::from_slice(&b)
             .map(Some)
             .map_err(|source| StateError::Parse {
                 path: path.to_path_buf(),

@@ -283,7 +283,7 @@ impl KubeStore {
             let Some(status) = annotation(&pod.metadata, STATUS_ANNOTATION) else {
                 continue;
             };
-            match serde_json::from_str::<T>(status) {
+            match stolon_core::model::json::from_str::<T>(status) {
                 Ok(v) => out.push((name, v)),
                 Err(e) => {
                     tracing::warn!(pod = %name, error = %e, "skipping undecodable {what}");
@@ -328,7 +328,8 @@ pub fn pod_is_live(pod: &Pod) -> bool {
 
 /// Decodes a clusterdata annotation: JSON `null` is "no clusterdata".
 fn decode_cluster_data(s: &str) -> Result<Option<ClusterData>, StoreError> {
-    serde_json::from_str::<Option<ClusterData>>(s).map_err(|e| format_err("clusterdata", e))
+    stolon_core::model::json::from_str::<Option<ClusterData>>(s)
+        .map_err(|e| format_err("clusterdata", e))
 }
 
 #[async_trait]

@@ -17,7 +17,7 @@ pub const ENV_PREFIX: &str = "STPROXY";
 #[command(
     name = "stolon-proxy",
     about = "Stolon proxy",
-    version,
+    version = stolon_obs::VERSION_TEXT,
     args_override_self = true
 )]
 pub struct Cli {

@@ -211,6 +211,8 @@ pub async fn run(
     let mut deadline = Instant::now() + proxy.proxy_timeout;
     let mut timed_out = false;
     let mut full = true;
+    // A failing check (e.g. undecodable clusterdata) is logged once per distinct error.
+    let mut check_errors = stolon_store::repeat::Repeated::default();
     // The resync tick moves only when clusterdata was applied or a full check ran: frequent
     // unrelated store changes (keeper infos) must not postpone it, or the timeout would fire.
     let mut next_tick = Instant::now();
@@ -237,6 +239,7 @@ pub async fn run(
         };
         match outcome {
             Ok(Checked::Applied) => {
+                check_errors.succeed();
                 metrics.check_succeeded();
                 deadline = Instant::now() + proxy.proxy_timeout;
                 timed_out = false;
@@ -244,7 +247,10 @@ pub async fn run(
             }
             Ok(Checked::Unchanged) => {}
             Err(e) => {
-                tracing::error!(error = %error_chain(&e), "check function error");
+                let text = error_chain(&e);
+                if check_errors.fail(&text).log {
+                    tracing::error!(error = %text, "check function error");
+                }
                 if full {
                     next_tick = Instant::now() + proxy.check_interval;
                 }

@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use stolon_obs::logging::{self, fatal};
 use stolon_proxy::config::{self, ProxyConfig};
 use stolon_proxy::daemon::{self, RunOptions};
 use tokio_util::sync::CancellationToken;
@@ -11,26 +12,29 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     let cli = match config::parse(std::env::args_os()) {
         Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            return die(&e.to_string());
-        }
+        Err(e) => stolon_obs::exit_on_clap_error(e),
     };
-    let cfg = match ProxyConfig::from_cli(&cli) {
-        Ok(cfg) => cfg,
-        Err(e) => return die(&e.to_string()),
+    // Logging first, at the level asked for, so that every later refusal is a FATAL line.
+    let level = if cli.proxy.debug {
+        "debug"
+    } else {
+        cli.common.log_level.as_str()
     };
-    init_logging(&cfg);
+    match stolon_obs::log_options(level, &cli.common.log_format, cli.proxy.log_color) {
+        Ok(opts) => logging::init(&opts),
+        Err(e) => fatal(e),
+    }
+    logging::warn_all(stolon_store::config::startup_warnings(&cli.common));
     if cli.proxy.debug {
         tracing::warn!("--debug is deprecated, use --log-level=debug instead");
     }
+    let cfg = match ProxyConfig::from_cli(&cli) {
+        Ok(cfg) => cfg,
+        Err(e) => fatal(one_line(&e.to_string())),
+    };
     match run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => die(&format!("{e:#}")),
+        Err(e) => fatal(one_line(&format!("{e:#}"))),
     }
 }
 
@@ -72,22 +76,7 @@ async fn stop_on_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
-fn init_logging(cfg: &ProxyConfig) {
-    use std::io::IsTerminal;
-    let ansi = cfg
-        .log_color
-        .unwrap_or_else(|| std::io::stderr().is_terminal());
-    let filter = tracing_subscriber::EnvFilter::new(&cfg.log_level);
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
-}
-
-/// One line on stderr, exit 1.
-fn die(msg: &str) -> ExitCode {
-    let line = msg.replace(['\n', '\r'], " ");
-    eprintln!("{}", line.trim_end());
-    ExitCode::FAILURE
+/// A message as one line.
+fn one_line(msg: &str) -> String {
+    msg.replace(['\n', '\r'], " ").trim_end().to_string()
 }

@@ -128,6 +128,7 @@ impl Metrics {
                 out.push_str(&format!("{name}{{listener=\"{listener}\"}} {}\n", pick(s)));
             }
         }
+        out.push_str(&stolon_obs::process::render_text());
         out
     }
 }
@@ -217,6 +218,24 @@ async fn answer(mut sock: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn exports_the_process_metrics() {
+        let text = &super::Metrics::new("c", Vec::new()).render();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_max_fds",
+            "process_virtual_memory_bytes",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("\n{name} ")),
+                "{name} missing in:\n{text}"
+            );
+        }
+    }
     use super::*;
     use crate::engine::EngineConfig;
 

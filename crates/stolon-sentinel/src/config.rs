@@ -10,7 +10,7 @@ use stolon_store::{CommonArgs, StoreConfig};
 
 /// Command line of `stolon-sentinel`. Every flag also reads `STSENTINEL_<FLAG>`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "stolon-sentinel", about = "Stolon sentinel", version)]
+#[command(name = "stolon-sentinel", about = "Stolon sentinel", version = stolon_obs::VERSION_TEXT)]
 pub struct Cli {
     /// Common flags.
     #[command(flatten)]
@@ -84,11 +84,21 @@ pub fn load_spec(path: &str) -> Result<ClusterSpec, ConfigError> {
             path: path.into(),
             source,
         })?;
-    let spec: ClusterSpec =
-        serde_json::from_str(&text).map_err(|source| ConfigError::SpecParse {
-            path: path.into(),
-            source,
-        })?;
+    let spec: ClusterSpec = match stolon_core::model::decode_spec(text.as_bytes()) {
+        Ok(spec) => spec,
+        Err(stolon_core::model::SpecDecodeError::Json(source)) => {
+            return Err(ConfigError::SpecParse {
+                path: path.into(),
+                source,
+            });
+        }
+        Err(stolon_core::model::SpecDecodeError::Invalid(source)) => {
+            return Err(ConfigError::SpecInvalid {
+                path: path.into(),
+                source,
+            });
+        }
+    };
     spec.validate().map_err(|source| ConfigError::SpecInvalid {
         path: path.into(),
         source,

@@ -97,6 +97,8 @@ struct Sentinel {
     memory: SentinelMemory,
     sleep: Duration,
     last_info_publish: Option<Instant>,
+    /// Failed clusterdata reads (logged once per change, retried with a bounded backoff).
+    cd_errors: stolon_store::repeat::Repeated,
     wake_at: Option<Instant>,
 }
 
@@ -133,12 +135,15 @@ impl Sentinel {
 
     /// One check (stolon-behaviour.md §4.1). Errors are logged; the next wake retries.
     async fn check(&mut self, leader: bool) {
-        let read = match self.store.get_cluster_data().await {
+        let read = match stolon_store::repeat::read_cluster_data(
+            self.store.as_ref(),
+            &mut self.cd_errors,
+            "error retrieving cluster data",
+        )
+        .await
+        {
             Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot get cluster data");
-                return;
-            }
+            Err(_) => return,
         };
         if let Some(cd) = &read.data {
             match cd.check_usable() {
@@ -285,6 +290,7 @@ pub async fn run(
         memory: SentinelMemory::default(),
         sleep: DEFAULT_SLEEP,
         last_info_publish: None,
+        cd_errors: Default::default(),
         wake_at: None,
     };
     let mut was_leader = false;

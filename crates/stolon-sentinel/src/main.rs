@@ -4,47 +4,40 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
+use stolon_obs::logging::{self, fatal};
 use stolon_sentinel::{Cli, Config};
 use tokio_util::sync::CancellationToken;
-
-fn init_logging(cli: &Cli) {
-    let level = if cli.debug {
-        "debug".to_string()
-    } else {
-        cli.common.log_level.clone()
-    };
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(format!("{level},h2=warn,tower=warn,hyper=warn"))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(cli.log_color)
-        .init();
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cmd = stolon_store::apply_env_prefix(Cli::command(), "STSENTINEL");
-    let cli = match Cli::from_arg_matches(&cmd.get_matches()) {
-        Ok(c) => c,
-        Err(e) => e.exit(),
+    let matches = match cmd.try_get_matches() {
+        Ok(m) => m,
+        Err(e) => stolon_obs::exit_on_clap_error(e),
     };
-    if let Err(e) = stolon_store::config::check_log_level(&cli.common.log_level) {
-        eprintln!("stolon-sentinel: {e}");
-        return ExitCode::FAILURE;
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => stolon_obs::exit_on_clap_error(e),
+    };
+    // Logging first, at the level asked for, so that every later refusal is a FATAL line.
+    let level = if cli.debug {
+        "debug"
+    } else {
+        cli.common.log_level.as_str()
+    };
+    let color = stolon_obs::explicit_flag(&matches, "log_color");
+    match stolon_obs::log_options(level, &cli.common.log_format, color) {
+        Ok(opts) => logging::init(&opts),
+        Err(e) => fatal(e),
     }
-    let cfg = match Config::from_cli(&cli) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("stolon-sentinel: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    init_logging(&cli);
+    logging::warn_all(stolon_store::config::startup_warnings(&cli.common));
     if cli.debug {
         tracing::warn!("--debug is deprecated, use --log-level=debug instead");
     }
+    let cfg = match Config::from_cli(&cli) {
+        Ok(c) => c,
+        Err(e) => fatal(e),
+    };
     // POD_NAME is read here, at the edge: the kubernetes backend needs it, etcd ignores it.
     let connected =
         match stolon_kube::KubeOptions::for_component(&cfg.store, std::env::var("POD_NAME").ok()) {
@@ -53,10 +46,7 @@ async fn main() -> ExitCode {
         };
     let (store, election) = match connected {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("stolon-sentinel: cannot create store: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => fatal(format!("cannot create store: {e}")),
     };
     let cancel = CancellationToken::new();
     let signals = cancel.clone();
@@ -77,9 +67,6 @@ async fn main() -> ExitCode {
     });
     match stolon_sentinel::run(cfg, store, election, cancel).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "sentinel failed");
-            ExitCode::FAILURE
-        }
+        Err(e) => fatal(format!("sentinel failed: {e}")),
     }
 }

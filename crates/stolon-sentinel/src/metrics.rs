@@ -39,6 +39,7 @@ impl Metrics {
     /// Registers the metrics for `cluster_name`.
     pub fn new(cluster_name: &str) -> Self {
         let mut registry = Registry::default();
+        registry.register_collector(stolon_obs::process::ProcessCollector::boxed());
         let ident = Family::<Vec<(String, String)>, Gauge>::default();
         ident
             .get_or_create(&vec![
@@ -126,6 +127,24 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn exports_the_process_metrics() {
+        let text = &super::Metrics::new("c").render();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_max_fds",
+            "process_virtual_memory_bytes",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("\n{name} ")),
+                "{name} missing in:\n{text}"
+            );
+        }
+    }
     use super::*;
 
     #[test]

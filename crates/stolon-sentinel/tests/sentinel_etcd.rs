@@ -408,7 +408,7 @@ async fn new_cluster_initialises_then_fails_over_when_the_master_keeper_stops() 
     let logs = s.logs();
     for line in [
         "master db is failed",
-        "trying to find a standby to replace failed master",
+        "trying to find a new master to replace failed master",
         "electing db as the new master",
     ] {
         assert!(logs.contains(line), "sentinel log lacks {line:?}:\n{logs}");

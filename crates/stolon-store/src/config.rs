@@ -63,6 +63,9 @@ pub struct CommonArgs {
     /// debug logging level. Valid values: error, warn, info, debug
     #[arg(long = "log-level", default_value = "info")]
     pub log_level: String,
+    /// log line format: console (Stolon's layout) or json (one object per line)
+    #[arg(long = "log-format", default_value = "console")]
+    pub log_format: String,
 }
 
 /// A validated store configuration.
@@ -109,13 +112,9 @@ impl StoreConfig {
         }
     }
 
-    /// `<prefix>/<cluster name>`, Stolon's cluster path.
+    /// `path.Join(<prefix>, <cluster name>)`, Stolon's cluster path.
     pub fn cluster_path(&self) -> String {
-        format!(
-            "{}/{}",
-            self.prefix.trim_end_matches('/'),
-            self.cluster_name
-        )
+        crate::keys::go_path_join(&[&self.prefix, &self.cluster_name])
     }
 }
 
@@ -147,9 +146,7 @@ impl StoreConfig {
                 )));
             }
             other => {
-                return Err(cfg(format!(
-                    "unknown store backend: {other:?} (supported: etcdv3, kubernetes)"
-                )));
+                return Err(cfg(format!("Unknown store backend: {other:?}")));
             }
         };
         let timeout = parse_store_timeout(&args.store_timeout)?;
@@ -203,12 +200,32 @@ fn parse_store_timeout(s: &str) -> Result<Duration, StoreError> {
             "invalid --store-timeout {s:?}: expected a duration such as \"5s\" or \"500ms\""
         ))
     })?;
-    if d.as_nanos() <= 0 {
+    if d.as_nanos() < 0 {
         return Err(StoreError::Config(format!(
-            "invalid --store-timeout {s:?}: must be positive"
+            "invalid --store-timeout {s:?}: must not be negative"
         )));
     }
+    if d.as_nanos() == 0 {
+        // Go accepts 0 (and then every store request times out at once): use the default.
+        return Ok(DEFAULT_STORE_TIMEOUT);
+    }
     Ok(d.to_std())
+}
+
+/// `--store-timeout`'s default, also used for `--store-timeout 0`.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Warnings about the common flags that do not stop a binary from starting (each binary logs
+/// them, before any fatal error).
+pub fn startup_warnings(args: &CommonArgs) -> Vec<String> {
+    let mut out = Vec::new();
+    if GoDuration::parse(&args.store_timeout).is_ok_and(|d| d.as_nanos() == 0) {
+        out.push(format!(
+            "--store-timeout {:?} would make every store request time out at once: using the default 5s",
+            args.store_timeout
+        ));
+    }
+    out
 }
 
 /// Parses `--store-endpoints`: a comma list, scheme optional (defaults to `http`), only `http`
@@ -448,7 +465,7 @@ mod tests {
             assert!(m.contains(b), "{b}: {m}");
         }
         let m = cfg_err(&["--cluster-name", "c", "--store-backend", "zookeeper"]);
-        assert!(m.contains("unknown store backend"), "{m}");
+        assert_eq!(m, "Unknown store backend: \"zookeeper\"");
         let m = cfg_err(&["--cluster-name", "c", "--store-backend", "kubernetes"]);
         assert!(m.contains("kubernetes resource kind"), "{m}");
         let m = cfg_err(&[
@@ -512,8 +529,17 @@ mod tests {
         assert_eq!(cfg.timeout, Duration::from_secs(90));
         let m = cfg_err(&with_base(&["--store-timeout", "5"]));
         assert!(m.contains("--store-timeout") && m.contains("\"5\""), "{m}");
+        for zero in ["0", "0s"] {
+            let a = args(&with_base(&["--store-timeout", zero]));
+            let cfg = StoreConfig::from_common(&a).expect("0 is accepted, as by Go");
+            assert_eq!(cfg.timeout, DEFAULT_STORE_TIMEOUT);
+            let w = startup_warnings(&a);
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(w[0].contains("using the default 5s"), "{w:?}");
+        }
+        assert!(startup_warnings(&args(&with_base(&[]))).is_empty());
         let m = cfg_err(&with_base(&["--store-timeout=-1s"]));
-        assert!(m.contains("positive"), "{m}");
+        assert!(m.contains("negative"), "{m}");
         for l in LOG_LEVELS {
             StoreConfig::from_common(&args(&with_base(&["--log-level", l]))).expect(l);
         }

@@ -106,7 +106,7 @@ impl<B: KvBackend> KvStore<B> {
         let mut out = Vec::new();
         for e in self.backend.list(prefix).await? {
             let name = e.key.strip_prefix(prefix).unwrap_or(&e.key).to_string();
-            match serde_json::from_slice::<T>(&e.value) {
+            match stolon_core::model::json::from_slice::<T>(&e.value) {
                 Ok(v) => out.push((name, v)),
                 Err(err) => {
                     tracing::warn!(key = %e.key, error = %err, "skipping undecodable {what}");
@@ -126,9 +126,11 @@ fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
 
 /// Decodes a clusterdata value: JSON `null` is "no clusterdata".
 pub(crate) fn decode_cluster_data(bytes: &[u8]) -> Result<Option<ClusterData>, StoreError> {
-    serde_json::from_slice::<Option<ClusterData>>(bytes).map_err(|e| StoreError::Format {
-        what: "clusterdata".into(),
-        detail: e.to_string(),
+    stolon_core::model::json::from_slice::<Option<ClusterData>>(bytes).map_err(|e| {
+        StoreError::Format {
+            what: "clusterdata".into(),
+            detail: e.to_string(),
+        }
     })
 }
 

@@ -18,6 +18,7 @@ pub mod infos;
 pub mod keys;
 mod kv;
 pub mod mem;
+pub mod repeat;
 pub mod tls;
 pub mod unreliable;
 

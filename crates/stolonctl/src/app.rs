@@ -12,12 +12,15 @@ use stolon_core::Timestamp;
 use stolon_core::model::ClusterData;
 use stolon_store::{ClusterDataRead, Election, Revision, Store, StoreError};
 
-use crate::cli::{ClusterdataCmd, Cmd};
+use crate::cli::{ClusterdataCmd, Cmd, RegisterArgs};
 use crate::ops::{self, Promotion};
 use crate::{confirm, json, status};
 
 /// Version printed by `stolonctl version`.
 pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
+
+/// What clap prints after the binary's name for `--version`: cobra's `<name> version <version>`.
+pub const VERSION_TEXT: &str = concat!("version v", env!("CARGO_PKG_VERSION"));
 
 /// CAS attempts of `update`, `promote`, `failkeeper` and `removekeeper` before giving up
 /// (Stolon's `maxRetries`; Stolon does not retry the two keeper commands).
@@ -54,6 +57,7 @@ pub async fn run(
             writeln!(io.stdout, "stolonctl version {VERSION}")?;
             Ok(())
         }
+        Cmd::Register(a) => register(a),
         Cmd::Init(a) => {
             if a.args.len() > 1 {
                 bail!("too many arguments");
@@ -207,22 +211,44 @@ pub async fn run(
             if !a.args.is_empty() {
                 bail!("too many arguments");
             }
-            let (cd, _) = get_checked(store).await?;
-            if ops::promote(&cd)? == Promotion::AlreadyMaster {
-                writeln!(io.stderr, "cluster spec role already set to master")?;
-                return Ok(());
-            }
+            // Like Stolon: confirm first, then read.
             if !a.yes && !confirm::ask(io.stdin, io.stdout, confirm::PROMPT)? {
                 writeln!(io.stdout, "exiting")?;
                 return Ok(());
             }
+            let mut already_master = false;
             cas_loop(store, |cd| match ops::promote(cd)? {
-                Promotion::AlreadyMaster => Ok(None),
+                Promotion::AlreadyMaster => {
+                    already_master = true;
+                    Ok(None)
+                }
                 Promotion::Write(next) => Ok(Some(*next)),
             })
-            .await
+            .await?;
+            if already_master {
+                writeln!(io.stderr, "cluster spec role already set to master")?;
+            }
+            Ok(())
         }
     }
+}
+
+/// `register`: the flags are checked as Stolon checks them, then the command refuses, since
+/// stolon-rs has no Consul client.
+pub fn register(a: &RegisterArgs) -> anyhow::Result<()> {
+    if a.register_backend != "consul" {
+        bail!("unknown register backend: {:?}", a.register_backend);
+    }
+    if a.register_endpoints.contains(',') {
+        bail!(
+            "consul does not support multiple endpoints: {}",
+            a.register_endpoints
+        );
+    }
+    bail!(
+        "register: Consul service registration is not supported by stolon-rs (register backend {:?})",
+        a.register_backend
+    )
 }
 
 fn one_keeper_uid(args: &[String]) -> anyhow::Result<&str> {

@@ -156,7 +156,7 @@ async fn update_patch_spec_and_refusals() {
     let el = store.election();
     // Missing cluster.
     let out = run_cmd(&store, &el, &["update", "--patch", "{}"], "").await;
-    assert_eq!(err(&out), "no cluster data available");
+    assert_eq!(err(&out), "nil cluster data");
     run_cmd(&store, &el, &["init", "-y"], "")
         .await
         .result

@@ -13,7 +13,7 @@ pub const ENV_PREFIX: &str = "STOLONCTL";
 
 /// stolon command line client
 #[derive(Debug, Parser)]
-#[command(name = "stolonctl", about = "stolon command line client", version = crate::app::VERSION)]
+#[command(name = "stolonctl", about = "stolon command line client", version = crate::app::VERSION_TEXT)]
 pub struct Cli {
     /// Store flags shared by every stolon binary.
     #[command(flatten)]
@@ -54,6 +54,46 @@ pub enum Cmd {
     Removekeeper(KeeperArgs),
     /// Promotes a standby cluster to a primary cluster
     Promote(PromoteArgs),
+    /// Register stolon keepers for service discovery
+    Register(RegisterArgs),
+}
+
+/// `register` (Consul service registration; stolon-rs checks the flags and refuses).
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// register backend type (consul)
+    #[arg(long = "register-backend", default_value = "consul")]
+    pub register_backend: String,
+    /// a comma-delimited list of register endpoints (use https scheme for tls communication) defaults: http://127.0.0.1:8500 for consul
+    #[arg(long = "register-endpoints", default_value = "http://127.0.0.1:8500")]
+    pub register_endpoints: String,
+    /// certificate file for client identification to the register
+    #[arg(long = "register-cert-file", default_value = "")]
+    pub register_cert_file: String,
+    /// private key file for client identification to the register
+    #[arg(long = "register-key", default_value = "")]
+    pub register_key: String,
+    /// skip register certificate verification (insecure!!!)
+    #[arg(long = "register-skip-tls-verify", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub register_skip_tls_verify: bool,
+    /// verify certificates of HTTPS-enabled register servers using this CA bundle
+    #[arg(long = "register-ca-file", default_value = "")]
+    pub register_ca_file: String,
+    /// register master as well for service discovery (use it with caution!!!)
+    #[arg(long = "register-master", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub register_master: bool,
+    /// a comma-delimited list of tag to be used when registering master
+    #[arg(long = "tag-master-as", default_value = "master")]
+    pub tag_master_as: String,
+    /// a comma-delimited list of tag to be used when registering slave
+    #[arg(long = "tag-slave-as", default_value = "slave")]
+    pub tag_slave_as: String,
+    /// enable debug logging
+    #[arg(long = "debug", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub debug: bool,
+    /// number of seconds to sleep before probing for change
+    #[arg(long = "sleep-interval", default_value_t = 10)]
+    pub sleep_interval: i64,
 }
 
 /// `init [cluster spec]`.

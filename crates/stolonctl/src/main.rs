@@ -27,6 +27,21 @@ fn main() -> ExitCode {
             Err(e) => die(&format!("cannot write to stdout: {e}")),
         };
     }
+    // Warnings first, so that they are seen even when the command then fails.
+    for w in stolon_store::config::startup_warnings(&cli.common) {
+        let _ = writeln!(std::io::stderr(), "WARNING: {w}");
+    }
+    if let Cmd::Register(a) = &cmd {
+        // Stolon checks the log level and the common flags first.
+        let r = stolon_store::config::check_log_level(&cli.common.log_level)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| StoreConfig::from_common(&cli.common).map_err(anyhow::Error::from))
+            .and_then(|_| app::register(a));
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => die(&format!("{e:#}")),
+        };
+    }
     let kube = stolon_kube::KubeOptions::from_flags(
         &cli.kubeconfig,
         &cli.kube_context,

@@ -7,17 +7,18 @@
 use anyhow::{Context, anyhow, bail};
 use serde_json::Value;
 use stolon_core::Timestamp;
-use stolon_core::model::patch::merge_patch;
+use stolon_core::model::json;
 use stolon_core::model::{
     CURRENT_FORMAT_VERSION, Cluster, ClusterData, ClusterInitMode, ClusterPhase, ClusterRole,
-    ClusterSpec, ClusterStatus, INITIAL_GENERATION,
+    ClusterSpec, ClusterStatus, INITIAL_GENERATION, SpecDecodeError, decode_spec,
+    decode_spec_value,
 };
 
 /// Checks clusterdata the way Stolon's `getClusterData` does before any command uses it: present,
 /// format version 1, a cluster with a spec, and the spec valid.
 pub fn check_cluster_data(cd: Option<ClusterData>) -> anyhow::Result<ClusterData> {
     let Some(cd) = cd else {
-        bail!("no cluster data available");
+        bail!("nil cluster data");
     };
     if cd.format_version != CURRENT_FORMAT_VERSION {
         bail!(
@@ -47,8 +48,11 @@ fn spec_of(cd: &ClusterData) -> anyhow::Result<&ClusterSpec> {
 /// validates it.
 pub fn init_spec(data: Option<&[u8]>) -> anyhow::Result<ClusterSpec> {
     let spec = match data {
-        Some(d) if !d.is_empty() => serde_json::from_slice::<ClusterSpec>(d)
-            .map_err(|e| anyhow!("failed to unmarshal cluster spec: {e}"))?,
+        Some(d) if !d.is_empty() => match decode_spec(d) {
+            Ok(s) => s,
+            Err(SpecDecodeError::Json(e)) => bail!("failed to unmarshal cluster spec: {e}"),
+            Err(SpecDecodeError::Invalid(e)) => bail!("invalid cluster spec: {e}"),
+        },
         _ => ClusterSpec::new_init(ClusterInitMode::New),
     };
     spec.validate()
@@ -80,15 +84,23 @@ pub fn proposed_spec(
     patch: bool,
 ) -> anyhow::Result<ClusterSpec> {
     if !patch {
-        return serde_json::from_slice::<ClusterSpec>(data)
-            .map_err(|e| anyhow!("failed to unmarshal cluster spec: {e}"));
+        return decode_spec(data).map_err(|e| match e {
+            SpecDecodeError::Json(e) => anyhow!("failed to unmarshal cluster spec: {e}"),
+            SpecDecodeError::Invalid(e) => {
+                anyhow!("Cannot update cluster spec: invalid cluster spec: {e}")
+            }
+        });
     }
     let p: Value = serde_json::from_slice(data)
         .map_err(|e| anyhow!("failed to patch cluster spec: invalid patch: {e}"))?;
     let mut raw = serde_json::to_value(current).context("failed to marshal cluster spec")?;
-    merge_patch(&mut raw, &p);
-    serde_json::from_value::<ClusterSpec>(raw)
-        .map_err(|e| anyhow!("failed to patch cluster spec: patched spec: {e}"))
+    json::merge_patch::<ClusterSpec>(&mut raw, &p);
+    decode_spec_value(raw).map_err(|e| match e {
+        SpecDecodeError::Json(e) => anyhow!("failed to patch cluster spec: patched spec: {e}"),
+        SpecDecodeError::Invalid(e) => {
+            anyhow!("Cannot update cluster spec: invalid cluster spec: {e}")
+        }
+    })
 }
 
 /// `cd` with its spec replaced by `new`, if the update rules allow it.
@@ -164,17 +176,33 @@ pub fn promote(cd: &ClusterData) -> anyhow::Result<Promotion> {
 pub fn render_spec(cd: &ClusterData, defaults: bool) -> anyhow::Result<String> {
     let spec = spec_of(cd)?;
     if defaults {
-        crate::json::tab_indented(&spec.with_defaults())
-    } else {
-        crate::json::tab_indented(spec)
+        return crate::json::tab_indented(&spec.with_defaults());
     }
+    // Like Stolon's `ClusterSpecNoDefaults` (omitempty): an empty `pgParameters` or
+    // `additionalMasterReplicationSlots` is not printed. An empty `pgHBA` is: it means "no
+    // extra rules" where a missing one means md5 from everywhere, so dropping it would widen
+    // access when the output is fed back to `update`.
+    let mut v = serde_json::to_value(spec).context("failed to marshal cluster spec")?;
+    if let Value::Object(m) = &mut v {
+        for key in ["pgParameters", "additionalMasterReplicationSlots"] {
+            let empty = match m.get(key) {
+                Some(Value::Object(o)) => o.is_empty(),
+                Some(Value::Array(a)) => a.is_empty(),
+                _ => false,
+            };
+            if empty {
+                m.shift_remove(key);
+            }
+        }
+    }
+    crate::json::tab_indented(&v)
 }
 
 /// Parses the document given to `clusterdata write` and checks it is usable (format version 1,
 /// a cluster with a valid spec), so that a bad document is refused before anything is written.
 pub fn parse_cluster_data(data: &[u8]) -> anyhow::Result<ClusterData> {
     let cd: ClusterData =
-        serde_json::from_slice(data).map_err(|e| anyhow!("invalid cluster data: {e}"))?;
+        json::from_slice(data).map_err(|e| anyhow!("invalid cluster data: {e}"))?;
     check_cluster_data(Some(cd)).map_err(|e| anyhow!("invalid cluster data: {e}"))
 }
 
@@ -276,7 +304,7 @@ mod tests {
     fn check_refuses_missing_old_or_invalid_data() {
         assert_eq!(
             check_cluster_data(None).unwrap_err().to_string(),
-            "no cluster data available"
+            "nil cluster data"
         );
         let mut cd = cd_with(json!({"initMode": "new"}));
         cd.format_version = 2;

@@ -149,13 +149,12 @@ pub fn render_text(status: &Status, cd: &ClusterData) -> String {
     if status.sentinels.is_empty() {
         line(&mut out, "No active sentinels");
     } else {
-        // Stolon flushes its tabwriter after every row: the header aligns with the first row
-        // only, and every later row on its own.
+        // One block: every row aligns with the header (Stolon flushes after every row, so only
+        // its first row does; docs/differences.md).
         let mut tw = TabWriter::new();
         tw.line("ID\tLEADER");
         for s in &status.sentinels {
             tw.line(&format!("{}\t{}", s.uid, s.leader));
-            tw.flush();
         }
         out.push_str(&tw.finish());
     }
@@ -169,7 +168,6 @@ pub fn render_text(status: &Status, cd: &ClusterData) -> String {
         tw.line("ID");
         for p in &status.proxies {
             tw.line(&p.uid);
-            tw.flush();
         }
         out.push_str(&tw.finish());
     }
@@ -194,7 +192,6 @@ pub fn render_text(status: &Status, cd: &ClusterData) -> String {
                 k.pg_wanted_generation,
                 k.pg_current_generation
             ));
-            tw.flush();
         }
         out.push_str(&tw.finish());
     }
@@ -396,10 +393,10 @@ p2
 
 UID\tHEALTHY\tPG LISTENADDRESS\tPG HEALTHY\tPG WANTEDGENERATION\tPG CURRENTGENERATION
 keeper0\ttrue\t127.0.0.1:5432\t\ttrue\t\t4\t\t\t4\t
-keeper1\ttrue\t127.0.0.1:5433\ttrue\t2\t1\t
-keeper2\tfalse\t(unknown)\tfalse\t1\t0\t
-keeper3\ttrue\t::1:5435\tfalse\t1\t0\t
-keeper4\tfalse\t(no db assigned)\tfalse\t0\t0\t
+keeper1\ttrue\t127.0.0.1:5433\t\ttrue\t\t2\t\t\t1\t
+keeper2\tfalse\t(unknown)\t\tfalse\t\t1\t\t\t0\t
+keeper3\ttrue\t::1:5435\t\tfalse\t\t1\t\t\t0\t
+keeper4\tfalse\t(no db assigned)\tfalse\t\t0\t\t\t0\t
 
 === Cluster Info ===
 

@@ -166,7 +166,7 @@ fn update_patches_the_spec_and_refusals_change_nothing() {
         &["update", "--patch", r#"{"synchronousReplication":true}"#],
         "",
     );
-    assert_eq!(out.refused(), "no cluster data available");
+    assert_eq!(out.refused(), "nil cluster data");
     assert_eq!(raw_cd(&etcd, "c"), None);
 
     ctl(&etcd, "c", &["init", "-y"], "").ok();
@@ -306,7 +306,7 @@ fn every_env_form_works_and_flags_beat_env() {
     let wrong_name = [base[1], base[2], ("STOLONCTL_CLUSTER_NAME", "nope")];
     assert_eq!(
         stolonctl(&["spec"], &wrong_name, "").refused(),
-        "no cluster data available"
+        "nil cluster data"
     );
     let wrong_backend = [base[0], base[2], ("STOLONCTL_STORE_BACKEND", "consul")];
     assert!(
@@ -606,8 +606,8 @@ No active proxies
 
 UID\tHEALTHY\tPG LISTENADDRESS\tPG HEALTHY\tPG WANTEDGENERATION\tPG CURRENTGENERATION
 keeper0\ttrue\t10.0.0.1:5432\t\ttrue\t\t7\t\t\t7\t
-keeper1\ttrue\t10.0.0.2:5433\tfalse\t3\t2\t
-keeper2\tfalse\t(unknown)\tfalse\t1\t0\t
+keeper1\ttrue\t10.0.0.2:5433\t\tfalse\t\t3\t\t\t2\t
+keeper2\tfalse\t(unknown)\t\tfalse\t\t1\t\t\t0\t
 
 === Cluster Info ===
 

@@ -3,6 +3,7 @@
 //! Pure data and pure helpers; no IO.
 
 pub mod cluster;
+pub mod json;
 pub mod member;
 pub mod patch;
 pub mod spec;

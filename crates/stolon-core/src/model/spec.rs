@@ -296,6 +296,71 @@ fn err<T>(msg: impl Into<String>) -> Result<T, SpecError> {
     Err(SpecError(msg.into()))
 }
 
+/// Why a cluster spec document cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecDecodeError {
+    /// Not JSON, or a value of the wrong type.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// Decoded, but breaks a validation rule (an unknown `initMode`, `role` or
+    /// `defaultSUReplAccessMode` included, with Stolon's message).
+    #[error("{0}")]
+    Invalid(SpecError),
+}
+
+/// Decodes a cluster spec document the way Stolon does: keys matched like Go (see
+/// [`crate::model::json`]), and an unknown `initMode`, `role` or `defaultSUReplAccessMode`
+/// string reported by the validation rule that checks it (`unknown initMode: "foo"`), in
+/// Stolon's rule order, rather than as a decoding error. The spec is not otherwise validated.
+pub fn decode_spec(bytes: &[u8]) -> Result<ClusterSpec, SpecDecodeError> {
+    decode_spec_value(serde_json::from_slice(bytes)?)
+}
+
+/// [`decode_spec`] of a JSON value.
+pub fn decode_spec_value(mut v: serde_json::Value) -> Result<ClusterSpec, SpecDecodeError> {
+    // (field, accepted values) in the order Stolon's validation checks them.
+    const CHECKED: [(&str, &[&str]); 3] = [
+        ("initMode", &["new", "pitr", "existing"]),
+        ("defaultSUReplAccessMode", &["all", "strict"]),
+        ("role", &["master", "standby"]),
+    ];
+    let mut unknown: Vec<(&str, String)> = Vec::new();
+    if let serde_json::Value::Object(map) = &mut v {
+        for (field, accepted) in CHECKED {
+            // The value Go would decode: the last key naming the field.
+            let keys: Vec<String> = map
+                .keys()
+                .filter(|k| k.as_str() == field || crate::model::json::fold_eq(k, field))
+                .cloned()
+                .collect();
+            let last = keys
+                .last()
+                .and_then(|k| map.get(k))
+                .and_then(|v| v.as_str());
+            if let Some(val) = last.filter(|val| !accepted.contains(val)) {
+                unknown.push((field, val.to_string()));
+                for k in &keys {
+                    map.remove(k);
+                }
+            }
+        }
+    }
+    let spec: ClusterSpec = crate::model::json::from_value(v)?;
+    let Some((field, value)) = unknown.first() else {
+        return Ok(spec);
+    };
+    // A rule Stolon checks before the unknown value's fails first.
+    match spec.validate() {
+        Err(e) if *field == "initMode" && e.0 != "initMode undefined" => {
+            Err(SpecDecodeError::Invalid(e))
+        }
+        Err(e) if *field != "initMode" => Err(SpecDecodeError::Invalid(e)),
+        _ => Err(SpecDecodeError::Invalid(SpecError(format!(
+            "unknown {field}: {value:?}"
+        )))),
+    }
+}
+
 /// True for a valid replication slot name (`^[a-z0-9_]+$`).
 pub fn is_valid_slot_name(name: &str) -> bool {
     !name.is_empty()

@@ -236,7 +236,7 @@ impl Event {
             RemovingDeadKeeper { .. } => "removing old dead keeper",
             MasterDbFailed { .. } => "master db is failed",
             MasterDbNotConverged { .. } => "db not converged",
-            FindingNewMaster { .. } => "trying to find a standby to replace failed master",
+            FindingNewMaster { .. } => "trying to find a new master to replace failed master",
             NoEligibleMasters { .. } => "no eligible masters",
             NoEligibleSyncMasters { .. } => {
                 "cannot choose synchronous standby as new master: no eligible synchronous standby"
