@@ -2,7 +2,7 @@
 //! kubernetes store uses, with the API server's concurrency rules, served over HTTP on
 //! `127.0.0.1:<free port>` so the real `kube` client talks to it.
 //!
-//! Served (namespaced only): ConfigMaps and Pods under `/api/v1/namespaces/<ns>/...`, Leases
+//! Served (namespaced only): ConfigMaps, Pods and Events under `/api/v1/namespaces/<ns>/...`, Leases
 //! under `/apis/coordination.k8s.io/v1/namespaces/<ns>/...`:
 //! - `GET` one object (404 when absent), `GET` a collection with `labelSelector` (`k=v`, `k==v`,
 //!   `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`) and `fieldSelector` (`metadata.name`,
@@ -92,6 +92,8 @@ struct Shared {
     kill: watch::Sender<u64>,
     unavailable: AtomicBool,
     counts: Mutex<BTreeMap<(String, String), u64>>,
+    /// Writes (`PUT`, `PATCH`) per resource still to be refused with 409.
+    forced_conflicts: Mutex<HashMap<String, u64>>,
 }
 
 impl Shared {
@@ -136,6 +138,7 @@ fn resource_type(group: &str, resource: &str) -> Option<(&'static str, &'static 
     match (group, resource) {
         ("", "configmaps") => Some(("v1", "ConfigMap")),
         ("", "pods") => Some(("v1", "Pod")),
+        ("", "events") => Some(("v1", "Event")),
         ("coordination.k8s.io", "leases") => Some(("coordination.k8s.io/v1", "Lease")),
         _ => None,
     }
@@ -152,6 +155,7 @@ impl FakeApiServer {
             kill: watch::channel(0).0,
             unavailable: AtomicBool::new(false),
             counts: Mutex::new(BTreeMap::new()),
+            forced_conflicts: Mutex::new(HashMap::new()),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -295,6 +299,27 @@ impl FakeApiServer {
             .unwrap_or(0)
     }
 
+    /// Answers the next `n` updates (`PUT`, `PATCH`) of `resource` with 409 `Conflict`, as if
+    /// another client had changed the object just before each of them; `0` stops that.
+    pub fn set_write_conflicts(&self, resource: &str, n: u64) {
+        self.shared
+            .forced_conflicts
+            .lock()
+            .expect("fake API conflicts poisoned")
+            .insert(resource.to_string(), n);
+    }
+
+    /// Stored objects of `resource` in `namespace`, in name order.
+    pub fn objects(&self, resource: &str, namespace: &str) -> Vec<Value> {
+        self.shared
+            .lock()
+            .objects
+            .iter()
+            .filter(|(k, _)| k.resource == resource && k.namespace == namespace)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
     /// Makes every request fail with 503 (and ends open watches) while `true`.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.shared.unavailable.store(unavailable, Ordering::SeqCst);
@@ -415,6 +440,18 @@ async fn handle(
             "ServiceUnavailable",
             "the fake API server is unavailable".into(),
         );
+    }
+    if matches!(verb, "PUT" | "PATCH") {
+        let mut forced = shared
+            .forced_conflicts
+            .lock()
+            .expect("fake API conflicts poisoned");
+        if let Some(n) = forced.get_mut(&target.resource).filter(|n| **n > 0) {
+            *n -= 1;
+            drop(forced);
+            let name = target.name.clone().unwrap_or_default();
+            return conflict(&target, &name);
+        }
     }
     match (verb, target.name.clone()) {
         ("WATCH", None) => watch_collection(shared, target, &query),

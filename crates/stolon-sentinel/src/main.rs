@@ -41,6 +41,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let election_lock: stolon_kube::ElectionLock = match cli.kube_election_lock.parse() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("stolon-sentinel: invalid --kube-election-lock: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     init_logging(&cli);
     if cli.debug {
         tracing::warn!("--debug is deprecated, use --log-level=debug instead");
@@ -48,7 +55,13 @@ async fn main() -> ExitCode {
     // POD_NAME is read here, at the edge: the kubernetes backend needs it, etcd ignores it.
     let connected =
         match stolon_kube::KubeOptions::for_component(&cfg.store, std::env::var("POD_NAME").ok()) {
-            Ok(kube) => stolon_kube::connect_any(&cfg.store, &kube).await,
+            Ok(kube) => {
+                let kube = stolon_kube::KubeOptions {
+                    election_lock,
+                    ..kube
+                };
+                stolon_kube::connect_any(&cfg.store, &kube).await
+            }
             Err(e) => Err(e),
         };
     let (store, election) = match connected {
