@@ -18,6 +18,7 @@
 
 mod api;
 pub mod election;
+pub mod events;
 pub mod store;
 
 #[cfg(any(test, feature = "testing"))]

@@ -47,6 +47,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::api::{ApiFail, call};
+use crate::events::{EventSink, PodRef};
 use crate::{KubeOptions, resource_name};
 
 /// Annotation of the ConfigMap holding the clusterdata JSON.
@@ -91,6 +92,8 @@ pub struct KubeStore {
     timeout: Duration,
     status_refresh: Option<Duration>,
     last_status: Mutex<HashMap<&'static str, LastStatus>>,
+    /// Kubernetes Events for the sentinel's decisions.
+    events: EventSink,
     /// The clusterdata annotation as read or written at recent revisions (newest last).
     seen: Mutex<VecDeque<(String, String)>>,
     /// The change counter and the task feeding it, started by the first [`Store::changes`].
@@ -122,9 +125,17 @@ impl KubeStore {
     /// start with its first call (stolonctl, which never calls it, opens none).
     pub fn new(client: Client, namespace: &str, cfg: &StoreConfig, opts: &KubeOptions) -> Self {
         let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let configmap_name = resource_name(&cfg.cluster_name);
+        let events = EventSink::new(
+            client,
+            namespace,
+            &configmap_name,
+            opts.pod_name.clone(),
+            cfg.timeout,
+        );
         KubeStore {
+            events,
             configmaps,
             pods,
             namespace: namespace.to_string(),
@@ -351,14 +362,32 @@ impl KubeStore {
         ));
         let pods = call(self.timeout, self.pods.list(&lp)).await?;
         let mut out = Vec::new();
+        let mut keeper_pods = HashMap::new();
         for pod in pods.items {
-            if !pod_is_live(&pod) {
-                continue;
-            }
             let name = pod.metadata.name.clone().unwrap_or_default();
             let Some(status) = annotation(&pod.metadata, STATUS_ANNOTATION) else {
                 continue;
             };
+            if component == KEEPER_COMPONENT {
+                // Every existing keeper pod, running or not, can carry an Event.
+                if let Ok(k) = serde_json::from_str::<KeeperUid>(status) {
+                    let uid = if k.uid.is_empty() {
+                        name.clone()
+                    } else {
+                        k.uid
+                    };
+                    keeper_pods.insert(
+                        uid,
+                        PodRef {
+                            name: name.clone(),
+                            uid: pod.metadata.uid.clone(),
+                        },
+                    );
+                }
+            }
+            if !pod_is_live(&pod) {
+                continue;
+            }
             match serde_json::from_str::<T>(status) {
                 Ok(v) => out.push((name, v)),
                 Err(e) => {
@@ -366,8 +395,18 @@ impl KubeStore {
                 }
             }
         }
+        if component == KEEPER_COMPONENT {
+            self.events.set_keeper_pods(keeper_pods);
+        }
         Ok(out)
     }
+}
+
+/// The keeper UID of a keeper info, for finding its pod.
+#[derive(serde::Deserialize)]
+struct KeeperUid {
+    #[serde(default)]
+    uid: String,
 }
 
 fn format_err(what: &str, e: serde_json::Error) -> StoreError {
@@ -545,6 +584,10 @@ impl Store for KubeStore {
             .list_status::<ProxyInfo>(PROXY_COMPONENT, "proxy info")
             .await?;
         Ok(stolon_store::infos::proxies_by_uid(list))
+    }
+
+    fn publish_events(&self, events: &[stolon_core::sentinel::Event]) {
+        self.events.publish(events);
     }
 
     /// Starts the watches on first use; must then be called inside a tokio runtime.

@@ -10,7 +10,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use stolon_kube::testing::FakeApiServer;
 use stolon_kube::{ElectionLock, KubeOptions, LEADER_ANNOTATION};
-use stolon_store::Election;
 use stolon_store::testing::suite::sample_cluster_data;
 use tokio::sync::watch;
 
