@@ -92,6 +92,8 @@ struct Shared {
     kill: watch::Sender<u64>,
     unavailable: AtomicBool,
     counts: Mutex<BTreeMap<(String, String), u64>>,
+    /// Writes by `METHOD resource name annotations-touched`.
+    writes: Mutex<BTreeMap<String, u64>>,
     /// Writes (`PUT`, `PATCH`) per resource still to be refused with 409.
     forced_conflicts: Mutex<HashMap<String, u64>>,
 }
@@ -147,7 +149,12 @@ fn resource_type(group: &str, resource: &str) -> Option<(&'static str, &'static 
 impl FakeApiServer {
     /// Starts a server on `127.0.0.1` on a free port.
     pub async fn start() -> std::io::Result<FakeApiServer> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(0).await
+    }
+
+    /// Starts a server on `127.0.0.1:port` (`0`: a free port).
+    pub async fn start_on(port: u16) -> std::io::Result<FakeApiServer> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::default()),
@@ -156,6 +163,7 @@ impl FakeApiServer {
             unavailable: AtomicBool::new(false),
             counts: Mutex::new(BTreeMap::new()),
             forced_conflicts: Mutex::new(HashMap::new()),
+            writes: Mutex::new(BTreeMap::new()),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -309,6 +317,18 @@ impl FakeApiServer {
             .insert(resource.to_string(), n);
     }
 
+    /// Every write served (`POST`, `PUT`, `PATCH`, `DELETE`, answered 503 or 409 included),
+    /// counted by `METHOD resource name annotations`, where `annotations` lists the annotation
+    /// keys the body sets (`+`-separated, `-` for none), e.g.
+    /// `PATCH configmaps stolon-cluster-c1 stolon-clusterdata`. For a `POST` the name is `-`.
+    pub fn write_counts(&self) -> BTreeMap<String, u64> {
+        self.shared
+            .writes
+            .lock()
+            .expect("fake API counters poisoned")
+            .clone()
+    }
+
     /// Stored objects of `resource` in `namespace`, in name order.
     pub fn objects(&self, resource: &str, namespace: &str) -> Vec<Value> {
         self.shared
@@ -434,6 +454,24 @@ async fn handle(
         .expect("fake API counters poisoned")
         .entry((verb.to_string(), target.resource.clone()))
         .or_default() += 1;
+    if matches!(verb, "POST" | "PUT" | "PATCH" | "DELETE") {
+        let annotations = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v["metadata"]["annotations"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>().join("+"))
+            })
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "-".into());
+        let name = target.name.clone().unwrap_or_else(|| "-".into());
+        *shared
+            .writes
+            .lock()
+            .expect("fake API counters poisoned")
+            .entry(format!("{verb} {} {name} {annotations}", target.resource))
+            .or_default() += 1;
+    }
     if shared.unavailable.load(Ordering::SeqCst) {
         return status(
             StatusCode::SERVICE_UNAVAILABLE,
