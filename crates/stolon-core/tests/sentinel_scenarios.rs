@@ -1778,3 +1778,126 @@ fn stolon_mid_failover_clusterdata_is_repaired_by_fencing_the_old_master() {
     let s = next.dbs[&db_uid("k1")].spec.clone().expect("spec");
     assert_eq!((s.role, s.follow_config), (Some(DbRole::Standby), None));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Store write rate at idle
+
+/// Steps an idle, healthy cluster every `step` for `total` (every keeper and proxy republishing
+/// each step, more often than real ones do) and returns the wall times of the clusterdata writes,
+/// checking that each write only refreshes lastHealthyTime (and the change times that follow).
+fn idle_writes(f: &mut ClusterFixture, step: Duration, total: Duration) -> Vec<Timestamp> {
+    let mut writes = Vec::new();
+    let steps = total.as_millis() / step.as_millis();
+    for _ in 0..steps {
+        f.tick(step, &[]);
+        let before = f.cd.clone();
+        let d = f.decide();
+        if let Some(next) = &d.next {
+            let mut expected = before.clone();
+            let keepers: Vec<String> = expected.keepers.keys().cloned().collect();
+            let keepers: Vec<&str> = keepers.iter().map(String::as_str).collect();
+            refreshed(&mut expected, f.now_wall, &keepers);
+            expected.change_time = f.now_wall;
+            assert_eq!(
+                *next, expected,
+                "an idle write changed more than lastHealthyTime"
+            );
+            writes.push(f.now_wall);
+        }
+        f.apply(&d);
+    }
+    writes
+}
+
+fn gaps_at_least(writes: &[Timestamp], min: Duration) {
+    for w in writes.windows(2) {
+        let gap = w[1].unix_nanos() - w[0].unix_nanos();
+        assert!(
+            gap >= min.as_nanos() as i128,
+            "two idle writes {gap} ns apart (sleepInterval {min:?})"
+        );
+    }
+}
+
+#[test]
+fn idle_cluster_writes_clusterdata_at_most_once_per_sleep_interval() {
+    // Default spec: sleepInterval 5s. One minute of idle, checked every 250 ms.
+    let mut f = ClusterFixture::new()
+        .master("k1")
+        .standby("k2")
+        .standby("k3")
+        .proxy("p1");
+    let writes = idle_writes(&mut f, Duration::from_millis(250), Duration::from_secs(60));
+    assert!(writes.len() <= 60 / 5, "{} writes in 60 s", writes.len());
+    gaps_at_least(&writes, Duration::from_secs(5));
+    // The refresh does happen (dead-keeper removal reads lastHealthyTime).
+    assert!(!writes.is_empty(), "lastHealthyTime never refreshed");
+}
+
+#[test]
+fn idle_write_rate_follows_a_short_sleep_interval() {
+    // sleepInterval 1s, checked every 100 ms for 20 s: at most 20 writes, never two within 1 s.
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .proxy("p1");
+    let writes = idle_writes(&mut f, Duration::from_millis(100), Duration::from_secs(20));
+    assert!(writes.len() <= 20, "{} writes in 20 s", writes.len());
+    gaps_at_least(&writes, Duration::from_secs(1));
+}
+
+#[test]
+fn idle_checks_within_a_sleep_interval_write_nothing() {
+    // Any number of checks (store changes wake the leader) inside one sleepInterval after a
+    // refresh: no write.
+    let mut f = ClusterFixture::new().master("k1").standby("k2").proxy("p1");
+    for _ in 0..40 {
+        f.tick(Duration::from_millis(100), &[]);
+        let d = f.step();
+        assert_eq!(d.next, None, "events: {:?}", d.events);
+    }
+}
+
+#[test]
+fn busy_primary_wal_progress_is_written_at_most_once_per_sleep_interval() {
+    // The master's WAL position moves with every report (a write load): clusterdata carries it,
+    // but at most once per sleepInterval (1 s here), checked every 100 ms for 10 s.
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .proxy("p1");
+    let mut writes: Vec<Timestamp> = Vec::new();
+    let mut pos = 0x300_0000u64;
+    for _ in 0..100 {
+        f.tick(Duration::from_millis(100), &[]);
+        pos += 0x1000;
+        for k in ["k1", "k2"] {
+            if let Some(ps) = f
+                .keepers_info
+                .get_mut(k)
+                .and_then(|i| i.postgres_state.as_mut())
+            {
+                ps.xlog_pos = pos;
+            }
+        }
+        let d = f.step();
+        if d.next.is_some() {
+            writes.push(f.now_wall);
+        }
+    }
+    assert!(writes.len() <= 10, "{} writes in 10 s", writes.len());
+    assert!(
+        writes.len() >= 5,
+        "WAL progress hardly written: {}",
+        writes.len()
+    );
+    gaps_at_least(&writes, Duration::from_secs(1));
+    // What is stored lags the reports by less than a sleepInterval's worth of progress.
+    let stored = f.cd.dbs[&db_uid("k1")].status.xlog_pos;
+    assert!(
+        pos - stored <= 10 * 0x1000,
+        "stored {stored:#x}, reported {pos:#x}"
+    );
+}

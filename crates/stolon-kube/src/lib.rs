@@ -7,7 +7,10 @@
 //! - component infos: annotation `stolon-status` of each component's own pod (`$POD_NAME`,
 //!   passed in [`KubeOptions::pod_name`]), found again by the pod labels
 //!   `component=stolon-keeper|stolon-sentinel|stolon-proxy` and `stolon-cluster=<clusterName>`.
-//! - sentinel leadership: `coordination.k8s.io/v1` Lease `stolon-cluster-<clusterName>`.
+//! - sentinel leadership: client-go's leader record in annotation
+//!   `control-plane.alpha.kubernetes.io/leader` of the same ConfigMap (Stolon's lock, the
+//!   default), or a `coordination.k8s.io/v1` Lease `stolon-cluster-<clusterName>`
+//!   ([`ElectionLock`]).
 //!
 //! [`connect`] builds the store and election from the flags; [`connect_any`] dispatches between
 //! this backend and etcd v3 so the binaries need one call. The `testing` feature adds an
@@ -15,6 +18,7 @@
 
 mod api;
 pub mod election;
+pub mod events;
 pub mod store;
 
 #[cfg(any(test, feature = "testing"))]
@@ -27,13 +31,14 @@ use std::time::Duration;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use stolon_store::{BackendOptions, Election, Store, StoreBackend, StoreConfig, StoreError};
 
-pub use election::{DEFAULT_LEASE_DURATION, KubeElection};
+pub use election::{DEFAULT_LEASE_DURATION, ElectionLock, KubeElection, LEADER_ANNOTATION};
 pub use store::KubeStore;
 
 /// A connected store and its sentinel election (what [`connect`] and [`connect_any`] return).
 pub type Connected = (Arc<dyn Store>, Arc<dyn Election>);
 
-/// Name of the ConfigMap holding clusterdata and of the sentinels' Lease.
+/// Name of the ConfigMap holding clusterdata (and the sentinels' leader record) and of the
+/// sentinels' Lease.
 pub fn resource_name(cluster_name: &str) -> String {
     format!("stolon-cluster-{cluster_name}")
 }
@@ -56,8 +61,11 @@ pub struct KubeOptions {
     /// This component's pod (`$POD_NAME`), whose `stolon-status` annotation it writes. Needed by
     /// keepers, sentinels and proxies, not by stolonctl.
     pub pod_name: Option<String>,
-    /// Sentinel Lease duration (15 s, like Stolon's client-go election). Tests shorten it.
+    /// Sentinel lease duration (15 s, like Stolon's client-go election). Tests shorten it.
     pub lease_duration: Duration,
+    /// Where the sentinels' leader record lives (the sentinel's `--kube-election-lock`):
+    /// Stolon's ConfigMap annotation by default, or a Lease.
+    pub election_lock: ElectionLock,
     /// How often an info whose content did not change apart from its `infoUID` is rewritten;
     /// `None`: half the TTL the component passes (10 s with the keepers' 20 s).
     pub status_refresh: Option<Duration>,
@@ -71,6 +79,7 @@ impl Default for KubeOptions {
             namespace: None,
             pod_name: None,
             lease_duration: DEFAULT_LEASE_DURATION,
+            election_lock: ElectionLock::default(),
             status_refresh: None,
         }
     }

@@ -5,7 +5,13 @@
 //! - Compare-and-swap uses the ConfigMap's `resourceVersion` as the [`Revision`]: the write is a
 //!   JSON merge patch carrying `metadata.resourceVersion`, which the API server refuses with 409
 //!   when the object changed since (one request, no read-modify-write race). Any change of the
-//!   ConfigMap (even of another annotation) therefore invalidates a revision; the caller re-reads.
+//!   ConfigMap changes its `resourceVersion`, also the sentinels' leader record in the same
+//!   ConfigMap (Stolon's election lock, renewed every few seconds). So that renewals do not
+//!   fail clusterdata writes, a 409 is retried when the clusterdata annotation is still the one
+//!   read at the expected revision (the store remembers what it read at its last few revisions):
+//!   only other annotations changed, which is the comparison Stolon itself makes (on the
+//!   annotation's content). The watch feeding [`Store::changes`] likewise ignores ConfigMap
+//!   updates that leave the clusterdata annotation as it was.
 //! - Infos are rewritten only when they change in substance. An info whose only change is its
 //!   `infoUID` (new on every publish) is written at most every `status_refresh` (default: half the
 //!   TTL the component passes, 10 s for keepers), so the sentinels still see the `infoUID` move
@@ -21,7 +27,7 @@
 //! - Pods without a `stolon-status` annotation are skipped (no empty sentinel entry, unlike
 //!   Stolon: stolon-behaviour.md §3.3 quirk).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -41,6 +47,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::api::{ApiFail, call};
+use crate::events::{EventSink, PodRef};
 use crate::{KubeOptions, resource_name};
 
 /// Annotation of the ConfigMap holding the clusterdata JSON.
@@ -62,6 +69,10 @@ pub const PROXY_COMPONENT: &str = "stolon-proxy";
 /// ConfigMap's existence or version before reporting a conflict.
 const WRITE_ATTEMPTS: usize = 5;
 
+/// How many (revision, clusterdata text) pairs the store remembers for retrying a
+/// compare-and-swap that lost only to a change of another annotation.
+const SEEN_REVISIONS: usize = 8;
+
 /// What this process last wrote to its pod's `stolon-status`, per component kind.
 struct LastStatus {
     /// The info without its `infoUID`.
@@ -81,6 +92,10 @@ pub struct KubeStore {
     timeout: Duration,
     status_refresh: Option<Duration>,
     last_status: Mutex<HashMap<&'static str, LastStatus>>,
+    /// Kubernetes Events for the sentinel's decisions.
+    events: EventSink,
+    /// The clusterdata annotation as read or written at recent revisions (newest last).
+    seen: Mutex<VecDeque<(String, String)>>,
     /// The change counter and the task feeding it, started by the first [`Store::changes`].
     watches: Mutex<Option<(watch::Receiver<u64>, JoinHandle<()>)>>,
 }
@@ -110,9 +125,17 @@ impl KubeStore {
     /// start with its first call (stolonctl, which never calls it, opens none).
     pub fn new(client: Client, namespace: &str, cfg: &StoreConfig, opts: &KubeOptions) -> Self {
         let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let configmap_name = resource_name(&cfg.cluster_name);
+        let events = EventSink::new(
+            client,
+            namespace,
+            &configmap_name,
+            opts.pod_name.clone(),
+            cfg.timeout,
+        );
         KubeStore {
+            events,
             configmaps,
             pods,
             namespace: namespace.to_string(),
@@ -122,6 +145,7 @@ impl KubeStore {
             timeout: cfg.timeout,
             status_refresh: opts.status_refresh,
             last_status: Mutex::new(HashMap::new()),
+            seen: Mutex::new(VecDeque::new()),
             watches: Mutex::new(None),
         }
     }
@@ -191,9 +215,72 @@ impl KubeStore {
                 }
             };
             match result {
-                Ok(cm) => return revision_of(&cm),
+                Ok(cm) => {
+                    let rev = revision_of(&cm)?;
+                    self.remember(&rev.0, value);
+                    return Ok(rev);
+                }
                 // Created or changed by someone else meanwhile: look again.
                 Err(f) if f.is(409) || f.is(404) => continue,
+                Err(f) => return Err(f.into()),
+            }
+        }
+        Err(StoreError::Conflict)
+    }
+
+    fn remember(&self, revision: &str, text: &str) {
+        let mut seen = self.seen.lock().expect("revision cache poisoned");
+        if seen.iter().any(|(rv, _)| rv == revision) {
+            return;
+        }
+        if seen.len() == SEEN_REVISIONS {
+            seen.pop_front();
+        }
+        seen.push_back((revision.to_string(), text.to_string()));
+    }
+
+    fn seen_at(&self, revision: &str) -> Option<String> {
+        self.seen
+            .lock()
+            .expect("revision cache poisoned")
+            .iter()
+            .find(|(rv, _)| rv == revision)
+            .map(|(_, text)| text.clone())
+    }
+
+    /// After a 409 on `expected`: writes `value` if the clusterdata annotation is still what it
+    /// was at `expected` (only other fields of the ConfigMap changed), else reports a conflict.
+    async fn retry_if_clusterdata_unchanged(
+        &self,
+        value: &str,
+        expected: &str,
+    ) -> Result<Revision, StoreError> {
+        let Some(then) = self.seen_at(expected) else {
+            return Err(StoreError::Conflict);
+        };
+        for _ in 0..WRITE_ATTEMPTS {
+            let Some(cm) =
+                call(self.timeout, self.configmaps.get_opt(&self.configmap_name)).await?
+            else {
+                return Err(StoreError::Conflict);
+            };
+            if annotation(&cm.metadata, CLUSTERDATA_ANNOTATION) != Some(then.as_str()) {
+                return Err(StoreError::Conflict);
+            }
+            let Some(rv) = cm.metadata.resource_version.as_deref() else {
+                return Err(missing_rv());
+            };
+            match self
+                .patch_configmap(&Self::clusterdata_patch(value, Some(rv)))
+                .await
+            {
+                Ok(cm) => {
+                    let rev = revision_of(&cm)?;
+                    self.remember(&rev.0, value);
+                    return Ok(rev);
+                }
+                Err(f) if f.is(409) => continue,
+                Err(f) if f.is(404) => return Err(StoreError::Conflict),
                 Err(f) => return Err(f.into()),
             }
         }
@@ -275,14 +362,32 @@ impl KubeStore {
         ));
         let pods = call(self.timeout, self.pods.list(&lp)).await?;
         let mut out = Vec::new();
+        let mut keeper_pods = HashMap::new();
         for pod in pods.items {
-            if !pod_is_live(&pod) {
-                continue;
-            }
             let name = pod.metadata.name.clone().unwrap_or_default();
             let Some(status) = annotation(&pod.metadata, STATUS_ANNOTATION) else {
                 continue;
             };
+            if component == KEEPER_COMPONENT {
+                // Every existing keeper pod, running or not, can carry an Event.
+                if let Ok(k) = serde_json::from_str::<KeeperUid>(status) {
+                    let uid = if k.uid.is_empty() {
+                        name.clone()
+                    } else {
+                        k.uid
+                    };
+                    keeper_pods.insert(
+                        uid,
+                        PodRef {
+                            name: name.clone(),
+                            uid: pod.metadata.uid.clone(),
+                        },
+                    );
+                }
+            }
+            if !pod_is_live(&pod) {
+                continue;
+            }
             match stolon_core::model::json::from_str::<T>(status) {
                 Ok(v) => out.push((name, v)),
                 Err(e) => {
@@ -290,8 +395,18 @@ impl KubeStore {
                 }
             }
         }
+        if component == KEEPER_COMPONENT {
+            self.events.set_keeper_pods(keeper_pods);
+        }
         Ok(out)
     }
+}
+
+/// The keeper UID of a keeper info, for finding its pod.
+#[derive(serde::Deserialize)]
+struct KeeperUid {
+    #[serde(default)]
+    uid: String,
 }
 
 fn format_err(what: &str, e: serde_json::Error) -> StoreError {
@@ -346,9 +461,11 @@ impl Store for KubeStore {
         let Some(value) = annotation(&cm.metadata, CLUSTERDATA_ANNOTATION) else {
             return Ok(absent);
         };
+        let revision = revision_of(&cm)?;
+        self.remember(&revision.0, value);
         Ok(ClusterDataRead {
             data: decode_cluster_data(value)?,
-            revision: Some(revision_of(&cm)?),
+            revision: Some(revision),
         })
     }
 
@@ -368,9 +485,18 @@ impl Store for KubeStore {
         }
         let patch = Self::clusterdata_patch(&value, Some(&expected.0));
         match self.patch_configmap(&patch).await {
-            Ok(cm) => revision_of(&cm),
-            // 409: changed since read; 404: deleted since read.
-            Err(f) if f.is(409) || f.is(404) => Err(StoreError::Conflict),
+            Ok(cm) => {
+                let rev = revision_of(&cm)?;
+                self.remember(&rev.0, &value);
+                Ok(rev)
+            }
+            // 409: the ConfigMap changed since read; perhaps only the leader record.
+            Err(f) if f.is(409) => {
+                self.retry_if_clusterdata_unchanged(&value, &expected.0)
+                    .await
+            }
+            // 404: deleted since read.
+            Err(f) if f.is(404) => Err(StoreError::Conflict),
             Err(f) => Err(f.into()),
         }
     }
@@ -379,13 +505,21 @@ impl Store for KubeStore {
         let value = serde_json::to_string(cd).map_err(|e| format_err("clusterdata", e))?;
         let patch = Self::clusterdata_patch(&value, None);
         for _ in 0..WRITE_ATTEMPTS {
-            match self.patch_configmap(&patch).await {
-                Ok(cm) => return revision_of(&cm),
-                Err(f) if f.is(404) => {}
+            let written = match self.patch_configmap(&patch).await {
+                Ok(cm) => Some(cm),
+                Err(f) if f.is(404) => None,
                 Err(f) => return Err(f.into()),
-            }
-            match self.create_configmap(&value).await {
-                Ok(cm) => return revision_of(&cm),
+            };
+            let written = match written {
+                Some(cm) => Ok(cm),
+                None => self.create_configmap(&value).await,
+            };
+            match written {
+                Ok(cm) => {
+                    let rev = revision_of(&cm)?;
+                    self.remember(&rev.0, &value);
+                    return Ok(rev);
+                }
                 // Created by someone else meanwhile: patch it.
                 Err(f) if f.is(409) => {}
                 Err(f) => return Err(f.into()),
@@ -453,6 +587,10 @@ impl Store for KubeStore {
         Ok(stolon_store::infos::proxies_by_uid(list))
     }
 
+    fn publish_events(&self, events: &[stolon_core::sentinel::Event]) {
+        self.events.publish(events);
+    }
+
     /// Starts the watches on first use; must then be called inside a tokio runtime.
     fn changes(&self) -> watch::Receiver<u64> {
         let mut w = self.watches.lock().expect("watch state poisoned");
@@ -477,6 +615,33 @@ fn is_change<K>(e: &watcher::Event<K>) -> bool {
     !matches!(e, watcher::Event::Init | watcher::Event::InitApply(_))
 }
 
+/// Whether a ConfigMap watcher event changes clusterdata, updating `last`.
+fn configmap_change(last: &mut Option<String>, e: &watcher::Event<ConfigMap>) -> bool {
+    let text =
+        |cm: &ConfigMap| annotation(&cm.metadata, CLUSTERDATA_ANNOTATION).map(str::to_string);
+    match e {
+        watcher::Event::Apply(cm) => {
+            let now = text(cm);
+            let changed = *last != now;
+            *last = now;
+            changed
+        }
+        watcher::Event::InitApply(cm) => {
+            *last = text(cm);
+            false
+        }
+        watcher::Event::Delete(_) => {
+            *last = None;
+            true
+        }
+        watcher::Event::Init => {
+            *last = None;
+            false
+        }
+        watcher::Event::InitDone => true,
+    }
+}
+
 /// Watches the cluster's ConfigMap and pods and bumps the change counter on every event. The
 /// `kube` watcher re-lists and re-watches by itself after errors (expired resourceVersion,
 /// dropped connection); the back-off keeps a broken API server from being hammered.
@@ -487,12 +652,15 @@ async fn watch_changes(
     cluster_name: String,
     tx: watch::Sender<u64>,
 ) {
+    // The clusterdata annotation last seen: an update that leaves it as it was (the leader
+    // record's renewals) is no change for the components.
+    let mut last: Option<String> = None;
     let cm_events = watcher(
         configmaps,
         watcher::Config::default().fields(&format!("metadata.name={configmap_name}")),
     )
     .default_backoff()
-    .map(|r| r.map(|e| is_change(&e)));
+    .map(move |r| r.map(|e| configmap_change(&mut last, &e)));
     let pod_events = watcher(
         pods,
         watcher::Config::default().labels(&format!("{CLUSTER_LABEL}={cluster_name}")),

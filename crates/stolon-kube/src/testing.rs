@@ -2,7 +2,7 @@
 //! kubernetes store uses, with the API server's concurrency rules, served over HTTP on
 //! `127.0.0.1:<free port>` so the real `kube` client talks to it.
 //!
-//! Served (namespaced only): ConfigMaps and Pods under `/api/v1/namespaces/<ns>/...`, Leases
+//! Served (namespaced only): ConfigMaps, Pods and Events under `/api/v1/namespaces/<ns>/...`, Leases
 //! under `/apis/coordination.k8s.io/v1/namespaces/<ns>/...`:
 //! - `GET` one object (404 when absent), `GET` a collection with `labelSelector` (`k=v`, `k==v`,
 //!   `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`) and `fieldSelector` (`metadata.name`,
@@ -93,6 +93,10 @@ struct Shared {
     unavailable: AtomicBool,
     counts: Mutex<BTreeMap<(String, String), u64>>,
     access: Mutex<AccessLog>,
+    /// Writes by `METHOD resource name annotations-touched`.
+    writes: Mutex<BTreeMap<String, u64>>,
+    /// Writes (`PUT`, `PATCH`) per resource still to be refused with 409.
+    forced_conflicts: Mutex<HashMap<String, u64>>,
 }
 
 impl Shared {
@@ -137,6 +141,7 @@ fn resource_type(group: &str, resource: &str) -> Option<(&'static str, &'static 
     match (group, resource) {
         ("", "configmaps") => Some(("v1", "ConfigMap")),
         ("", "pods") => Some(("v1", "Pod")),
+        ("", "events") => Some(("v1", "Event")),
         ("coordination.k8s.io", "leases") => Some(("coordination.k8s.io/v1", "Lease")),
         _ => None,
     }
@@ -145,7 +150,12 @@ fn resource_type(group: &str, resource: &str) -> Option<(&'static str, &'static 
 impl FakeApiServer {
     /// Starts a server on `127.0.0.1` on a free port.
     pub async fn start() -> std::io::Result<FakeApiServer> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(0).await
+    }
+
+    /// Starts a server on `127.0.0.1:port` (`0`: a free port).
+    pub async fn start_on(port: u16) -> std::io::Result<FakeApiServer> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::default()),
@@ -154,6 +164,8 @@ impl FakeApiServer {
             unavailable: AtomicBool::new(false),
             counts: Mutex::new(BTreeMap::new()),
             access: Mutex::new(AccessLog::default()),
+            forced_conflicts: Mutex::new(HashMap::new()),
+            writes: Mutex::new(BTreeMap::new()),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -297,6 +309,39 @@ impl FakeApiServer {
             .unwrap_or(0)
     }
 
+    /// Answers the next `n` updates (`PUT`, `PATCH`) of `resource` with 409 `Conflict`, as if
+    /// another client had changed the object just before each of them; `0` stops that.
+    pub fn set_write_conflicts(&self, resource: &str, n: u64) {
+        self.shared
+            .forced_conflicts
+            .lock()
+            .expect("fake API conflicts poisoned")
+            .insert(resource.to_string(), n);
+    }
+
+    /// Every write served (`POST`, `PUT`, `PATCH`, `DELETE`, answered 503 or 409 included),
+    /// counted by `METHOD resource name annotations`, where `annotations` lists the annotation
+    /// keys the body sets (`+`-separated, `-` for none), e.g.
+    /// `PATCH configmaps stolon-cluster-c1 stolon-clusterdata`. For a `POST` the name is `-`.
+    pub fn write_counts(&self) -> BTreeMap<String, u64> {
+        self.shared
+            .writes
+            .lock()
+            .expect("fake API counters poisoned")
+            .clone()
+    }
+
+    /// Stored objects of `resource` in `namespace`, in name order.
+    pub fn objects(&self, resource: &str, namespace: &str) -> Vec<Value> {
+        self.shared
+            .lock()
+            .objects
+            .iter()
+            .filter(|(k, _)| k.resource == resource && k.namespace == namespace)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
     /// Makes every request fail with 503 (and ends open watches) while `true`.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.shared.unavailable.store(unavailable, Ordering::SeqCst);
@@ -414,12 +459,42 @@ async fn handle(
     if let Some(denied) = check_access(&shared, &headers, verb, &target, &query) {
         return denied;
     }
+    if matches!(verb, "POST" | "PUT" | "PATCH" | "DELETE") {
+        let annotations = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v["metadata"]["annotations"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>().join("+"))
+            })
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "-".into());
+        let name = target.name.clone().unwrap_or_else(|| "-".into());
+        *shared
+            .writes
+            .lock()
+            .expect("fake API counters poisoned")
+            .entry(format!("{verb} {} {name} {annotations}", target.resource))
+            .or_default() += 1;
+    }
     if shared.unavailable.load(Ordering::SeqCst) {
         return status(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
             "the fake API server is unavailable".into(),
         );
+    }
+    if matches!(verb, "PUT" | "PATCH") {
+        let mut forced = shared
+            .forced_conflicts
+            .lock()
+            .expect("fake API conflicts poisoned");
+        if let Some(n) = forced.get_mut(&target.resource).filter(|n| **n > 0) {
+            *n -= 1;
+            drop(forced);
+            let name = target.name.clone().unwrap_or_default();
+            return conflict(&target, &name);
+        }
     }
     match (verb, target.name.clone()) {
         ("WATCH", None) => watch_collection(shared, target, &query),

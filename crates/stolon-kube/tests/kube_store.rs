@@ -12,7 +12,7 @@ use kube::api::{ObjectMeta, PostParams};
 use serde_json::json;
 use stolon_core::model::{KeeperInfo, PostgresState, ProxyInfo, SentinelInfo};
 use stolon_kube::testing::FakeApiServer;
-use stolon_kube::{KubeOptions, connect, connect_any};
+use stolon_kube::{ElectionLock, KubeOptions, connect, connect_any};
 use stolon_store::testing::suite::sample_cluster_data;
 use stolon_store::{Revision, StoreError};
 
@@ -57,35 +57,47 @@ async fn clusterdata_lives_in_the_configmap_annotation() {
 }
 
 #[tokio::test]
-async fn any_change_to_the_configmap_invalidates_the_revision() {
+async fn a_revision_is_invalidated_by_clusterdata_changes_not_by_other_fields() {
     let fake = FakeApiServer::start().await.expect("fake");
     let (s, _e) = open(&fake, "c1", None, KubeOptions::default());
+    let (other, _oe) = open(&fake, "c1", None, KubeOptions::default());
     let r1 = s
         .put_cluster_data(&sample_cluster_data("one"), None)
         .await
         .expect("create");
-    // Someone else labels the ConfigMap: resourceVersion moves.
+    // Someone else labels the ConfigMap (as the leader record's renewals change an annotation):
+    // resourceVersion moves, clusterdata does not, so the write still goes through.
     assert!(fake.modify("configmaps", NS, "stolon-cluster-c1", |cm| {
         cm["metadata"]["labels"]["extra"] = json!("yes");
     }));
-    match s
+    let r2 = s
         .put_cluster_data(&sample_cluster_data("two"), Some(&r1))
         .await
-    {
-        Err(StoreError::Conflict) => {}
-        other => panic!("stale resourceVersion accepted: {other:?}"),
-    }
-    let read = s.get_cluster_data().await.expect("read");
-    assert_eq!(cd_uid(&read).as_deref(), Some("one"));
-    let r2 = read.revision.expect("revision");
-    s.put_cluster_data(&sample_cluster_data("two"), Some(&r2))
-        .await
-        .expect("CAS on the current resourceVersion");
-    // The other client's label survived the merge patch.
+        .expect("CAS across a change of another field");
+    assert_ne!(r2, r1);
     let cm = fake
         .object("configmaps", NS, "stolon-cluster-c1")
         .expect("cm");
     assert_eq!(cm["metadata"]["labels"]["extra"], json!("yes"));
+    // Another writer changes clusterdata: the revision read before is stale.
+    let read = other.get_cluster_data().await.expect("read");
+    other
+        .put_cluster_data(&sample_cluster_data("three"), read.revision.as_ref())
+        .await
+        .expect("other write");
+    match s
+        .put_cluster_data(&sample_cluster_data("four"), Some(&r2))
+        .await
+    {
+        Err(StoreError::Conflict) => {}
+        other => panic!("stale clusterdata revision accepted: {other:?}"),
+    }
+    let read = s.get_cluster_data().await.expect("read");
+    assert_eq!(cd_uid(&read).as_deref(), Some("three"));
+    let r3 = read.revision.expect("revision");
+    s.put_cluster_data(&sample_cluster_data("five"), Some(&r3))
+        .await
+        .expect("CAS on the current resourceVersion");
     // Empty and deleted cases.
     match s
         .put_cluster_data(&sample_cluster_data("e"), Some(&Revision(String::new())))
@@ -504,9 +516,11 @@ async fn dropping_the_store_stops_its_watches() {
     assert_eq!(fake.requests("WATCH", "pods"), 1);
 }
 
+/// The Lease lock (`--kube-election-lock lease`) with a 3 s lease.
 fn short_lease() -> KubeOptions {
     KubeOptions {
         lease_duration: Duration::from_secs(3),
+        election_lock: ElectionLock::Lease,
         ..KubeOptions::default()
     }
 }

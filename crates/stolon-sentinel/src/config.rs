@@ -21,6 +21,9 @@ pub struct Cli {
     /// enable debug logging (deprecated, use --log-level=debug instead)
     #[arg(long = "debug", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub debug: bool,
+    /// kubernetes store only: where the sentinels' leader record lives: "configmap" (Stolon's lock, an annotation of the cluster's ConfigMap) or "lease" (a coordination.k8s.io/v1 Lease; needs RBAC on leases). All sentinels of a cluster must use the same
+    #[arg(long = "kube-election-lock", default_value = "configmap")]
+    pub kube_election_lock: String,
     /// enable color in log output (default if attached to a terminal)
     #[arg(long = "log-color", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub log_color: bool,

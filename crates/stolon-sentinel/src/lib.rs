@@ -197,6 +197,8 @@ impl Sentinel {
         };
         let mut chooser = |n: usize| rand::random::<usize>() % n.max(1);
         let decision = decide(&input, &mut RandomUids, &mut chooser);
+        // Best effort and in the background (the kubernetes backend's Events).
+        self.store.publish_events(&decision.events);
         for ev in &decision.events {
             log_event(ev);
             if matches!(ev, Event::ElectingNewMaster { .. }) {

@@ -38,10 +38,20 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => fatal(e),
     };
+    let election_lock: stolon_kube::ElectionLock = match cli.kube_election_lock.parse() {
+        Ok(l) => l,
+        Err(e) => fatal(format!("invalid --kube-election-lock: {e}")),
+    };
     // POD_NAME is read here, at the edge: the kubernetes backend needs it, etcd ignores it.
     let connected =
         match stolon_kube::KubeOptions::for_component(&cfg.store, std::env::var("POD_NAME").ok()) {
-            Ok(kube) => stolon_kube::connect_any(&cfg.store, &kube).await,
+            Ok(kube) => {
+                let kube = stolon_kube::KubeOptions {
+                    election_lock,
+                    ..kube
+                };
+                stolon_kube::connect_any(&cfg.store, &kube).await
+            }
             Err(e) => Err(e),
         };
     let (store, election) = match connected {

@@ -95,6 +95,14 @@ pub trait Store: Send + Sync + 'static {
     /// change; the counter value itself means nothing. The backend keeps the underlying watch
     /// alive (re-establishing it after errors) for as long as the store exists.
     fn changes(&self) -> watch::Receiver<u64>;
+
+    /// Hands the leader sentinel's decision events to the backend, which may publish them where
+    /// operators look (the kubernetes backend: Events on the keeper pods). Must return at once
+    /// and never fail: publishing is best effort, done in the background, and its failures are
+    /// logged. Default: nothing (etcd, in-memory).
+    fn publish_events(&self, events: &[stolon_core::sentinel::Event]) {
+        let _ = events;
+    }
 }
 
 /// Leader election among sentinels.

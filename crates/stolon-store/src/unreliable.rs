@@ -189,6 +189,10 @@ impl Store for Unreliable {
     fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes()
     }
+
+    fn publish_events(&self, events: &[stolon_core::sentinel::Event]) {
+        self.inner.publish_events(events);
+    }
 }
 
 /// An [`Election`] that fails on command (see the module docs).
