@@ -38,11 +38,53 @@ fn main() -> ExitCode {
     }
 }
 
+/// Env var choosing the async runtime: `0` (the default) runs everything on one thread, `N > 0`
+/// on a pool of `N` worker threads.
+const WORKER_THREADS_ENV: &str = "STPROXY_WORKER_THREADS";
+
+/// Reads [`WORKER_THREADS_ENV`]: unset or empty is 0.
+fn worker_threads() -> Result<usize, String> {
+    let Some(value) = std::env::var_os(WORKER_THREADS_ENV) else {
+        return Ok(0);
+    };
+    parse_worker_threads(&value.to_string_lossy())
+}
+
+fn parse_worker_threads(value: &str) -> Result<usize, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(0);
+    }
+    match value.parse::<usize>() {
+        Ok(n) if n <= 1024 => Ok(n),
+        _ => Err(format!(
+            "invalid {WORKER_THREADS_ENV} {value:?}: expected 0 (one thread) or a number of worker threads up to 1024"
+        )),
+    }
+}
+
+/// The runtime of the whole process. A forwarder spends its time in short system calls, so by
+/// default everything (the copy of every connection, the store checks) runs on one thread: no
+/// wake-ups of idle workers, no hand-over of ready connections between threads, and one
+/// `epoll_wait` serves every connection that became ready at once. A pool of workers only pays
+/// off when the proxy needs more than one core.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
 fn run(cfg: ProxyConfig) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    let threads = worker_threads().map_err(anyhow::Error::msg)?;
+    let rt =
+        runtime(threads).map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
     rt.block_on(async move {
         // POD_NAME is read here, at the edge: the kubernetes backend needs it, etcd ignores it.
         let kube =
@@ -79,4 +121,21 @@ async fn stop_on_signal(cancel: CancellationToken) {
 /// A message as one line.
 fn one_line(msg: &str) -> String {
     msg.replace(['\n', '\r'], " ").trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_threads_values() {
+        assert_eq!(parse_worker_threads(""), Ok(0));
+        assert_eq!(parse_worker_threads("0"), Ok(0));
+        assert_eq!(parse_worker_threads(" 4 "), Ok(4));
+        for bad in ["-1", "two", "1.5", "100000"] {
+            let err = parse_worker_threads(bad).unwrap_err();
+            assert!(err.contains(WORKER_THREADS_ENV), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
 }
