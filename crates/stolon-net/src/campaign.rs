@@ -130,24 +130,27 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
     let epoch = Instant::now();
     let targets = Targets(c.nodes.iter().map(|n| n.proxy_addr()).collect());
     let w = Workload::start(targets, CLIENTS, epoch, base);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Warm up: writes flowing before the fault (bounded; on a loaded machine connecting is slow).
+    w.wait_more_acks(3 * CLIENTS as u64, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     let fault_ms = ms(epoch);
     let hold = fail * 4;
     match fault {
         Fault::MasterCutFromPeers => {
             c.topo.cut_from_peers(m)?;
-            tokio::time::sleep(hold).await;
+            hold_master_fault(c, m, hold).await;
             c.topo.heal()?;
         }
         Fault::MasterIsolated => {
             c.topo.isolate(m)?;
-            tokio::time::sleep(hold).await;
+            hold_master_fault(c, m, hold).await;
             c.topo.heal()?;
         }
         Fault::MasterOneWayCut => {
             c.topo.cut_outgoing(m)?;
-            tokio::time::sleep(hold).await;
+            hold_master_fault(c, m, hold).await;
             c.topo.heal()?;
         }
         Fault::StandbyCut => {
@@ -196,6 +199,9 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
     let heal_ms = ms(epoch);
     let converged = c.wait_converged(RECOVERY_LIMIT).await;
     let recovered_ms = converged.is_ok().then(|| ms(epoch));
+    // Writes flowing again after recovery (bounded), so the read-back follows them.
+    w.wait_more_acks(3 * CLIENTS as u64, Duration::from_secs(30))
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (acks, attempts) = w.finish().await;
     let end_ms = ms(epoch);
@@ -232,6 +238,18 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
     })
 }
 
+/// Holds a fault of the master for `hold`, and beyond it (up to [`KILL_HOLD`]) until a new
+/// master is named, plus two seconds: the interesting window is the old primary still running
+/// while a new one is named, and on a loaded machine detection can take longer than `hold`.
+async fn hold_master_fault(c: &NetCluster, m: usize, hold: Duration) {
+    let start = Instant::now();
+    tokio::time::sleep(hold).await;
+    let left = KILL_HOLD.saturating_sub(start.elapsed());
+    if wait_new_master(c, m, left).await.is_ok() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 async fn wait_new_master(c: &NetCluster, old: usize, limit: Duration) -> Result<usize> {
     wait_for("a new master", limit, async || {
         let m = c.master().await?;
@@ -249,13 +267,13 @@ fn opt_s(v: Option<u64>) -> String {
 }
 
 /// Header of the per-cycle table.
-pub const TABLE_HEADER: &str = "| cycle | fault | master | acked | lost | split brain | longest gap (s) | failover (s) | recovery (s) | old primary acks after fault |\n|---|---|---|---|---|---|---|---|---|---|";
+pub const TABLE_HEADER: &str = "| cycle | fault | master | acked | lost | split brain | longest gap (s) | failover (s) | recovery (s) | old primary acks after fault | old primary tail (s) | lost acked at (s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// One row of the per-cycle table.
 pub fn table_row(cycle: usize, r: &CycleReport) -> String {
     let v = &r.verdict;
     format!(
-        "| {cycle} | {} | {}->{} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {cycle} | {} | {}->{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         r.fault.name(),
         r.master_before,
         r.master_after.map_or("?".into(), |m| m.to_string()),
@@ -270,6 +288,12 @@ pub fn table_row(cycle: usize, r: &CycleReport) -> String {
         } else {
             "-".into()
         },
+        opt_s(v.old_primary_tail_ms),
+        v.lost_window_ms.map_or("-".into(), |(a, b)| format!(
+            "{:.1}..{:.1}",
+            a as f64 / 1000.0,
+            b as f64 / 1000.0
+        )),
     )
 }
 

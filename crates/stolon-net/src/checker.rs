@@ -91,6 +91,8 @@ pub struct Verdict {
     /// Fault to the last acknowledgement by the pre-fault primary after the fault (ms) when the
     /// primary changed: how long the old primary kept acknowledging.
     pub old_primary_tail_ms: Option<u64>,
+    /// When the lost writes were acknowledged, relative to the fault (ms; earliest, latest).
+    pub lost_window_ms: Option<(i64, i64)>,
 }
 
 impl Verdict {
@@ -191,7 +193,21 @@ pub fn check(h: &History) -> Verdict {
             .or(Some(0)),
     );
 
+    let lost_set: BTreeSet<i64> = lost.iter().copied().collect();
+    let rel: Vec<i64> = h
+        .acks
+        .iter()
+        .filter(|a| lost_set.contains(&a.id))
+        .map(|a| a.acked_ms as i64 - h.fault_ms as i64)
+        .collect();
+    let lost_window_ms = rel
+        .iter()
+        .min()
+        .zip(rel.iter().max())
+        .map(|(a, b)| (*a, *b));
+
     Verdict {
+        lost_window_ms,
         acknowledged: h.acks.len(),
         attempts: h.attempts,
         lost,
@@ -251,6 +267,7 @@ mod tests {
         assert_eq!(v.longest_gap_ms, 3005);
         assert_eq!(v.old_primary_acks_after_fault, 0);
         assert_eq!(v.old_primary_tail_ms, Some(0));
+        assert_eq!(v.lost_window_ms, None);
     }
 
     #[test]
@@ -259,6 +276,7 @@ mod tests {
         h.present.remove(&3);
         let v = check(&h);
         assert_eq!(v.lost, vec![3]);
+        assert_eq!(v.lost_window_ms, Some((-5, -5)));
         assert!(!v.safe());
     }
 

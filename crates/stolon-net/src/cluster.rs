@@ -29,14 +29,13 @@ pub const ETCD_CLIENT_PORT: u16 = 2379;
 pub const ETCD_PEER_PORT: u16 = 2380;
 /// The fault proxy in front of the host's etcd member.
 pub const ETCD_PROXY_PORT: u16 = 2389;
-/// PostgreSQL port of host 0; host i uses `PG_PORT_BASE + i`. The hosts have their own network
-/// stacks but share `/tmp`, where PostgreSQL puts its Unix socket and its lock file, named after
-/// the port.
-pub const PG_PORT_BASE: u16 = 15432;
+/// PostgreSQL ports start here. The hosts have their own network stacks but share `/tmp`, where
+/// PostgreSQL puts its Unix socket and lock file named after the port, so every host of every
+/// run gets its own port: `PG_PORT_BASE + 8 * <the run's subnet number> + <host>`.
+pub const PG_PORT_BASE: u16 = 14000;
 
-/// PostgreSQL port of host `i`.
-pub fn pg_port(i: usize) -> u16 {
-    PG_PORT_BASE + i as u16
+fn pg_port_of(h: &Host) -> u16 {
+    PG_PORT_BASE + 8 * u16::from(h.addr.octets()[2]) + h.index as u16
 }
 /// stolon-proxy port.
 pub const PROXY_PORT: u16 = 25432;
@@ -115,6 +114,8 @@ pub struct Node {
     pub etcd_proxy: FaultProxy,
     /// Keeper data dir.
     pub data_dir: PathBuf,
+    /// PostgreSQL port.
+    pub pg_port: u16,
 }
 
 impl Node {
@@ -379,7 +380,7 @@ impl NetCluster {
                 "--pg-listen-address".into(),
                 a.to_string(),
                 "--pg-port".into(),
-                pg_port(i).to_string(),
+                pg_port_of(h).to_string(),
                 "--pg-bin-path".into(),
                 stolon_pg::testing::pg_bin_dir().display().to_string(),
                 "--pg-su-username".into(),
@@ -435,6 +436,7 @@ impl NetCluster {
                 proxy,
                 etcd_proxy,
                 data_dir,
+                pg_port: pg_port_of(h),
             });
         }
         let store_cfg = StoreConfig {
@@ -478,7 +480,7 @@ impl NetCluster {
         c.wait_converged(Duration::from_secs(180)).await?;
         let m = c.master().await?;
         let a = c.nodes[m].host.addr;
-        let cl = connect(a, pg_port(m)).await?;
+        let cl = connect(a, c.nodes[m].pg_port).await?;
         rows(
             &cl,
             "create table if not exists acks (id bigint primary key, client int not null)",
@@ -548,7 +550,7 @@ impl NetCluster {
         }
         let m = self.master().await?;
         let ma = self.nodes[m].host.addr;
-        let c = connect(ma, pg_port(m)).await?;
+        let c = connect(ma, self.nodes[m].pg_port).await?;
         let r = rows(
             &c,
             "select pg_is_in_recovery()::text, \
@@ -569,7 +571,7 @@ impl NetCluster {
             }
             let v = value(
                 n.host.addr,
-                pg_port(i),
+                n.pg_port,
                 "select (pg_is_in_recovery() and exists (select 1 from pg_stat_wal_receiver \
                  where status = 'streaming'))::text",
             )
@@ -605,7 +607,7 @@ impl NetCluster {
 
     /// Every id in `acks`, read from the master's instance.
     pub async fn read_ids(&self, master: usize) -> Result<std::collections::BTreeSet<i64>> {
-        let c = connect(self.nodes[master].host.addr, pg_port(master)).await?;
+        let c = connect(self.nodes[master].host.addr, self.nodes[master].pg_port).await?;
         let msgs = tokio::time::timeout(
             Duration::from_secs(30),
             c.simple_query("select id from acks"),

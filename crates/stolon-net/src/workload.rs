@@ -29,6 +29,7 @@ pub struct Workload {
     stop: watch::Sender<bool>,
     tasks: JoinSet<Vec<Ack>>,
     attempts: Arc<AtomicU64>,
+    acked: Arc<AtomicU64>,
 }
 
 /// Where client writes go: through proxies (addresses), or straight to given servers.
@@ -62,11 +63,13 @@ impl Workload {
     pub fn start(targets: Targets, clients: usize, epoch: Instant, base: i64) -> Workload {
         let (stop, rx) = watch::channel(false);
         let attempts = Arc::new(AtomicU64::new(0));
+        let acked = Arc::new(AtomicU64::new(0));
         let mut tasks = JoinSet::new();
         let targets = Arc::new(targets.0);
         for c in 0..clients {
             let rx = rx.clone();
             let attempts = attempts.clone();
+            let acked = acked.clone();
             let targets = targets.clone();
             tasks.spawn(async move {
                 let ms = || epoch.elapsed().as_millis() as u64;
@@ -98,6 +101,7 @@ impl Workload {
                                 server,
                                 timeline,
                             });
+                            acked.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(PACE).await;
                         }
                         Err(_) => {
@@ -113,7 +117,26 @@ impl Workload {
             stop,
             tasks,
             attempts,
+            acked,
         }
+    }
+
+    /// Acknowledged inserts so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more inserts than now are acknowledged, at most `limit`; whether they were.
+    pub async fn wait_more_acks(&self, n: u64, limit: Duration) -> bool {
+        let want = self.acked() + n;
+        let deadline = Instant::now() + limit;
+        while self.acked() < want {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
     }
 
     /// Stops the clients; returns every acknowledged insert and the number sent.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use stolon_net::campaign::{self, ALL, TABLE_HEADER};
 use stolon_net::checker::{self, History};
-use stolon_net::cluster::{NetCluster, NetConfig, connect, pg_port, rows};
+use stolon_net::cluster::{NetCluster, NetConfig, connect, rows};
 use stolon_net::workload::{Targets, Workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +77,7 @@ async fn checker_fires_on_a_deleted_acknowledged_row(c: &NetCluster) {
     let (acks, attempts) = w.finish().await;
     assert!(!acks.is_empty(), "no write acknowledged");
     let victim = acks[acks.len() / 2].id;
-    let cl = connect(c.nodes[m].host.addr, pg_port(m))
+    let cl = connect(c.nodes[m].host.addr, c.nodes[m].pg_port)
         .await
         .expect("connect");
     rows(&cl, &format!("delete from acks where id = {victim}"))
@@ -107,7 +107,7 @@ async fn checker_fires_on_two_writable_servers(c: &NetCluster) {
         .expect("converged");
     let s = (m + 1) % c.nodes.len();
     let sa = c.nodes[s].host.addr;
-    let cl = connect(sa, pg_port(s))
+    let cl = connect(sa, c.nodes[s].pg_port)
         .await
         .expect("connect to the standby");
     rows(&cl, "select pg_promote(true, 30)")
@@ -117,8 +117,8 @@ async fn checker_fires_on_two_writable_servers(c: &NetCluster) {
     let epoch = Instant::now();
     let w = Workload::start(
         Targets(vec![
-            std::net::SocketAddr::from((c.nodes[m].host.addr, pg_port(m))),
-            std::net::SocketAddr::from((sa, pg_port(s))),
+            std::net::SocketAddr::from((c.nodes[m].host.addr, c.nodes[m].pg_port)),
+            std::net::SocketAddr::from((sa, c.nodes[s].pg_port)),
         ]),
         2,
         epoch,

@@ -54,10 +54,24 @@ async fn main() -> ExitCode {
     println!("{TABLE_HEADER}");
     let mut reports = Vec::new();
     let mut failed = false;
+    // SIGINT/SIGTERM end the campaign between two steps, so the cluster is torn down (and its
+    // namespaces removed) by its drop.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fault-campaign: cannot handle SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     for i in 0..cycles {
         let fault = ALL[i % ALL.len()];
         let base = (i as i64 + 1) * 100_000_000_000;
-        match campaign::run_cycle(&mut c, fault, base).await {
+        let r = tokio::select! {
+            r = campaign::run_cycle(&mut c, fault, base) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+        };
+        match r {
             Ok(r) => {
                 println!("{}", campaign::table_row(i + 1, &r));
                 let v = &r.verdict;
