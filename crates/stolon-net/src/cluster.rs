@@ -289,7 +289,11 @@ impl NetCluster {
             bail!("the multi-host harness needs root (network namespaces, iptables)");
         }
         let found = bins::locate()?;
-        let dir = TestDir::new("stolon-net-");
+        let dir = TestDir::new(crate::net::DIR_PREFIX);
+        std::fs::write(
+            dir.path().join(crate::net::OWNER_FILE),
+            std::process::id().to_string(),
+        )?;
         let topo = tokio::task::spawn_blocking(move || Topology::create(hosts)).await??;
         let bins = BinPaths {
             keeper: dir.install_binary(&found.keeper),

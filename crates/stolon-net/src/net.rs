@@ -61,8 +61,8 @@ fn tag_pid(tag: &str) -> Option<i32> {
     i32::from_str_radix(hex, 16).ok()
 }
 
-/// Deletes namespaces and links of earlier runs whose process is gone (their tag's PID does not
-/// exist any more). Returns the tags removed.
+/// Deletes namespaces (with their links) and data dirs of earlier runs whose process is gone
+/// (their tag's PID does not exist any more). Returns the tags removed.
 pub fn cleanup_leftovers() -> Vec<String> {
     let mut removed = Vec::new();
     let list = run("ip", &["netns", "list"]).unwrap_or_default();
@@ -92,8 +92,32 @@ pub fn cleanup_leftovers() -> Vec<String> {
             removed.push(tag.to_string());
         }
     }
+    // Data dirs of dead runs (they name their process in `owner-pid`).
+    if let Ok(entries) = std::fs::read_dir("/tmp") {
+        for e in entries.flatten() {
+            let path = e.path();
+            let is_ours = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(DIR_PREFIX));
+            let owner = std::fs::read_to_string(path.join(OWNER_FILE))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            if let (true, Some(pid)) = (is_ours, owner)
+                && pid != me
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
     removed
 }
+
+/// Prefix of a run's data dir under `/tmp`.
+pub const DIR_PREFIX: &str = "stolon-net-";
+/// File in a run's data dir holding the PID of the process that made it.
+pub const OWNER_FILE: &str = "owner-pid";
 
 /// One host: its namespace and address.
 #[derive(Debug, Clone)]
@@ -358,6 +382,35 @@ impl Drop for Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leftover_data_dirs_of_dead_runs_are_removed_and_live_ones_kept() {
+        let mut child = Command::new("true").spawn().expect("spawn true");
+        let dead = child.id();
+        child.wait().expect("wait true");
+        let make = |owner: u32| {
+            let d = tempfile_dir();
+            std::fs::write(d.join(OWNER_FILE), owner.to_string()).expect("write owner");
+            d
+        };
+        let dead_dir = make(dead);
+        let live_dir = make(std::process::id());
+        cleanup_leftovers();
+        assert!(!dead_dir.exists(), "dir of a dead run kept");
+        assert!(live_dir.exists(), "dir of this live run removed");
+        std::fs::remove_dir_all(&live_dir).expect("remove");
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::path::PathBuf::from(format!(
+            "/tmp/{DIR_PREFIX}unit-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
 
     #[test]
     fn tag_encodes_the_pid() {
