@@ -297,29 +297,39 @@ pub fn table_row(cycle: usize, r: &CycleReport) -> String {
     )
 }
 
+/// Median (the mean of the two middle values for an even count) and maximum.
 fn median_max(mut v: Vec<u64>) -> (Option<u64>, Option<u64>) {
     if v.is_empty() {
         return (None, None);
     }
     v.sort_unstable();
-    (Some(v[v.len() / 2]), v.last().copied())
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    };
+    (Some(median), v.last().copied())
 }
 
-/// Per-fault summary table: cycles, acknowledged, lost, split brain, failover median and max,
-/// recovery median and max.
+/// Per-fault summary table: cycles, acknowledged, lost, split brain, cycles that failed over,
+/// failover median and max, longest write gap, recovery median and max.
 pub fn summary_table(reports: &[CycleReport]) -> String {
     let mut out = String::from(
-        "| fault | cycles | acked | lost | split brain | failover median (s) | failover max (s) | recovery median (s) | recovery max (s) | not converged |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| fault | cycles | acked | lost | split brain | failed over | failover median (s) | failover max (s) | longest gap max (s) | recovery median (s) | recovery max (s) | not converged |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for f in ALL {
         let rs: Vec<&CycleReport> = reports.iter().filter(|r| r.fault == f).collect();
         if rs.is_empty() {
             continue;
         }
-        let (fm, fx) = median_max(rs.iter().filter_map(|r| r.verdict.failover_ms).collect());
+        let failovers: Vec<u64> = rs.iter().filter_map(|r| r.verdict.failover_ms).collect();
+        let n_failovers = failovers.len();
+        let (fm, fx) = median_max(failovers);
+        let (_, gx) = median_max(rs.iter().map(|r| r.verdict.longest_gap_ms).collect());
         let (rm, rx) = median_max(rs.iter().filter_map(|r| r.verdict.recovery_ms).collect());
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             f.name(),
             rs.len(),
             rs.iter().map(|r| r.verdict.acknowledged).sum::<usize>(),
@@ -327,8 +337,10 @@ pub fn summary_table(reports: &[CycleReport]) -> String {
             rs.iter()
                 .map(|r| r.verdict.split_brain.len())
                 .sum::<usize>(),
+            n_failovers,
             opt_s(fm),
             opt_s(fx),
+            opt_s(gx),
             opt_s(rm),
             opt_s(rx),
             rs.iter()
@@ -359,4 +371,16 @@ pub fn summary_line(reports: &[CycleReport], synchronous: bool) -> String {
             .filter(|r| r.verdict.recovery_ms.is_none())
             .count(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_max() {
+        assert_eq!(median_max(vec![]), (None, None));
+        assert_eq!(median_max(vec![5, 1, 3]), (Some(3), Some(5)));
+        assert_eq!(median_max(vec![4, 1, 3, 10]), (Some(3), Some(10)));
+    }
 }
