@@ -1901,3 +1901,58 @@ fn busy_primary_wal_progress_is_written_at_most_once_per_sleep_interval() {
         "stored {stored:#x}, reported {pos:#x}"
     );
 }
+
+#[test]
+fn a_store_outage_the_sentinel_saw_too_does_not_fail_the_master() {
+    // sleepInterval 1 s, failInterval 3 s. The store is unusable for 10 s (too slow for every
+    // request, or no quorum): keepers cannot publish and the sentinel cannot read, so it makes no
+    // decision. Its first read afterwards comes before the keepers' next publish lands, so it
+    // still sees their pre-outage infos. Their silence is the sentinel's own blindness, not a
+    // failure: the master must not be failed over (with the real binaries, a slow store made
+    // exactly this needless failover).
+    let mut f = ClusterFixture::new().fast().master("k1").standby("k2");
+    f.tick(Duration::from_millis(100), &[]);
+    f.step();
+    f.tick(Duration::from_secs(10), &["k1", "k2"]);
+    let d = f.step();
+    assert!(
+        !d.events
+            .iter()
+            .any(|e| matches!(e, Event::MasterDbFailed { .. })),
+        "{:?}",
+        d.events
+    );
+    f.tick(Duration::from_millis(500), &[]);
+    let d = f.step();
+    assert!(
+        !d.events
+            .iter()
+            .any(|e| matches!(e, Event::MasterDbFailed { .. })),
+        "{:?}",
+        d.events
+    );
+    assert_eq!(
+        f.cd.cluster.as_ref().expect("c").status.master,
+        db_uid("k1")
+    );
+
+    // A master that stays silent once the sentinel can look again is still failed, failInterval
+    // after the sentinel's sight came back.
+    let mut failed_after_ms = None;
+    for step in 1..=100u64 {
+        f.tick(Duration::from_millis(100), &["k1"]);
+        let d = f.step();
+        if d.events
+            .iter()
+            .any(|e| matches!(e, Event::MasterDbFailed { .. }))
+        {
+            failed_after_ms = Some(step * 100);
+            break;
+        }
+    }
+    let ms = failed_after_ms.expect("the silent master is failed eventually");
+    assert!(
+        (3000..=4000).contains(&ms),
+        "failed {ms} ms after its last report"
+    );
+}

@@ -144,6 +144,7 @@ pub fn decide(
     let fresh = update_keepers_status(&mut cd, input, &spec, &mut mem, first_run, &mut events);
     let active_proxies = active_proxies(input.proxies_info, &spec, &mut mem, now);
 
+    mem.last_decision = Some(now);
     let ctx_mem = mem.clone();
     let ctx = Ctx {
         spec: &spec,
@@ -350,6 +351,13 @@ fn update_keepers_status<'a>(
         return fresh;
     }
 
+    // A sentinel that could not decide for longer than failInterval (the store unreachable or
+    // too slow for it as well) did not see the keepers in that time: their silence then is its
+    // own blindness, and a keeper still silent is judged from when it could look again.
+    let blind = mem
+        .last_decision
+        .is_some_and(|t| now.saturating_sub(t) > spec.fail_interval.to_std());
+
     // The last proof of life of each keeper: when its latest info was first seen.
     let last_alive: BTreeMap<String, MonoInstant> = mem
         .keeper_infos
@@ -420,7 +428,11 @@ fn update_keepers_status<'a>(
                 // The failure clock starts at the last proof of life, not when the missing
                 // update was noticed (up to 1.5 sleepInterval later): a dead keeper is declared
                 // failed failInterval after its last report. Stolon starts it at the noticing.
-                let since = last_alive.get(uid).copied().unwrap_or(now);
+                let since = if blind {
+                    now
+                } else {
+                    last_alive.get(uid).copied().unwrap_or(now)
+                };
                 mem.keeper_error_since.entry(uid.clone()).or_insert(since);
             }
         }

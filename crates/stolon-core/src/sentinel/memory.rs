@@ -27,6 +27,8 @@ pub struct SentinelMemory {
     pub db_not_increasing_xlog: BTreeMap<String, u32>,
     /// Last proxy info seen per proxy UID.
     pub proxy_infos: BTreeMap<String, InfoHistory>,
+    /// When the previous decision was made (`None` before the first).
+    pub last_decision: Option<MonoInstant>,
 }
 
 /// The last published info of a keeper or proxy and when it was first seen.
