@@ -11,6 +11,8 @@ use crate::GoDuration;
 use crate::model::{ClusterData, DbRole, FollowType, ProxyInfo};
 
 pub mod machine;
+#[cfg(test)]
+mod scenarios;
 
 /// Why nothing is routed although clusterdata is usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
