@@ -1,18 +1,21 @@
-//! The proxy daemon: the check loop that reads clusterdata, asks the pure `route()` where to
-//! send connections, drives the forwarding engine, publishes this proxy's `ProxyInfo`, and
-//! fails closed when the store cannot be read for `proxyTimeout` (stolon-behaviour.md §4.10).
-//!
-//! Event-driven: a check runs at once on any store change (watch) and at least every
-//! `proxyCheckInterval`. A wake-up that finds the same clusterdata revision as the last
-//! successful check does nothing more (our own `ProxyInfo` write also wakes us up; answering it
-//! with another write would loop).
+//! The proxy daemon: it executes the pure check machine of `stolon_core::proxy::machine`. It
+//! reads clusterdata, resolves addresses, publishes this proxy's `ProxyInfo` and drives the
+//! forwarding engine exactly as the machine's steps say, calling the machine with the current
+//! monotonic time after every result, store change and wake-up. Every decision (when to check,
+//! when to publish, where to route, the `proxyTimeout` fencing) is the machine's.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stolon_core::proxy::{ClosedReason, Destination, Route, proxy_info, proxy_info_ttl, route};
-use stolon_store::{Revision, Store, StoreError};
+use stolon_core::proxy::machine::{
+    self, Action, ClusterRead, Config, Fallback, Log, Memory, Observation, ReadError, Request,
+};
+use stolon_core::proxy::{Destination, proxy_info};
+use stolon_core::uid::{UidSource, uid_from_bytes};
+use stolon_store::{Store, StoreError};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
@@ -63,30 +66,6 @@ pub enum RunError {
     },
 }
 
-/// Why a check failed (logged, then retried on the next wake-up or tick).
-#[derive(Debug, thiserror::Error)]
-pub enum CheckError {
-    /// Clusterdata could not be read.
-    #[error("cannot get cluster data")]
-    Read(#[source] StoreError),
-    /// Clusterdata is present but cannot be used (undecodable, wrong format, invalid spec).
-    #[error("unusable cluster data: {0}")]
-    Unusable(String),
-    /// The listening socket could not be opened.
-    #[error("cannot listen on {addr}")]
-    Listen {
-        /// The configured address.
-        addr: String,
-        /// Why.
-        #[source]
-        source: ListenError,
-    },
-    /// Publishing our ProxyInfo failed while routing to a master (the sentinel must know every
-    /// proxy that routes).
-    #[error("failed to update proxyInfo")]
-    Publish(#[source] StoreError),
-}
-
 /// Why a listening socket could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -98,60 +77,212 @@ pub enum ListenError {
     Bind(#[from] EngineError),
 }
 
-/// Result of a successful check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Checked {
-    /// Clusterdata read and applied; the timeout is reset.
-    Applied,
-    /// Woken up by a store change that did not touch clusterdata: nothing done.
-    Unchanged,
+/// What the machine's actions act on: the forwarding engine in the daemon, a recorder in the
+/// simulation.
+pub trait Forwarding: Sync {
+    /// Starts listening (the primary listener, and the read-only one when configured), where
+    /// not listening yet. The error is one line.
+    fn start_listening(&self) -> impl Future<Output = Result<(), String>> + Send;
+    /// Closes the listening sockets.
+    fn stop_listening(&self) -> impl Future<Output = ()> + Send;
+    /// Sets the read-write destination (`None`: refuse, close everything).
+    fn set_destination(&self, dest: Option<SocketAddr>);
+    /// Sets the read-only destinations.
+    fn set_read_only_destinations(&self, standbys: Vec<SocketAddr>, fallback: Option<SocketAddr>);
+    /// A check succeeded.
+    fn check_succeeded(&self) {}
 }
 
-/// The engine handles the timeout acts on (cloneable, so they can be used while a check runs).
-#[derive(Clone)]
-struct Forwarders {
-    primary: Forwarder,
-    read_only: Option<Forwarder>,
-    stop_listening: bool,
+/// Random info UIDs, one per publish.
+#[derive(Debug, Default)]
+pub struct RandomUids;
+
+impl UidSource for RandomUids {
+    fn new_uid(&mut self) -> String {
+        uid_from_bytes(rand::random::<[u8; 4]>())
+    }
 }
 
-impl Forwarders {
-    /// `proxyTimeout` expired: close every connection, and the listeners if so configured.
-    async fn time_out(&self) {
-        tracing::warn!("proxy check timed out: closing all connections");
-        self.primary.set_destination(None);
-        if let Some(ro) = &self.read_only {
-            ro.set_read_only_destinations(Vec::new(), None);
+/// The IO a step asked for, in flight.
+type InFlight<'a> = Pin<Box<dyn Future<Output = Observation> + Send + 'a>>;
+
+/// Runs the check machine `cfg` over `store` and `fwd` until `cancel` is cancelled. Every
+/// branch here executes what a step returned.
+pub async fn drive<F: Forwarding>(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    fwd: &F,
+    info_uids: &mut (dyn UidSource + Send),
+    cancel: &CancellationToken,
+) {
+    let origin = Instant::now();
+    let mut memory = Memory::new(cfg, Duration::ZERO);
+    let mut obs = Observation::Wake;
+    let mut changes = store.changes();
+    changes.borrow_and_update();
+    let mut watching = true;
+    let mut in_flight: Option<InFlight<'_>> = None;
+    // A check that keeps failing the same way (e.g. undecodable clusterdata) is logged once.
+    let mut check_errors = stolon_store::repeat::Repeated::default();
+    loop {
+        let d = machine::step(cfg, obs, memory, origin.elapsed());
+        memory = d.memory;
+        for action in d.actions {
+            execute(fwd, action, &mut check_errors).await;
         }
-        if self.stop_listening {
-            self.primary.stop_listening().await;
-            if let Some(ro) = &self.read_only {
-                ro.stop_listening().await;
+        if let Some(request) = d.request {
+            in_flight = Some(start(request, &store, fwd, &cfg.uid, info_uids));
+        }
+        let wake_at = d.wake_at.map(|w| origin + w);
+        let (finished, next) = loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                o = async {
+                    match in_flight.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if in_flight.is_some() => break (true, o),
+                _ = sleep_until(wake_at.unwrap_or(origin)), if wake_at.is_some() => {
+                    break (false, Observation::Wake);
+                }
+                res = changes.changed(), if watching => match res {
+                    Ok(()) => break (false, Observation::StoreChanged),
+                    Err(_) => {
+                        // The store dropped its watch: the periodic checks still run.
+                        tracing::warn!("store watch closed, relying on periodic checks");
+                        watching = false;
+                    }
+                },
+            }
+        };
+        if finished {
+            in_flight = None;
+        }
+        obs = next;
+    }
+}
+
+async fn execute<F: Forwarding>(
+    fwd: &F,
+    action: Action,
+    check_errors: &mut stolon_store::repeat::Repeated,
+) {
+    match action {
+        Action::SetDestination(dest) => fwd.set_destination(dest),
+        Action::SetReadOnlyDestinations { standbys, fallback } => {
+            fwd.set_read_only_destinations(standbys, fallback);
+        }
+        Action::StopListening => fwd.stop_listening().await,
+        Action::CheckSucceeded => {
+            check_errors.succeed();
+            fwd.check_succeeded();
+        }
+        Action::Log(Log::CheckFailed(error)) => {
+            if check_errors.fail(&error.to_string()).log {
+                log(&Log::CheckFailed(error));
             }
         }
+        Action::Log(line) => log(&line),
     }
+}
 
-    async fn shutdown(&self) {
-        self.primary.shutdown().await;
-        if let Some(ro) = &self.read_only {
-            ro.shutdown().await;
+fn log(line: &Log) {
+    match line {
+        Log::CheckFailed(error) => tracing::error!(%error, "check function error"),
+        Log::NotProxying(reason) => tracing::info!(%reason, "not proxying"),
+        Log::ProxyingTo(master) => tracing::info!(%master, "proxying to master address"),
+        Log::TimedOut => tracing::warn!("proxy check timed out: closing all connections"),
+        Log::PublishFailed(error) => tracing::warn!(%error, "failed to update proxyInfo"),
+        Log::SkippingStandby { host, error } => tracing::warn!(%host, %error, "skipping standby"),
+    }
+}
+
+/// Starts the IO of `request`; its future yields the observation to step with.
+fn start<'a, F: Forwarding>(
+    request: Request,
+    store: &Arc<dyn Store>,
+    fwd: &'a F,
+    uid: &str,
+    info_uids: &mut (dyn UidSource + Send),
+) -> InFlight<'a> {
+    let store = store.clone();
+    match request {
+        Request::ReadClusterData => Box::pin(async move {
+            Observation::Read(match store.get_cluster_data().await {
+                Ok(read) => Ok(ClusterRead {
+                    data: read.data.map(Box::new),
+                    revision: read.revision.map(|r| r.0),
+                }),
+                Err(e @ StoreError::Format { .. }) => Err(ReadError::Malformed(e.to_string())),
+                Err(e) => Err(ReadError::Unavailable(error_chain(&e))),
+            })
+        }),
+        Request::Listen => {
+            Box::pin(async move { Observation::Listened(fwd.start_listening().await) })
+        }
+        Request::Resolve(dests) => Box::pin(async move {
+            let mut out = Vec::with_capacity(dests.len());
+            for dest in &dests {
+                out.push(resolve_destination(dest).await.map_err(|e| e.to_string()));
+            }
+            Observation::Resolved(out)
+        }),
+        Request::Publish {
+            generation,
+            proxy_timeout,
+            ttl,
+        } => {
+            let info = proxy_info(uid, info_uids.new_uid(), generation, proxy_timeout);
+            Box::pin(async move {
+                Observation::Published(
+                    store
+                        .put_proxy_info(&info, ttl)
+                        .await
+                        .map_err(|e| error_chain(&e)),
+                )
+            })
         }
     }
 }
 
-/// The daemon's state between checks.
-struct Proxy {
-    cfg: ProxyConfig,
-    store: Arc<dyn Store>,
-    uid: String,
-    fwd: Forwarders,
-    check_interval: Duration,
-    proxy_timeout: Duration,
-    /// Clusterdata revision of the last fully successful check (`None` inside: key absent);
-    /// `None`: the last check did not succeed, or the proxy timed out since.
-    applied_revision: Option<Option<Revision>>,
-    /// Last reason for routing nowhere, to log changes only.
-    last_closed: Option<String>,
+/// The daemon's forwarding engine: the primary listener and the optional read-only one.
+struct Forwarders {
+    primary: (Forwarder, ListenAddr),
+    read_only: Option<(Forwarder, ListenAddr)>,
+    metrics: Arc<Metrics>,
+}
+
+impl Forwarding for Forwarders {
+    async fn start_listening(&self) -> Result<(), String> {
+        for (fwd, addr) in std::iter::once(&self.primary).chain(&self.read_only) {
+            listen(fwd, addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {}", error_chain(&e)))?;
+        }
+        Ok(())
+    }
+
+    async fn stop_listening(&self) {
+        for (fwd, _) in std::iter::once(&self.primary).chain(&self.read_only) {
+            fwd.stop_listening().await;
+        }
+    }
+
+    fn set_destination(&self, dest: Option<SocketAddr>) {
+        self.primary.0.set_destination(dest);
+    }
+
+    fn set_read_only_destinations(&self, standbys: Vec<SocketAddr>, fallback: Option<SocketAddr>) {
+        if let Some((ro, _)) = &self.read_only {
+            ro.set_read_only_destinations(standbys, fallback);
+        }
+    }
+
+    fn check_succeeded(&self) {
+        self.metrics.check_succeeded();
+    }
 }
 
 /// Runs the proxy until `cancel` is cancelled, then closes every connection and listener.
@@ -167,16 +298,13 @@ pub async fn run(
         keepalive: cfg.keepalive,
         ..EngineConfig::default()
     };
-    let fwd = Forwarders {
-        primary: Forwarder::new("primary", engine),
-        read_only: cfg
-            .read_only
-            .as_ref()
-            .map(|_| Forwarder::new("read-only", engine)),
-        stop_listening: cfg.stop_listening,
-    };
-    let mut forwarders = vec![fwd.primary.clone()];
-    forwarders.extend(fwd.read_only.clone());
+    let primary = Forwarder::new("primary", engine);
+    let read_only = cfg
+        .read_only
+        .as_ref()
+        .map(|ro| (Forwarder::new("read-only", engine), ro.listen.clone()));
+    let mut forwarders = vec![primary.clone()];
+    forwarders.extend(read_only.as_ref().map(|(f, _)| f.clone()));
     let metrics = Metrics::new(&cfg.store.cluster_name, forwarders);
     if let Some(addr) = &cfg.metrics_listen {
         // Go accepts ":8080" for every address.
@@ -194,283 +322,36 @@ pub async fn run(
         tokio::spawn(metrics::serve(listener, metrics.clone(), cancel.clone()));
     }
     tracing::info!(uid = %opts.uid, "proxy uid");
-    let mut proxy = Proxy {
-        cfg,
-        store,
-        uid: opts.uid,
-        fwd: fwd.clone(),
-        check_interval: opts.initial_check_interval,
-        proxy_timeout: opts.initial_proxy_timeout,
-        applied_revision: None,
-        last_closed: None,
+    let mut machine = Config::new(
+        opts.uid,
+        opts.initial_check_interval,
+        opts.initial_proxy_timeout,
+    );
+    machine.stop_listening = cfg.stop_listening;
+    machine.read_only = cfg.read_only.as_ref().map(|ro| match ro.fallback {
+        ReadOnlyFallback::Primary => Fallback::Master,
+        ReadOnlyFallback::Refuse => Fallback::Refuse,
+    });
+    let fwd = Forwarders {
+        primary: (primary, cfg.listen.clone()),
+        read_only,
+        metrics,
     };
-
-    let mut changes = proxy.store.changes();
-    changes.borrow_and_update();
-    let mut watching = true;
-    let mut deadline = Instant::now() + proxy.proxy_timeout;
-    let mut timed_out = false;
-    let mut full = true;
-    // A failing check (e.g. undecodable clusterdata) is logged once per distinct error.
-    let mut check_errors = stolon_store::repeat::Repeated::default();
-    // The resync tick moves only when clusterdata was applied or a full check ran: frequent
-    // unrelated store changes (keeper infos) must not postpone it, or the timeout would fire.
-    let mut next_tick = Instant::now();
-
-    'run: loop {
-        // One check, while still honouring the timeout and shutdown: a hung store must not
-        // delay closing connections.
-        let mut timed_out_during_check = false;
-        let outcome = {
-            let check = proxy.check(full);
-            tokio::pin!(check);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => break 'run,
-                    res = &mut check => break res,
-                    _ = sleep_until(deadline), if !timed_out => {
-                        timed_out = true;
-                        timed_out_during_check = true;
-                        fwd.time_out().await;
-                    }
-                }
-            }
-        };
-        match outcome {
-            Ok(Checked::Applied) => {
-                check_errors.succeed();
-                metrics.check_succeeded();
-                deadline = Instant::now() + proxy.proxy_timeout;
-                timed_out = false;
-                next_tick = Instant::now() + proxy.check_interval;
-            }
-            Ok(Checked::Unchanged) => {}
-            Err(e) => {
-                let text = error_chain(&e);
-                if check_errors.fail(&text).log {
-                    tracing::error!(error = %text, "check function error");
-                }
-                if full {
-                    next_tick = Instant::now() + proxy.check_interval;
-                }
-            }
-        }
-        if timed_out_during_check {
-            // What the check applied may predate the timeout: check again at once.
-            proxy.applied_revision = None;
-            next_tick = Instant::now();
-        }
-
-        // Wait for a store change, the resync tick, the timeout or shutdown.
-        full = loop {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break 'run,
-                _ = sleep_until(deadline), if !timed_out => {
-                    timed_out = true;
-                    proxy.applied_revision = None;
-                    fwd.time_out().await;
-                }
-                _ = sleep_until(next_tick) => break true,
-                res = changes.changed(), if watching => match res {
-                    Ok(()) => break false,
-                    Err(_) => {
-                        // The store dropped its watch: the resync tick still drives checks.
-                        tracing::warn!("store watch closed, relying on periodic checks");
-                        watching = false;
-                    }
-                },
-            }
-        };
-    }
+    drive(&machine, store, &fwd, &mut RandomUids, &cancel).await;
     tracing::info!("stopping");
-    fwd.shutdown().await;
+    fwd.primary.0.shutdown().await;
+    if let Some((ro, _)) = &fwd.read_only {
+        ro.shutdown().await;
+    }
     Ok(())
 }
 
-impl Proxy {
-    /// One check (§4.10 `Check()`). `full`: periodic resync (always applies and publishes);
-    /// otherwise a watch wake-up that stops early when clusterdata did not change.
-    async fn check(&mut self, full: bool) -> Result<Checked, CheckError> {
-        let read = match self.store.get_cluster_data().await {
-            Ok(read) => read,
-            Err(e @ StoreError::Format { .. }) => {
-                // Stolon leaves the old destination until the timeout; undecodable clusterdata
-                // means we do not know the master, so fail closed now.
-                self.route_nowhere(&format!("unusable clusterdata: {e}"));
-                self.applied_revision = None;
-                return Err(CheckError::Unusable(e.to_string()));
-            }
-            Err(e) => return Err(CheckError::Read(e)),
-        };
-        if !full && self.applied_revision.as_ref() == Some(&read.revision) {
-            return Ok(Checked::Unchanged);
-        }
-        self.applied_revision = None;
-        self.ensure_listening().await?;
-
-        let route = route(read.data.as_ref(), &self.uid);
-        self.apply(&route).await?;
-        self.applied_revision = Some(read.revision);
-        Ok(Checked::Applied)
-    }
-
-    /// Steps 3-9 of §4.10 on the routing decision.
-    async fn apply(&mut self, route: &Route) -> Result<(), CheckError> {
-        // Step 4: publish the larger of our current and the spec's timeout, so the sentinel does
-        // not declare us inactive while we still run on the older, longer timeout.
-        let publish_timeout = route.publish_timeout(self.proxy_timeout);
-        let (routed, generation) = match (&route.primary, route.publish_generation) {
-            // No clusterdata, or unusable: route nowhere, publish nothing.
-            (Err(reason), None) => {
-                self.route_nowhere(&reason.to_string());
-                return match reason {
-                    ClosedReason::Unusable(e) => Err(CheckError::Unusable(e.clone())),
-                    _ => Ok(()),
-                };
-            }
-            (Ok(dest), Some(generation)) => (Some(dest), generation),
-            (Err(ClosedReason::NotEnabled), Some(generation)) => (None, generation),
-            // No proxy object, no master, or no master address: close first, then acknowledge
-            // the generation (errors ignored: we route nothing, so nothing is unsafe).
-            (Err(reason), Some(generation)) => {
-                self.route_nowhere(&reason.to_string());
-                if self.publish(generation, publish_timeout).await.is_ok() {
-                    self.adopt_timings(route);
-                }
-                return Ok(());
-            }
-            (Ok(_), None) => {
-                // route() never yields this; treat as closed.
-                self.route_nowhere("route without generation");
-                return Ok(());
-            }
-        };
-
-        let target = match routed {
-            Some(dest) => match resolve_destination(dest).await {
-                Ok(addr) => Some(addr),
-                Err(e) => {
-                    // Step 7: an unresolvable master address routes nothing, and is not a
-                    // check failure.
-                    self.route_nowhere(&format!("cannot resolve master address: {e}"));
-                    if self.publish(generation, publish_timeout).await.is_ok() {
-                        self.adopt_timings(route);
-                    }
-                    return Ok(());
-                }
-            },
-            None => None,
-        };
-
-        // Step 8: routing to a master requires the sentinel to know about us.
-        if let Err(e) = self.publish(generation, publish_timeout).await {
-            let (current, _) = self.fwd.primary.destinations();
-            if current.first().copied() != target {
-                // Never switch to a new master unannounced; keep an unchanged route (the
-                // timeout closes it if the store stays unreachable).
-                self.route_nowhere("cannot publish proxy info");
-            }
-            return Err(CheckError::Publish(e));
-        }
-        self.adopt_timings(route);
-
-        // Step 9.
-        match target {
-            Some(addr) => {
-                self.fwd.primary.set_destination(Some(addr));
-                if self.last_closed.take().is_some() {
-                    tracing::info!(master = %addr, "proxying to master address");
-                }
-                self.route_read_only(route, addr).await;
-            }
-            None => self.route_nowhere(&ClosedReason::NotEnabled.to_string()),
-        }
-        Ok(())
-    }
-
-    /// Closes everything: no master, no read-only routing.
-    fn route_nowhere(&mut self, reason: &str) {
-        self.fwd.primary.set_destination(None);
-        if let Some(ro) = &self.fwd.read_only {
-            ro.set_read_only_destinations(Vec::new(), None);
-        }
-        if self.last_closed.as_deref() != Some(reason) {
-            tracing::info!(reason, "not proxying");
-            self.last_closed = Some(reason.to_string());
-        }
-    }
-
-    /// Read-only listener: the qualifying standbys, falling back to the master or to nothing.
-    async fn route_read_only(&self, route: &Route, master: SocketAddr) {
-        let (Some(ro), Some(ro_cfg)) = (&self.fwd.read_only, &self.cfg.read_only) else {
-            return;
-        };
-        let mut standbys = Vec::with_capacity(route.standbys.len());
-        for dest in &route.standbys {
-            match resolve_destination(dest).await {
-                Ok(addr) => standbys.push(addr),
-                Err(e) => tracing::warn!(host = %dest.host, error = %e, "skipping standby"),
-            }
-        }
-        let fallback = match ro_cfg.fallback {
-            ReadOnlyFallback::Primary => Some(master),
-            ReadOnlyFallback::Refuse => None,
-        };
-        ro.set_read_only_destinations(standbys, fallback);
-    }
-
-    /// Publishes our ProxyInfo with a fresh info UID, under a TTL of twice the timeout.
-    async fn publish(&self, generation: i64, proxy_timeout: Duration) -> Result<(), StoreError> {
-        let info = proxy_info(
-            &self.uid,
-            stolon_core::uid::uid_from_bytes(rand::random::<[u8; 4]>()),
-            generation,
-            proxy_timeout,
-        );
-        let res = self
-            .store
-            .put_proxy_info(&info, proxy_info_ttl(proxy_timeout))
-            .await;
-        if let Err(e) = &res {
-            tracing::warn!(error = %e, "failed to update proxyInfo");
-        }
-        res
-    }
-
-    /// After a successful publish, take the spec's check interval and timeout.
-    fn adopt_timings(&mut self, route: &Route) {
-        if let Some(t) = route.spec_proxy_timeout {
-            self.proxy_timeout = t;
-        }
-        if let Some(i) = route.spec_check_interval {
-            self.check_interval = i;
-        }
-    }
-
-    /// Step 2: listen (primary, and read-only if configured) if not listening yet.
-    async fn ensure_listening(&self) -> Result<(), CheckError> {
-        listen(&self.fwd.primary, &self.cfg.listen).await?;
-        if let (Some(ro), Some(ro_cfg)) = (&self.fwd.read_only, &self.cfg.read_only) {
-            listen(ro, &ro_cfg.listen).await?;
-        }
-        Ok(())
-    }
-}
-
-async fn listen(fwd: &Forwarder, addr: &ListenAddr) -> Result<(), CheckError> {
+async fn listen(fwd: &Forwarder, addr: &ListenAddr) -> Result<(), ListenError> {
     if fwd.listening_addr().await.is_some() {
         return Ok(());
     }
-    let err = |source| CheckError::Listen {
-        addr: addr.to_string(),
-        source,
-    };
-    let sock = resolve(&addr.host, addr.port).await.map_err(err)?;
-    fwd.start_listening(sock)
-        .await
-        .map_err(|e| err(ListenError::Bind(e)))?;
+    let sock = resolve(&addr.host, addr.port).await?;
+    fwd.start_listening(sock).await?;
     Ok(())
 }
 

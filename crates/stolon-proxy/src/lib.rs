@@ -3,9 +3,9 @@
 //! reads are fresh), closes every proxied connection when that target changes, and optionally
 //! serves a read-only port spread over healthy standbys.
 //!
-//! This crate owns the IO: the forwarding [`engine`], the flags ([`config`]) and the check loop
-//! ([`daemon`]). Deciding where to route is the pure
-//! `route()` of stolon-core.
+//! This crate owns the IO: the forwarding [`engine`], the flags ([`config`]) and the executor of
+//! the check loop ([`daemon`]). Every decision of that loop (when to check and publish, where to
+//! route, the `proxyTimeout` fencing) is the pure `stolon_core::proxy::machine`.
 
 pub mod config;
 pub mod daemon;

@@ -12,12 +12,15 @@
 //! event trace, which is what reproduces it in practice.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stolon_core::keeper::KeeperLocalState;
 use stolon_core::model::{ClusterData, ClusterSpec, DbRole};
+use stolon_core::proxy::machine;
+use stolon_core::uid::SeqUids;
 use stolon_keeper::Keeper;
 use stolon_keeper::config::KeeperConfig;
 use stolon_keeper::metrics::Metrics;
@@ -29,7 +32,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::pgmodel::{self, PgView};
-use crate::proxy::{self, ProxyView, SharedView};
 use crate::rng::SimRng;
 
 const PREFIX: &str = "stolon/cluster";
@@ -51,7 +53,8 @@ pub enum Bug {
     /// The checker holds failovers to this `maxStandbyLag` instead of the spec's (as if the
     /// sentinel ignored the spec's limit).
     CheckerMaxLag(u64),
-    /// Simulated proxies keep routing when their store reads time out (no fail-closed).
+    /// The proxies' check machine keeps routing when `proxyTimeout` expires (no fail-closed:
+    /// `stolon_core::proxy::machine::Bug::NoFailClosed`).
     ProxyNoFailClosed,
 }
 
@@ -244,8 +247,34 @@ struct SentinelSlot {
     boots: u32,
 }
 
+/// What a proxy's check loop last set, recorded instead of forwarding.
+#[derive(Debug, Default)]
+struct ProxyView {
+    /// Where new connections go (`host`, `port`); `None` = nowhere.
+    destination: Option<(String, String)>,
+}
+
+/// The recorder standing in for a proxy's forwarding engine.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<ProxyView>>);
+
+impl stolon_proxy::daemon::Forwarding for Recorder {
+    async fn start_listening(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn stop_listening(&self) {}
+
+    fn set_destination(&self, dest: Option<SocketAddr>) {
+        self.0.lock().expect("proxy view poisoned").destination =
+            dest.map(|a| (a.ip().to_string(), a.port().to_string()));
+    }
+
+    fn set_read_only_destinations(&self, _: Vec<SocketAddr>, _: Option<SocketAddr>) {}
+}
+
 struct ProxySlot {
-    view: SharedView,
+    view: Recorder,
     task: (JoinHandle<()>, CancellationToken),
 }
 
@@ -359,17 +388,23 @@ impl World {
                 Arc::new(w.kv.store(PREFIX, CLUSTER)),
                 faults.clone(),
             ));
-            let view: SharedView = Arc::new(Mutex::new(ProxyView::default()));
+            let view = Recorder::default();
             let cancel = CancellationToken::new();
-            let task = tokio::spawn(proxy::run(
+            let mut machine = machine::Config::new(
                 format!("proxy{i}"),
-                store,
-                view.clone(),
-                Duration::from_secs(5),
-                Duration::from_secs(15),
-                w.cfg.bug != Bug::ProxyNoFailClosed,
-                cancel.clone(),
-            ));
+                stolon_proxy::daemon::DEFAULT_CHECK_INTERVAL,
+                stolon_proxy::daemon::DEFAULT_PROXY_TIMEOUT,
+            );
+            if w.cfg.bug == Bug::ProxyNoFailClosed {
+                machine.bug = machine::Bug::NoFailClosed;
+            }
+            let task = {
+                let (view, cancel) = (view.clone(), cancel.clone());
+                tokio::spawn(async move {
+                    let mut uids = SeqUids::new(&format!("{i:02}"));
+                    stolon_proxy::daemon::drive(&machine, store, &view, &mut uids, &cancel).await;
+                })
+            };
             w.proxies.push(ProxySlot {
                 view,
                 task: (task, cancel),
@@ -626,6 +661,7 @@ impl World {
             .proxies
             .get(p)?
             .view
+            .0
             .lock()
             .expect("view")
             .destination
@@ -830,7 +866,7 @@ impl World {
         let routes: Vec<Option<(String, String)>> = self
             .proxies
             .iter()
-            .map(|p| p.view.lock().expect("view").destination.clone())
+            .map(|p| p.view.0.lock().expect("view").destination.clone())
             .collect();
         for (p, r) in routes.iter().enumerate() {
             if *r != self.last_routes[p] {

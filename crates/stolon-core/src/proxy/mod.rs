@@ -1,23 +1,22 @@
-//! The proxy's routing decision: where new client connections go, and the small publishing
-//! policy around it (which timeout to publish, the ProxyInfo and its TTL).
+//! The proxy's decisions: where new client connections go ([`route`]), the small publishing
+//! policy around it (which timeout to publish, the ProxyInfo and its TTL), and the check loop
+//! itself as a pure state machine ([`machine`]) that the proxy daemon and the simulation both run.
 //!
 //! Pure. Fail-closed: whenever clusterdata is missing, unusable, names no master, or does not enable
-//! this proxy, the answer is "route nowhere" (and the proxy closes every connection). Mirrors
-//! stolon-behaviour.md §4.10 steps 3-9; the store read, the ProxyInfo publish and the timeout live in
-//! the proxy daemon.
+//! this proxy, the answer is "route nowhere" (and the proxy closes every connection).
 
 use std::time::Duration;
 
 use crate::GoDuration;
 use crate::model::{ClusterData, DbRole, FollowType, ProxyInfo};
 
-/// Why nothing is routed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+pub mod machine;
+#[cfg(test)]
+mod scenarios;
+
+/// Why nothing is routed although clusterdata is usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClosedReason {
-    /// No clusterdata in the store (or JSON `null`).
-    NoClusterData,
-    /// Clusterdata has the wrong format version or an invalid spec.
-    Unusable(String),
     /// Clusterdata has no proxy object.
     NoProxy,
     /// `proxy.spec.masterDbUid` is empty or names no DB (failover handshake in progress).
@@ -30,22 +29,14 @@ pub enum ClosedReason {
 
 impl std::fmt::Display for ClosedReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClosedReason::NoClusterData => {
-                f.write_str("no clusterdata available, closing connections to master")
+        f.write_str(match self {
+            ClosedReason::NoProxy => "no proxy object available, closing connections to master",
+            ClosedReason::NoMaster => "no db object available, closing connections to master",
+            ClosedReason::NoMasterAddress => "master db has no address",
+            ClosedReason::NotEnabled => {
+                "not proxying to master address since we aren't in the enabled proxies list"
             }
-            ClosedReason::Unusable(e) => write!(f, "unusable clusterdata: {e}"),
-            ClosedReason::NoProxy => {
-                f.write_str("no proxy object available, closing connections to master")
-            }
-            ClosedReason::NoMaster => {
-                f.write_str("no db object available, closing connections to master")
-            }
-            ClosedReason::NoMasterAddress => f.write_str("master db has no address"),
-            ClosedReason::NotEnabled => f.write_str(
-                "not proxying to master address since we aren't in the enabled proxies list",
-            ),
-        }
+        })
     }
 }
 
@@ -58,43 +49,56 @@ pub struct Destination {
     pub port: String,
 }
 
-/// The routing decision for one store read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// Where new read-write connections go; `Err` = nowhere (close everything).
-    pub primary: Result<Destination, ClosedReason>,
-    /// Healthy standbys for the read-only listener (empty when none qualifies or routing is closed).
-    pub standbys: Vec<Destination>,
-    /// The proxy generation to publish in ProxyInfo, when the proxy should publish at all
-    /// (Stolon publishes 0 when there is no proxy object, and nothing when there is no clusterdata
-    /// or it is unusable).
-    pub publish_generation: Option<i64>,
-    /// The proxy timeout from the spec, when clusterdata is usable and it is positive. The
-    /// proxy adopts it after a successful publish.
-    pub spec_proxy_timeout: Option<Duration>,
-    /// The proxy check interval from the spec, when clusterdata is usable and it is positive.
-    /// The proxy adopts it after a successful publish.
-    pub spec_check_interval: Option<Duration>,
+/// The proxy timings of the spec, each when it is positive. The proxy adopts them after a
+/// successful check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpecTimings {
+    /// `proxyTimeout`.
+    pub proxy_timeout: Option<Duration>,
+    /// `proxyCheckInterval`.
+    pub check_interval: Option<Duration>,
 }
 
-impl Route {
-    fn closed(reason: ClosedReason) -> Self {
-        Route {
-            primary: Err(reason),
-            standbys: Vec::new(),
-            publish_generation: None,
-            spec_proxy_timeout: None,
-            spec_check_interval: None,
-        }
-    }
+/// Where new connections go, given usable clusterdata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// To the master; the read-only listener spreads over `standbys` (healthy standbys following
+    /// it, within `maxStandbyLag`; possibly empty).
+    Master {
+        /// The master's advertised address.
+        master: Destination,
+        /// The qualifying standbys' advertised addresses.
+        standbys: Vec<Destination>,
+    },
+    /// Nowhere (close everything).
+    Closed(ClosedReason),
+}
 
-    /// The timeout to publish with this decision while running on `current`: the larger of the
-    /// two, so the sentinel does not declare the proxy inactive while it still runs on an older,
-    /// longer timeout.
-    pub fn publish_timeout(&self, current: Duration) -> Duration {
-        self.spec_proxy_timeout
-            .map_or(current, |spec| spec.max(current))
-    }
+/// The routing decision for one store read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// No clusterdata in the store (or JSON `null`): route nowhere, publish nothing.
+    NoClusterData,
+    /// Clusterdata has the wrong format version or an invalid spec: route nowhere, publish
+    /// nothing.
+    Unusable(String),
+    /// Usable clusterdata.
+    Usable {
+        /// The proxy generation to acknowledge in ProxyInfo (0 when there is no proxy object, as
+        /// in Stolon).
+        generation: i64,
+        /// The spec's proxy timings.
+        timings: SpecTimings,
+        /// Where connections go.
+        target: Target,
+    },
+}
+
+/// The timeout to publish while running on `current` when the spec says `spec`: the larger of
+/// the two, so the sentinel does not declare the proxy inactive while it still runs on an older,
+/// longer timeout.
+pub fn publish_timeout(spec: &SpecTimings, current: Duration) -> Duration {
+    spec.proxy_timeout.map_or(current, |t| t.max(current))
 }
 
 /// The ProxyInfo a proxy publishes: its generation and the timeout it runs on. `info_uid` is a
@@ -121,38 +125,36 @@ fn positive(d: GoDuration) -> Option<Duration> {
 /// Decides the routing for proxy `proxy_uid` from clusterdata `cd`.
 pub fn route(cd: Option<&ClusterData>, proxy_uid: &str) -> Route {
     let Some(cd) = cd else {
-        return Route::closed(ClosedReason::NoClusterData);
+        return Route::NoClusterData;
     };
     let spec = match cd.check_usable() {
         Ok(spec) => spec.effective(),
-        Err(e) => return Route::closed(ClosedReason::Unusable(e.to_string())),
+        Err(e) => return Route::Unusable(e.to_string()),
     };
-    let mut r = Route::closed(ClosedReason::NoProxy);
-    r.spec_proxy_timeout = positive(spec.proxy_timeout);
-    r.spec_check_interval = positive(spec.proxy_check_interval);
+    let timings = SpecTimings {
+        proxy_timeout: positive(spec.proxy_timeout),
+        check_interval: positive(spec.proxy_check_interval),
+    };
+    let usable = |generation, target| Route::Usable {
+        generation,
+        timings,
+        target,
+    };
     let Some(proxy) = &cd.proxy else {
-        r.publish_generation = Some(0);
-        return r;
+        return usable(0, Target::Closed(ClosedReason::NoProxy));
     };
-    r.publish_generation = Some(proxy.generation);
+    let closed = |reason| usable(proxy.generation, Target::Closed(reason));
     let Some(master) = cd.dbs.get(&proxy.spec.master_db_uid) else {
-        r.primary = Err(ClosedReason::NoMaster);
-        return r;
+        return closed(ClosedReason::NoMaster);
     };
     if !proxy.spec.enabled_proxies.iter().any(|p| p == proxy_uid) {
-        r.primary = Err(ClosedReason::NotEnabled);
-        return r;
+        return closed(ClosedReason::NotEnabled);
     }
     if master.status.listen_address.is_empty() || master.status.port.is_empty() {
-        r.primary = Err(ClosedReason::NoMasterAddress);
-        return r;
+        return closed(ClosedReason::NoMasterAddress);
     }
-    r.primary = Ok(Destination {
-        host: master.status.listen_address.clone(),
-        port: master.status.port.clone(),
-    });
     let max_lag = u64::from(spec.max_standby_lag);
-    r.standbys = cd
+    let standbys = cd
         .dbs
         .values()
         .filter(|db| db.uid != master.uid)
@@ -176,7 +178,16 @@ pub fn route(cd: Option<&ClusterData>, proxy_uid: &str) -> Route {
             port: db.status.port.clone(),
         })
         .collect();
-    r
+    usable(
+        proxy.generation,
+        Target::Master {
+            master: Destination {
+                host: master.status.listen_address.clone(),
+                port: master.status.port.clone(),
+            },
+            standbys,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -252,18 +263,32 @@ mod tests {
         cd
     }
 
+    fn target(r: Route) -> Target {
+        match r {
+            Route::Usable { target, .. } => target,
+            other => panic!("not usable: {other:?}"),
+        }
+    }
+
     #[test]
     fn routes_enabled_proxy_to_master_and_lagging_standbys_are_excluded() {
-        let r = route(Some(&cd()), "p1");
+        let Route::Usable {
+            generation,
+            target: Target::Master { master, standbys },
+            ..
+        } = route(Some(&cd()), "p1")
+        else {
+            panic!("not routed to the master");
+        };
         assert_eq!(
-            r.primary,
-            Ok(Destination {
+            master,
+            Destination {
                 host: "10.0.0.1".into(),
                 port: "5432".into()
-            })
+            }
         );
-        assert_eq!(r.publish_generation, Some(7));
-        let hosts: Vec<_> = r.standbys.iter().map(|d| d.host.as_str()).collect();
+        assert_eq!(generation, 7);
+        let hosts: Vec<_> = standbys.iter().map(|d| d.host.as_str()).collect();
         assert_eq!(
             hosts,
             vec!["10.0.0.2"],
@@ -282,16 +307,16 @@ mod tests {
             .expect("spec");
         spec.proxy_timeout = Some(GoDuration::from_std(secs(20)));
         spec.proxy_check_interval = Some(GoDuration::from_std(secs(4)));
-        let r = route(Some(&data), "p1");
-        assert_eq!(r.spec_proxy_timeout, Some(secs(20)));
-        assert_eq!(r.spec_check_interval, Some(secs(4)));
+        let Route::Usable { timings, .. } = route(Some(&data), "p1") else {
+            panic!("not usable");
+        };
+        assert_eq!(timings.proxy_timeout, Some(secs(20)));
+        assert_eq!(timings.check_interval, Some(secs(4)));
         // The larger of the current and the spec's timeout.
-        assert_eq!(r.publish_timeout(secs(15)), secs(20));
-        assert_eq!(r.publish_timeout(secs(30)), secs(30));
-        // Without usable clusterdata: the current one.
-        let none = route(None, "p1");
-        assert_eq!(none.spec_proxy_timeout, None);
-        assert_eq!(none.publish_timeout(secs(15)), secs(15));
+        assert_eq!(publish_timeout(&timings, secs(15)), secs(20));
+        assert_eq!(publish_timeout(&timings, secs(30)), secs(30));
+        // Without spec timings: the current one.
+        assert_eq!(publish_timeout(&SpecTimings::default(), secs(15)), secs(15));
 
         let info = proxy_info("p1", "abcd".into(), 7, secs(20));
         assert_eq!(
@@ -304,40 +329,51 @@ mod tests {
 
     #[test]
     fn fails_closed() {
-        assert_eq!(route(None, "p1").primary, Err(ClosedReason::NoClusterData));
+        assert_eq!(route(None, "p1"), Route::NoClusterData);
         assert_eq!(
-            route(Some(&cd()), "p2").primary,
-            Err(ClosedReason::NotEnabled)
+            target(route(Some(&cd()), "p2")),
+            Target::Closed(ClosedReason::NotEnabled)
         );
-        assert!(route(Some(&cd()), "p2").standbys.is_empty());
 
         let mut c = cd();
         c.proxy.as_mut().unwrap().spec.master_db_uid.clear();
         let r = route(Some(&c), "p1");
-        assert_eq!(r.primary, Err(ClosedReason::NoMaster));
-        assert_eq!(
-            r.publish_generation,
-            Some(7),
-            "still acknowledges the generation"
+        assert!(
+            matches!(
+                r,
+                Route::Usable {
+                    generation: 7,
+                    target: Target::Closed(ClosedReason::NoMaster),
+                    ..
+                }
+            ),
+            "still acknowledges the generation: {r:?}"
         );
 
         let mut c = cd();
         c.proxy = None;
         let r = route(Some(&c), "p1");
-        assert_eq!(r.primary, Err(ClosedReason::NoProxy));
-        assert_eq!(r.publish_generation, Some(0));
+        assert!(
+            matches!(
+                r,
+                Route::Usable {
+                    generation: 0,
+                    target: Target::Closed(ClosedReason::NoProxy),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
 
         let mut c = cd();
         c.format_version = 2;
-        let r = route(Some(&c), "p1");
-        assert!(matches!(r.primary, Err(ClosedReason::Unusable(_))));
-        assert_eq!(r.publish_generation, None);
+        assert!(matches!(route(Some(&c), "p1"), Route::Unusable(_)));
 
         let mut c = cd();
         c.dbs.get_mut("m").unwrap().status.listen_address.clear();
         assert_eq!(
-            route(Some(&c), "p1").primary,
-            Err(ClosedReason::NoMasterAddress)
+            target(route(Some(&c), "p1")),
+            Target::Closed(ClosedReason::NoMasterAddress)
         );
     }
 }

@@ -1,0 +1,767 @@
+//! The proxy's check loop as a pure state machine: `step(config, observation, memory, now)`
+//! returns what the proxy does next (routing changes, log lines), at most one IO request whose
+//! result is the next observation, the new memory and when to wake up if nothing else happens.
+//!
+//! A check is: read clusterdata; listen if not listening yet; resolve the master's (and the
+//! standbys') advertised addresses; publish this proxy's `ProxyInfo` when due; route. Publishing
+//! comes before routing to a new master (the fencing handshake: the sentinel waits until every
+//! enabled proxy has acknowledged the generation that names the master before it relies on it).
+//! The machine routes nowhere, and stops listening when so configured, once its last successful
+//! check is older than `proxyTimeout`.
+//!
+//! Checks run every `proxyCheckInterval` (a full check: it always publishes, as Stolon does) and
+//! at once on any store change (it does nothing when the clusterdata revision is the one already
+//! applied, and publishes only when the generation, the published timeout or the master address
+//! changes, or after a missed publish). Time is a monotonic instant passed in by the caller.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{
+    ClosedReason, Destination, Route, SpecTimings, Target, proxy_info_ttl, publish_timeout, route,
+};
+use crate::model::ClusterData;
+
+/// A monotonic instant: time since an origin the caller picks.
+pub type MonoInstant = Duration;
+
+/// Where the read-only listener sends connections when no standby qualifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// To the master (when the proxy routes to one).
+    Master,
+    /// Nowhere: connections are closed.
+    Refuse,
+}
+
+/// A deliberately wrong behaviour, to show that the simulation's checker catches a bug in this
+/// machine.
+#[cfg(feature = "testing")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bug {
+    /// No bug.
+    #[default]
+    None,
+    /// Keep routing when `proxyTimeout` expires (no fail-closed).
+    NoFailClosed,
+}
+
+/// What does not change while the proxy runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This proxy's UID.
+    pub uid: String,
+    /// The read-only listener, when configured, with its fallback.
+    pub read_only: Option<Fallback>,
+    /// Stop listening when `proxyTimeout` expires (Stolon's `--stop-listening`).
+    pub stop_listening: bool,
+    /// `proxyCheckInterval` until clusterdata says otherwise.
+    pub initial_check_interval: Duration,
+    /// `proxyTimeout` until clusterdata says otherwise.
+    pub initial_proxy_timeout: Duration,
+    /// Injected bug (tests only).
+    #[cfg(feature = "testing")]
+    pub bug: Bug,
+}
+
+impl Config {
+    /// A proxy `uid` without a read-only listener, that stops listening on timeout.
+    pub fn new(
+        uid: String,
+        initial_check_interval: Duration,
+        initial_proxy_timeout: Duration,
+    ) -> Self {
+        Config {
+            uid,
+            read_only: None,
+            stop_listening: true,
+            initial_check_interval,
+            initial_proxy_timeout,
+            #[cfg(feature = "testing")]
+            bug: Bug::None,
+        }
+    }
+
+    fn fails_closed(&self) -> bool {
+        #[cfg(feature = "testing")]
+        if self.bug == Bug::NoFailClosed {
+            return false;
+        }
+        true
+    }
+}
+
+/// One clusterdata read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRead {
+    /// The document; `None` when the key is absent or holds JSON `null`.
+    pub data: Option<Box<ClusterData>>,
+    /// The key's revision (opaque); `None` when the key is absent.
+    pub revision: Option<String>,
+}
+
+/// Why clusterdata could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// The store did not answer (error or timeout).
+    Unavailable(String),
+    /// The key holds something that is not clusterdata.
+    Malformed(String),
+}
+
+/// What happened since the last step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// Time passed (the proxy started, or `wake_at` was reached).
+    Wake,
+    /// Something in the store changed.
+    StoreChanged,
+    /// The result of [`Request::ReadClusterData`].
+    Read(Result<ClusterRead, ReadError>),
+    /// The result of [`Request::Listen`].
+    Listened(Result<(), String>),
+    /// The result of [`Request::Resolve`], one entry per destination, in order.
+    Resolved(Vec<Result<SocketAddr, String>>),
+    /// The result of [`Request::Publish`].
+    Published(Result<(), String>),
+}
+
+/// IO whose result the machine waits for (at most one at a time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Read clusterdata.
+    ReadClusterData,
+    /// Start listening (the primary listener, and the read-only one when configured).
+    Listen,
+    /// Resolve these advertised addresses (the master first, then the standbys).
+    Resolve(Vec<Destination>),
+    /// Publish this proxy's ProxyInfo (with a fresh info UID) under `ttl`.
+    Publish {
+        /// The proxy generation acknowledged.
+        generation: i64,
+        /// The timeout the proxy runs on.
+        proxy_timeout: Duration,
+        /// The TTL of the info.
+        ttl: Duration,
+    },
+}
+
+/// A log line, with its fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Log {
+    /// A check failed (error); it is retried.
+    CheckFailed(String),
+    /// Routing nowhere, and why (info; logged when the reason changes).
+    NotProxying(String),
+    /// Routing to the master again after routing nowhere (info).
+    ProxyingTo(SocketAddr),
+    /// `proxyTimeout` expired (warning).
+    TimedOut,
+    /// Publishing the ProxyInfo failed (warning).
+    PublishFailed(String),
+    /// A standby's address did not resolve; it gets no read-only connections (warning).
+    SkippingStandby {
+        /// Its advertised host.
+        host: String,
+        /// Why.
+        error: String,
+    },
+}
+
+/// What the proxy does, in order, before starting the step's request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// New read-write connections go here (`None`: refuse them). A change closes every
+    /// connection proxied so far.
+    SetDestination(Option<SocketAddr>),
+    /// Read-only routing: spread over `standbys`, else `fallback`, else refuse.
+    SetReadOnlyDestinations {
+        /// Qualifying standbys.
+        standbys: Vec<SocketAddr>,
+        /// Where to go when there is none.
+        fallback: Option<SocketAddr>,
+    },
+    /// Close the listening sockets.
+    StopListening,
+    /// A check succeeded (for the last-success metric).
+    CheckSucceeded,
+    /// Write a log line.
+    Log(Log),
+}
+
+/// Why a check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CheckKind {
+    /// A store change: nothing to do when clusterdata did not change.
+    Changed,
+    /// The periodic check: always applies and publishes.
+    Full,
+}
+
+/// The last ProxyInfo published successfully.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Its generation.
+    pub generation: i64,
+    /// Its timeout.
+    pub proxy_timeout: Duration,
+}
+
+/// What is left to do once the publish (or the decision not to publish) is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterPublish {
+    /// Nothing: routing is already closed; a failed publish does not fail the check.
+    Acknowledge,
+    /// Route nowhere (this proxy is not enabled); a failed publish fails the check.
+    NotEnabled,
+    /// Route to the master; a failed publish fails the check and never switches.
+    Master {
+        /// The master's address.
+        master: SocketAddr,
+        /// The resolved standbys.
+        standbys: Vec<SocketAddr>,
+    },
+}
+
+/// What a check in progress waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// The clusterdata read.
+    Reading,
+    /// Listening, to apply this read afterwards.
+    Listening(ClusterRead),
+    /// Resolving the master and `standbys`.
+    Resolving {
+        /// Revision being applied.
+        revision: Option<String>,
+        /// Generation to acknowledge.
+        generation: i64,
+        /// The spec's timings.
+        timings: SpecTimings,
+        /// The standbys being resolved (after the master).
+        standbys: Vec<Destination>,
+    },
+    /// Publishing.
+    Publishing {
+        /// Revision being applied.
+        revision: Option<String>,
+        /// What is published.
+        published: Published,
+        /// The spec's timings, adopted after a successful publish.
+        timings: SpecTimings,
+        /// What comes next.
+        then: AfterPublish,
+    },
+}
+
+/// A check in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Why it runs.
+    pub kind: CheckKind,
+    /// `proxyTimeout` expired while it ran: its result is stale and is dropped.
+    pub stale: bool,
+    /// What it waits for.
+    pub phase: Phase,
+}
+
+/// What the machine remembers between steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Memory {
+    /// `proxyCheckInterval` in force.
+    pub check_interval: Duration,
+    /// `proxyTimeout` in force.
+    pub proxy_timeout: Duration,
+    /// End of the last successful check (the start, before the first).
+    pub fresh_since: MonoInstant,
+    /// `proxyTimeout` expired since the last successful check.
+    pub timed_out: bool,
+    /// Clusterdata revision applied by the last successful check (`Some(None)`: key absent);
+    /// `None` when the last check did not succeed or the proxy timed out since.
+    pub applied_revision: Option<Option<String>>,
+    /// Where read-write connections go.
+    pub primary: Option<SocketAddr>,
+    /// Read-only routing in force (standbys, fallback).
+    pub read_only: (Vec<SocketAddr>, Option<SocketAddr>),
+    /// The last reason logged for routing nowhere (`None` while routing to the master).
+    pub closed_reason: Option<String>,
+    /// The last successful publish.
+    pub published: Option<Published>,
+    /// The next check must publish (never published, a publish failed, or timed out since).
+    pub resync: bool,
+    /// Listening.
+    pub listening: bool,
+    /// When the next periodic check is due.
+    pub next_full_check: MonoInstant,
+    /// The check in progress.
+    pub check: Option<Check>,
+    /// A check asked for while another runs.
+    pub queued: Option<CheckKind>,
+}
+
+impl Memory {
+    /// The memory of a proxy starting at `now`: its first step runs a full check.
+    pub fn new(cfg: &Config, now: MonoInstant) -> Self {
+        Memory {
+            check_interval: cfg.initial_check_interval,
+            proxy_timeout: cfg.initial_proxy_timeout,
+            fresh_since: now,
+            timed_out: false,
+            applied_revision: None,
+            primary: None,
+            read_only: (Vec::new(), None),
+            closed_reason: None,
+            published: None,
+            resync: true,
+            listening: false,
+            next_full_check: now,
+            check: None,
+            queued: None,
+        }
+    }
+
+    /// When `proxyTimeout` expires, if it has not yet.
+    pub fn deadline(&self) -> Option<MonoInstant> {
+        (!self.timed_out).then(|| self.fresh_since.saturating_add(self.proxy_timeout))
+    }
+}
+
+/// The outcome of one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// What to do, in order.
+    pub actions: Vec<Action>,
+    /// IO to start after the actions; its result is the next observation.
+    pub request: Option<Request>,
+    /// Memory for the next step.
+    pub memory: Memory,
+    /// Step again with [`Observation::Wake`] at this instant if nothing else happened first.
+    pub wake_at: Option<MonoInstant>,
+}
+
+/// One step of the check loop.
+pub fn step(cfg: &Config, obs: Observation, memory: Memory, now: MonoInstant) -> Decision {
+    let mut m = Machine {
+        cfg,
+        mem: memory,
+        now,
+        actions: Vec::new(),
+        request: None,
+    };
+    // The timeout first: a result arriving after it is stale.
+    m.check_timeout();
+    match obs {
+        Observation::Wake => {}
+        Observation::StoreChanged => m.queue(CheckKind::Changed),
+        Observation::Read(r) => {
+            if m.current(|p| matches!(p, Phase::Reading)) {
+                m.on_read(r);
+            }
+        }
+        Observation::Listened(r) => {
+            if m.current(|p| matches!(p, Phase::Listening(_))) {
+                m.on_listened(r);
+            }
+        }
+        Observation::Resolved(r) => {
+            if m.current(|p| matches!(p, Phase::Resolving { .. })) {
+                m.on_resolved(r);
+            }
+        }
+        Observation::Published(r) => {
+            if m.current(|p| matches!(p, Phase::Publishing { .. })) {
+                m.on_published(r);
+            }
+        }
+    }
+    if m.mem.check.is_none() {
+        if now >= m.mem.next_full_check {
+            m.queue(CheckKind::Full);
+        }
+        if let Some(kind) = m.mem.queued.take() {
+            m.begin(kind);
+        }
+    }
+    let mut wake_at = m.mem.deadline();
+    if m.mem.check.is_none() {
+        wake_at = Some(wake_at.map_or(m.mem.next_full_check, |w| w.min(m.mem.next_full_check)));
+    }
+    Decision {
+        actions: m.actions,
+        request: m.request,
+        memory: m.mem,
+        wake_at,
+    }
+}
+
+struct Machine<'a> {
+    cfg: &'a Config,
+    mem: Memory,
+    now: MonoInstant,
+    actions: Vec<Action>,
+    request: Option<Request>,
+}
+
+impl Machine<'_> {
+    fn log(&mut self, l: Log) {
+        self.actions.push(Action::Log(l));
+    }
+
+    /// Whether a check is in progress in a phase matching `f`. The result of a stale check is
+    /// dropped here, and a full check is queued instead.
+    fn current(&mut self, f: impl Fn(&Phase) -> bool) -> bool {
+        match &self.mem.check {
+            Some(c) if f(&c.phase) => {
+                if c.stale {
+                    self.mem.check = None;
+                    self.queue(CheckKind::Full);
+                    false
+                } else {
+                    true
+                }
+            }
+            // A result nobody asked for (an executor bug): ignored.
+            _ => false,
+        }
+    }
+
+    fn queue(&mut self, kind: CheckKind) {
+        self.mem.queued = self.mem.queued.max(Some(kind));
+    }
+
+    fn begin(&mut self, kind: CheckKind) {
+        self.mem.check = Some(Check {
+            kind,
+            stale: false,
+            phase: Phase::Reading,
+        });
+        self.request = Some(Request::ReadClusterData);
+    }
+
+    fn kind(&self) -> CheckKind {
+        self.mem.check.as_ref().map_or(CheckKind::Full, |c| c.kind)
+    }
+
+    fn set_phase(&mut self, phase: Phase, request: Request) {
+        if let Some(c) = &mut self.mem.check {
+            c.phase = phase;
+        }
+        self.request = Some(request);
+    }
+
+    fn check_timeout(&mut self) {
+        let Some(deadline) = self.mem.deadline() else {
+            return;
+        };
+        if self.now < deadline {
+            return;
+        }
+        self.mem.timed_out = true;
+        self.mem.applied_revision = None;
+        self.mem.resync = true;
+        if let Some(c) = &mut self.mem.check {
+            c.stale = true;
+        }
+        self.log(Log::TimedOut);
+        if self.cfg.fails_closed() {
+            self.close("proxy check timed out".into(), false);
+        }
+        if self.cfg.stop_listening && self.mem.listening {
+            self.mem.listening = false;
+            self.actions.push(Action::StopListening);
+        }
+    }
+
+    /// Routes nowhere; logs `reason` when it changed (and `log` is set).
+    fn close(&mut self, reason: String, log: bool) {
+        if self.mem.primary.is_some() {
+            self.mem.primary = None;
+            self.actions.push(Action::SetDestination(None));
+        }
+        self.set_read_only(Vec::new(), None);
+        if self.mem.closed_reason.as_deref() != Some(reason.as_str()) {
+            if log {
+                self.log(Log::NotProxying(reason.clone()));
+            }
+            self.mem.closed_reason = Some(reason);
+        }
+    }
+
+    fn set_read_only(&mut self, standbys: Vec<SocketAddr>, fallback: Option<SocketAddr>) {
+        if self.cfg.read_only.is_none() {
+            return;
+        }
+        let next = (standbys, fallback);
+        if self.mem.read_only != next {
+            self.actions.push(Action::SetReadOnlyDestinations {
+                standbys: next.0.clone(),
+                fallback: next.1,
+            });
+            self.mem.read_only = next;
+        }
+    }
+
+    fn fail(&mut self, error: String) {
+        self.log(Log::CheckFailed(error));
+        if self.kind() == CheckKind::Full {
+            self.mem.next_full_check = self.now + self.mem.check_interval;
+        }
+        self.mem.check = None;
+    }
+
+    fn succeed(&mut self, revision: Option<String>, published: bool) {
+        self.actions.push(Action::CheckSucceeded);
+        self.mem.fresh_since = self.now;
+        self.mem.timed_out = false;
+        self.mem.applied_revision = Some(revision);
+        if published || self.kind() == CheckKind::Full {
+            self.mem.next_full_check = self.now + self.mem.check_interval;
+        }
+        self.mem.check = None;
+    }
+
+    fn on_read(&mut self, r: Result<ClusterRead, ReadError>) {
+        let read = match r {
+            Ok(read) => read,
+            Err(ReadError::Malformed(e)) => {
+                // We do not know the master any more: fail closed now.
+                self.close(format!("unusable clusterdata: {e}"), true);
+                self.mem.applied_revision = None;
+                return self.fail(format!("unusable cluster data: {e}"));
+            }
+            Err(ReadError::Unavailable(e)) => {
+                return self.fail(format!("cannot get cluster data: {e}"));
+            }
+        };
+        if self.kind() == CheckKind::Changed
+            && self.mem.applied_revision.as_ref() == Some(&read.revision)
+        {
+            // Clusterdata did not change (our own ProxyInfo write wakes us up too).
+            self.mem.check = None;
+            return;
+        }
+        self.mem.applied_revision = None;
+        if !self.mem.listening {
+            return self.set_phase(Phase::Listening(read), Request::Listen);
+        }
+        self.apply(read);
+    }
+
+    fn on_listened(&mut self, r: Result<(), String>) {
+        let Some(Check {
+            phase: Phase::Listening(read),
+            ..
+        }) = self.mem.check.clone()
+        else {
+            return;
+        };
+        match r {
+            Ok(()) => {
+                self.mem.listening = true;
+                self.apply(read);
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn apply(&mut self, read: ClusterRead) {
+        let revision = read.revision;
+        match route(read.data.as_deref(), &self.cfg.uid) {
+            Route::NoClusterData => {
+                self.close(
+                    "no clusterdata available, closing connections to master".into(),
+                    true,
+                );
+                self.succeed(revision, false);
+            }
+            Route::Unusable(e) => {
+                self.close(format!("unusable clusterdata: {e}"), true);
+                self.fail(format!("unusable cluster data: {e}"));
+            }
+            Route::Usable {
+                generation,
+                timings,
+                target,
+            } => match target {
+                Target::Closed(ClosedReason::NotEnabled) => {
+                    self.publish(revision, generation, timings, AfterPublish::NotEnabled);
+                }
+                Target::Closed(reason) => {
+                    self.close(reason.to_string(), true);
+                    self.publish(revision, generation, timings, AfterPublish::Acknowledge);
+                }
+                Target::Master { master, standbys } => {
+                    let mut all = Vec::with_capacity(standbys.len() + 1);
+                    all.push(master);
+                    all.extend(standbys.iter().cloned());
+                    self.set_phase(
+                        Phase::Resolving {
+                            revision,
+                            generation,
+                            timings,
+                            standbys,
+                        },
+                        Request::Resolve(all),
+                    );
+                }
+            },
+        }
+    }
+
+    fn on_resolved(&mut self, results: Vec<Result<SocketAddr, String>>) {
+        let Some(Check {
+            phase:
+                Phase::Resolving {
+                    revision,
+                    generation,
+                    timings,
+                    standbys,
+                },
+            ..
+        }) = self.mem.check.clone()
+        else {
+            return;
+        };
+        let mut results = results.into_iter();
+        match results.next() {
+            Some(Ok(master)) => {
+                let mut resolved = Vec::with_capacity(standbys.len());
+                for (dest, r) in standbys.into_iter().zip(results) {
+                    match r {
+                        Ok(addr) => resolved.push(addr),
+                        Err(error) => self.log(Log::SkippingStandby {
+                            host: dest.host,
+                            error,
+                        }),
+                    }
+                }
+                let then = AfterPublish::Master {
+                    master,
+                    standbys: resolved,
+                };
+                self.publish(revision, generation, timings, then);
+            }
+            other => {
+                // An unresolvable master routes nothing, and is not a check failure.
+                let e = match other {
+                    Some(Err(e)) => e,
+                    _ => "no address".into(),
+                };
+                self.close(format!("cannot resolve master address: {e}"), true);
+                self.publish(revision, generation, timings, AfterPublish::Acknowledge);
+            }
+        }
+    }
+
+    /// Publishes `generation` when due, then finishes the check with `then`.
+    fn publish(
+        &mut self,
+        revision: Option<String>,
+        generation: i64,
+        timings: SpecTimings,
+        then: AfterPublish,
+    ) {
+        let published = Published {
+            generation,
+            proxy_timeout: publish_timeout(&timings, self.mem.proxy_timeout),
+        };
+        let switching = matches!(&then, AfterPublish::Master { master, .. } if self.mem.primary != Some(*master));
+        let due = self.mem.resync
+            || self.kind() == CheckKind::Full
+            || self.mem.published != Some(published)
+            || switching;
+        if due {
+            let request = Request::Publish {
+                generation,
+                proxy_timeout: published.proxy_timeout,
+                ttl: proxy_info_ttl(published.proxy_timeout),
+            };
+            self.set_phase(
+                Phase::Publishing {
+                    revision,
+                    published,
+                    timings,
+                    then,
+                },
+                request,
+            );
+        } else {
+            self.finish(revision, timings, then, false);
+        }
+    }
+
+    fn on_published(&mut self, r: Result<(), String>) {
+        let Some(Check {
+            phase:
+                Phase::Publishing {
+                    revision,
+                    published,
+                    timings,
+                    then,
+                },
+            ..
+        }) = self.mem.check.clone()
+        else {
+            return;
+        };
+        match r {
+            Ok(()) => {
+                self.mem.published = Some(published);
+                self.mem.resync = false;
+                self.finish(revision, timings, then, true);
+            }
+            Err(e) => {
+                self.log(Log::PublishFailed(e.clone()));
+                self.mem.resync = true;
+                let keep = match &then {
+                    // Routing is closed already: nothing is unsafe.
+                    AfterPublish::Acknowledge => return self.succeed(revision, false),
+                    AfterPublish::NotEnabled => None,
+                    AfterPublish::Master { master, .. } => Some(*master),
+                };
+                if self.mem.primary != keep {
+                    // Never switch unannounced; an unchanged route stays (the timeout closes
+                    // it if the store stays unreachable).
+                    self.close("cannot publish proxy info".into(), true);
+                }
+                self.fail(format!("failed to update proxyInfo: {e}"));
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        revision: Option<String>,
+        timings: SpecTimings,
+        then: AfterPublish,
+        published: bool,
+    ) {
+        if let Some(t) = timings.proxy_timeout {
+            self.mem.proxy_timeout = t;
+        }
+        if let Some(i) = timings.check_interval {
+            self.mem.check_interval = i;
+        }
+        match then {
+            AfterPublish::Acknowledge => {}
+            AfterPublish::NotEnabled => self.close(ClosedReason::NotEnabled.to_string(), true),
+            AfterPublish::Master { master, standbys } => {
+                if self.mem.primary != Some(master) {
+                    self.mem.primary = Some(master);
+                    self.actions.push(Action::SetDestination(Some(master)));
+                }
+                if self.mem.closed_reason.take().is_some() {
+                    self.log(Log::ProxyingTo(master));
+                }
+                if let Some(fallback) = self.cfg.read_only {
+                    let fallback = match fallback {
+                        Fallback::Master => Some(master),
+                        Fallback::Refuse => None,
+                    };
+                    self.set_read_only(standbys, fallback);
+                }
+            }
+        }
+        self.succeed(revision, published);
+    }
+}

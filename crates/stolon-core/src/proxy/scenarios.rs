@@ -1,0 +1,779 @@
+//! Named scenarios of the proxy check machine: every transition, with the whole action list of
+//! each step, and a property test of the fencing rules over random runs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pretty_assertions::assert_eq;
+
+use super::machine::*;
+use super::{ClosedReason, Destination};
+use crate::model::*;
+use crate::timestamp::Timestamp;
+
+const M: &str = "10.0.0.1:5432";
+const M2: &str = "10.0.0.9:5432";
+const S1: &str = "10.0.0.2:5432";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+fn dest(s: &str) -> Destination {
+    let a = addr(s);
+    Destination {
+        host: a.ip().to_string(),
+        port: a.port().to_string(),
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn db(uid: &str, role: DbRole, at: &str, master: &str) -> Db {
+    let d = dest(at);
+    Db {
+        uid: uid.into(),
+        generation: 1,
+        spec: Some(DbSpec {
+            keeper_uid: format!("k{uid}"),
+            role: Some(role),
+            follow_config: (role == DbRole::Standby).then(|| FollowConfig {
+                kind: Some(FollowType::Internal),
+                db_uid: master.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: DbStatus {
+            healthy: true,
+            listen_address: d.host,
+            port: d.port,
+            timeline_id: 1,
+            xlog_pos: 1000,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Clusterdata at proxy `generation` naming `master` ("m" at M, "m2" at M2, "" for none), with
+/// standby s1 at S1 following it, enabling `enabled`.
+fn cd(generation: i64, master: &str, enabled: &[&str]) -> ClusterData {
+    let cluster = Cluster {
+        uid: "c".into(),
+        generation: 1,
+        spec: Some(ClusterSpec::new_init(ClusterInitMode::New)),
+        status: ClusterStatus {
+            phase: Some(ClusterPhase::Normal),
+            master: master.into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut cd = ClusterData::new(cluster, Timestamp::zero());
+    cd.dbs.insert("m".into(), db("m", DbRole::Master, M, ""));
+    cd.dbs.insert("m2".into(), db("m2", DbRole::Master, M2, ""));
+    let follows = if master.is_empty() { "m" } else { master };
+    cd.dbs
+        .insert("s1".into(), db("s1", DbRole::Standby, S1, follows));
+    cd.proxy = Some(Proxy {
+        generation,
+        spec: ProxySpec {
+            master_db_uid: master.into(),
+            enabled_proxies: enabled.iter().map(|s| s.to_string()).collect(),
+        },
+        ..Default::default()
+    });
+    cd
+}
+
+fn read(cd: Option<ClusterData>, revision: &str) -> Observation {
+    Observation::Read(Ok(ClusterRead {
+        data: cd.map(Box::new),
+        revision: Some(revision.into()),
+    }))
+}
+
+fn publish(generation: i64) -> Option<Request> {
+    Some(Request::Publish {
+        generation,
+        proxy_timeout: secs(15),
+        ttl: secs(30),
+    })
+}
+
+fn resolve(dests: &[&str]) -> Option<Request> {
+    Some(Request::Resolve(dests.iter().map(|d| dest(d)).collect()))
+}
+
+fn resolved(addrs: &[&str]) -> Observation {
+    Observation::Resolved(addrs.iter().map(|a| Ok(addr(a))).collect())
+}
+
+fn log(l: Log) -> Action {
+    Action::Log(l)
+}
+
+/// One proxy "p1" driven step by step.
+struct Run {
+    cfg: Config,
+    mem: Memory,
+    now: Duration,
+    wake_at: Option<Duration>,
+}
+
+impl Run {
+    fn new(read_only: Option<Fallback>) -> Self {
+        let mut cfg = Config::new("p1".into(), secs(5), secs(15));
+        cfg.read_only = read_only;
+        let mem = Memory::new(&cfg, Duration::ZERO);
+        Run {
+            cfg,
+            mem,
+            now: Duration::ZERO,
+            wake_at: None,
+        }
+    }
+
+    fn at(&mut self, t: Duration) -> &mut Self {
+        self.now = t;
+        self
+    }
+
+    /// Steps with `obs`; returns the actions and the request.
+    fn step(&mut self, obs: Observation) -> (Vec<Action>, Option<Request>) {
+        let d = step(&self.cfg, obs, self.mem.clone(), self.now);
+        if let Some(w) = d.wake_at {
+            assert!(w > self.now, "wake_at {w:?} not after now {:?}", self.now);
+        }
+        self.mem = d.memory;
+        self.wake_at = d.wake_at;
+        (d.actions, d.request)
+    }
+
+    /// The first check at 0 against `cd(7, "m", ["p1"])`: routed to M.
+    fn routed() -> Self {
+        let mut r = Run::new(None);
+        r.step(Observation::Wake);
+        r.step(read(Some(cd(7, "m", &["p1"])), "1"));
+        r.step(Observation::Listened(Ok(())));
+        r.step(resolved(&[M, S1]));
+        let (actions, _) = r.step(Observation::Published(Ok(())));
+        assert_eq!(actions[0], Action::SetDestination(Some(addr(M))));
+        r
+    }
+}
+
+#[test]
+fn first_check_listens_resolves_publishes_then_routes() {
+    let mut r = Run::new(None);
+    assert_eq!(
+        r.step(Observation::Wake),
+        (vec![], Some(Request::ReadClusterData))
+    );
+    assert_eq!(r.wake_at, Some(secs(15)), "only the timeout while reading");
+    assert_eq!(
+        r.step(read(Some(cd(7, "m", &["p1"])), "1")),
+        (vec![], Some(Request::Listen))
+    );
+    assert_eq!(
+        r.step(Observation::Listened(Ok(()))),
+        (vec![], resolve(&[M, S1]))
+    );
+    // Publish before routing: nothing is routed yet.
+    assert_eq!(r.step(resolved(&[M, S1])), (vec![], publish(7)));
+    assert_eq!(
+        r.step(Observation::Published(Ok(()))),
+        (
+            vec![
+                Action::SetDestination(Some(addr(M))),
+                Action::CheckSucceeded
+            ],
+            None
+        )
+    );
+    assert_eq!(r.wake_at, Some(secs(5)), "the next periodic check");
+    assert!(r.mem.listening);
+}
+
+#[test]
+fn a_store_change_without_a_new_generation_does_not_publish() {
+    let mut r = Run::routed();
+    // Our own ProxyInfo write: clusterdata unchanged, nothing done.
+    r.at(secs(1));
+    assert_eq!(
+        r.step(Observation::StoreChanged),
+        (vec![], Some(Request::ReadClusterData))
+    );
+    assert_eq!(r.step(read(Some(cd(7, "m", &["p1"])), "1")), (vec![], None));
+    // The sentinel rewrote clusterdata (a keeper's status): applied, not published.
+    r.at(secs(2));
+    r.step(Observation::StoreChanged);
+    assert_eq!(
+        r.step(read(Some(cd(7, "m", &["p1"])), "2")),
+        (vec![], resolve(&[M, S1]))
+    );
+    assert_eq!(
+        r.step(resolved(&[M, S1])),
+        (vec![Action::CheckSucceeded], None)
+    );
+    assert_eq!(
+        r.wake_at,
+        Some(secs(5)),
+        "the periodic check is not postponed"
+    );
+    // The periodic check always publishes.
+    r.at(secs(5));
+    assert_eq!(
+        r.step(Observation::Wake),
+        (vec![], Some(Request::ReadClusterData))
+    );
+    r.step(read(Some(cd(7, "m", &["p1"])), "2"));
+    assert_eq!(r.step(resolved(&[M, S1])), (vec![], publish(7)));
+    assert_eq!(
+        r.step(Observation::Published(Ok(()))),
+        (vec![Action::CheckSucceeded], None)
+    );
+    assert_eq!(r.wake_at, Some(secs(10)));
+}
+
+#[test]
+fn master_change_publishes_the_new_generation_before_switching() {
+    let mut r = Run::routed();
+    // The sentinel first names no master: close at once, then acknowledge.
+    r.at(secs(1));
+    r.step(Observation::StoreChanged);
+    let reason = ClosedReason::NoMaster.to_string();
+    assert_eq!(
+        r.step(read(Some(cd(8, "", &["p1"])), "2")),
+        (
+            vec![Action::SetDestination(None), log(Log::NotProxying(reason))],
+            publish(8)
+        )
+    );
+    assert_eq!(
+        r.step(Observation::Published(Ok(()))),
+        (vec![Action::CheckSucceeded], None)
+    );
+    // Then the new master: published before the switch.
+    r.at(secs(2));
+    r.step(Observation::StoreChanged);
+    assert_eq!(
+        r.step(read(Some(cd(9, "m2", &["p1"])), "3")),
+        (vec![], resolve(&[M2, S1]))
+    );
+    assert_eq!(r.step(resolved(&[M2, S1])), (vec![], publish(9)));
+    assert_eq!(
+        r.step(Observation::Published(Ok(()))),
+        (
+            vec![
+                Action::SetDestination(Some(addr(M2))),
+                log(Log::ProxyingTo(addr(M2))),
+                Action::CheckSucceeded
+            ],
+            None
+        )
+    );
+}
+
+#[test]
+fn a_new_master_address_in_the_same_generation_is_published_before_switching() {
+    let mut r = Run::routed();
+    let mut c = cd(7, "m", &["p1"]);
+    c.dbs.get_mut("m").expect("m").status.port = "5433".into();
+    r.at(secs(1));
+    r.step(Observation::StoreChanged);
+    let moved = "10.0.0.1:5433";
+    assert_eq!(r.step(read(Some(c), "2")), (vec![], resolve(&[moved, S1])));
+    assert_eq!(r.step(resolved(&[moved, S1])), (vec![], publish(7)));
+    assert_eq!(
+        r.step(Observation::Published(Ok(()))),
+        (
+            vec![
+                Action::SetDestination(Some(addr(moved))),
+                Action::CheckSucceeded
+            ],
+            None
+        )
+    );
+}
+
+#[test]
+fn a_store_error_then_recovery_before_the_timeout_keeps_the_route() {
+    let mut r = Run::routed();
+    r.at(secs(5));
+    r.step(Observation::Wake);
+    assert_eq!(
+        r.step(Observation::Read(Err(ReadError::Unavailable(
+            "down".into()
+        )))),
+        (
+            vec![log(Log::CheckFailed(
+                "cannot get cluster data: down".into()
+            ))],
+            None
+        )
+    );
+    assert_eq!(r.wake_at, Some(secs(10)), "retried on the next period");
+    assert_eq!(r.mem.primary, Some(addr(M)));
+    r.at(secs(10));
+    r.step(Observation::Wake);
+    r.step(read(Some(cd(7, "m", &["p1"])), "1"));
+    r.step(resolved(&[M, S1]));
+    assert_eq!(
+        r.step(Observation::Published(Ok(()))),
+        (vec![Action::CheckSucceeded], None)
+    );
+    assert_eq!(
+        r.wake_at,
+        Some(secs(15)),
+        "next period; the timeout moved to 25 s"
+    );
+    assert_eq!(r.mem.deadline(), Some(secs(25)));
+}
+
+#[test]
+fn the_timeout_closes_everything_stops_listening_and_recovers() {
+    let mut r = Run::routed();
+    let down = || Observation::Read(Err(ReadError::Unavailable("down".into())));
+    for t in [5, 10] {
+        r.at(secs(t));
+        r.step(Observation::Wake);
+        r.step(down());
+    }
+    assert_eq!(r.wake_at, Some(secs(15)));
+    r.at(secs(15));
+    assert_eq!(
+        r.step(Observation::Wake),
+        (
+            vec![
+                log(Log::TimedOut),
+                Action::SetDestination(None),
+                Action::StopListening
+            ],
+            Some(Request::ReadClusterData)
+        )
+    );
+    assert_eq!(r.wake_at, None, "nothing to time out while the check runs");
+    // Recovery: listen again, publish again (our info may have expired), route.
+    r.at(secs(16));
+    assert_eq!(
+        r.step(read(Some(cd(7, "m", &["p1"])), "1")),
+        (vec![], Some(Request::Listen))
+    );
+    r.step(Observation::Listened(Ok(())));
+    assert_eq!(r.step(resolved(&[M, S1])), (vec![], publish(7)));
+    assert_eq!(
+        r.step(Observation::Published(Ok(()))),
+        (
+            vec![
+                Action::SetDestination(Some(addr(M))),
+                log(Log::ProxyingTo(addr(M))),
+                Action::CheckSucceeded
+            ],
+            None
+        )
+    );
+}
+
+#[test]
+fn a_timeout_inside_a_check_drops_its_result_and_checks_again() {
+    let mut r = Run::routed();
+    r.at(secs(5));
+    r.step(Observation::Wake);
+    // The read hangs past the timeout.
+    r.at(secs(15));
+    assert_eq!(
+        r.step(Observation::Wake),
+        (
+            vec![
+                log(Log::TimedOut),
+                Action::SetDestination(None),
+                Action::StopListening
+            ],
+            None
+        )
+    );
+    // Its late answer is stale: not applied, a new check at once.
+    r.at(secs(20));
+    assert_eq!(
+        r.step(read(Some(cd(7, "m", &["p1"])), "1")),
+        (vec![], Some(Request::ReadClusterData))
+    );
+    assert_eq!(r.mem.primary, None);
+    assert_eq!(
+        r.step(read(Some(cd(7, "m", &["p1"])), "1")),
+        (vec![], Some(Request::Listen))
+    );
+}
+
+#[test]
+fn an_unresolvable_master_routes_nothing_and_still_acknowledges() {
+    let mut r = Run::routed();
+    r.at(secs(1));
+    r.step(Observation::StoreChanged);
+    r.step(read(Some(cd(8, "m2", &["p1"])), "2"));
+    assert_eq!(
+        r.step(Observation::Resolved(vec![
+            Err("no such host".into()),
+            Ok(addr(S1))
+        ])),
+        (
+            vec![
+                Action::SetDestination(None),
+                log(Log::NotProxying(
+                    "cannot resolve master address: no such host".into()
+                ))
+            ],
+            publish(8)
+        )
+    );
+    assert_eq!(
+        r.step(Observation::Published(Ok(()))),
+        (vec![Action::CheckSucceeded], None)
+    );
+}
+
+#[test]
+fn a_proxy_not_enabled_acknowledges_and_routes_nothing() {
+    let mut r = Run::new(None);
+    r.step(Observation::Wake);
+    r.step(read(Some(cd(7, "m", &["p2"])), "1"));
+    assert_eq!(r.step(Observation::Listened(Ok(()))), (vec![], publish(7)));
+    assert_eq!(
+        r.step(Observation::Published(Ok(()))),
+        (
+            vec![
+                log(Log::NotProxying(ClosedReason::NotEnabled.to_string())),
+                Action::CheckSucceeded
+            ],
+            None
+        )
+    );
+}
+
+#[test]
+fn null_clusterdata_listens_routes_nothing_and_publishes_nothing() {
+    let mut r = Run::new(None);
+    r.step(Observation::Wake);
+    assert_eq!(r.step(read(None, "1")), (vec![], Some(Request::Listen)));
+    assert_eq!(
+        r.step(Observation::Listened(Ok(()))),
+        (
+            vec![
+                log(Log::NotProxying(
+                    "no clusterdata available, closing connections to master".into()
+                )),
+                Action::CheckSucceeded
+            ],
+            None
+        )
+    );
+    // Undecodable clusterdata: closed at once, and a failed check.
+    r.at(secs(5));
+    r.step(Observation::Wake);
+    assert_eq!(
+        r.step(Observation::Read(Err(ReadError::Malformed(
+            "bad json".into()
+        )))),
+        (
+            vec![
+                log(Log::NotProxying("unusable clusterdata: bad json".into())),
+                log(Log::CheckFailed("unusable cluster data: bad json".into()))
+            ],
+            None
+        )
+    );
+}
+
+#[test]
+fn a_listen_failure_fails_the_check_and_is_retried() {
+    let mut r = Run::new(None);
+    r.step(Observation::Wake);
+    r.step(read(Some(cd(7, "m", &["p1"])), "1"));
+    assert_eq!(
+        r.step(Observation::Listened(Err(
+            "cannot listen on x: in use".into()
+        ))),
+        (
+            vec![log(Log::CheckFailed("cannot listen on x: in use".into()))],
+            None
+        )
+    );
+    r.at(secs(5));
+    r.step(Observation::Wake);
+    assert_eq!(
+        r.step(read(Some(cd(7, "m", &["p1"])), "1")),
+        (vec![], Some(Request::Listen))
+    );
+}
+
+#[test]
+fn read_only_destinations_follow_the_qualifying_standbys() {
+    let mut r = Run::new(Some(Fallback::Master));
+    r.step(Observation::Wake);
+    r.step(read(Some(cd(7, "m", &["p1"])), "1"));
+    r.step(Observation::Listened(Ok(())));
+    r.step(resolved(&[M, S1]));
+    assert_eq!(
+        r.step(Observation::Published(Ok(()))),
+        (
+            vec![
+                Action::SetDestination(Some(addr(M))),
+                Action::SetReadOnlyDestinations {
+                    standbys: vec![addr(S1)],
+                    fallback: Some(addr(M))
+                },
+                Action::CheckSucceeded
+            ],
+            None
+        )
+    );
+    // s1 unhealthy: the fallback only.
+    let mut c = cd(7, "m", &["p1"]);
+    c.dbs.get_mut("s1").expect("s1").status.healthy = false;
+    r.at(secs(1));
+    r.step(Observation::StoreChanged);
+    assert_eq!(r.step(read(Some(c), "2")), (vec![], resolve(&[M])));
+    assert_eq!(
+        r.step(resolved(&[M])),
+        (
+            vec![
+                Action::SetReadOnlyDestinations {
+                    standbys: vec![],
+                    fallback: Some(addr(M))
+                },
+                Action::CheckSucceeded
+            ],
+            None
+        )
+    );
+    // Healthy again but unresolvable: skipped, with a warning.
+    r.at(secs(2));
+    r.step(Observation::StoreChanged);
+    r.step(read(Some(cd(7, "m", &["p1"])), "3"));
+    assert_eq!(
+        r.step(Observation::Resolved(vec![Ok(addr(M)), Err("nx".into())])),
+        (
+            vec![
+                log(Log::SkippingStandby {
+                    host: "10.0.0.2".into(),
+                    error: "nx".into()
+                }),
+                Action::CheckSucceeded
+            ],
+            None
+        )
+    );
+    // Routing nowhere closes the read-only side too.
+    r.at(secs(3));
+    r.step(Observation::StoreChanged);
+    let (actions, _) = r.step(read(Some(cd(8, "", &["p1"])), "4"));
+    assert_eq!(
+        actions,
+        vec![
+            Action::SetDestination(None),
+            Action::SetReadOnlyDestinations {
+                standbys: vec![],
+                fallback: None
+            },
+            log(Log::NotProxying(ClosedReason::NoMaster.to_string()))
+        ]
+    );
+}
+
+#[test]
+fn a_failed_publish_never_switches_and_the_next_check_publishes_again() {
+    let mut r = Run::routed();
+    // New master, publish fails: not switched, and the old route is closed.
+    r.at(secs(1));
+    r.step(Observation::StoreChanged);
+    r.step(read(Some(cd(8, "m2", &["p1"])), "2"));
+    r.step(resolved(&[M2, S1]));
+    assert_eq!(
+        r.step(Observation::Published(Err("etcd down".into()))),
+        (
+            vec![
+                log(Log::PublishFailed("etcd down".into())),
+                Action::SetDestination(None),
+                log(Log::NotProxying("cannot publish proxy info".into())),
+                log(Log::CheckFailed(
+                    "failed to update proxyInfo: etcd down".into()
+                ))
+            ],
+            None
+        )
+    );
+    // Resync: the same revision on a store change is applied again, and published.
+    r.at(secs(2));
+    r.step(Observation::StoreChanged);
+    assert_eq!(
+        r.step(read(Some(cd(8, "m2", &["p1"])), "2")),
+        (vec![], resolve(&[M2, S1]))
+    );
+    assert_eq!(r.step(resolved(&[M2, S1])), (vec![], publish(8)));
+    assert_eq!(
+        r.step(Observation::Published(Ok(()))),
+        (
+            vec![
+                Action::SetDestination(Some(addr(M2))),
+                log(Log::ProxyingTo(addr(M2))),
+                Action::CheckSucceeded
+            ],
+            None
+        )
+    );
+    // A failed periodic publish with an unchanged route keeps the route (the timeout fences).
+    r.at(secs(7));
+    r.step(Observation::Wake);
+    r.step(read(Some(cd(8, "m2", &["p1"])), "2"));
+    r.step(resolved(&[M2, S1]));
+    assert_eq!(
+        r.step(Observation::Published(Err("etcd down".into()))),
+        (
+            vec![
+                log(Log::PublishFailed("etcd down".into())),
+                log(Log::CheckFailed(
+                    "failed to update proxyInfo: etcd down".into()
+                ))
+            ],
+            None
+        )
+    );
+    assert_eq!(r.mem.primary, Some(addr(M2)));
+}
+
+#[test]
+fn a_spec_timing_change_is_published_then_adopted() {
+    let mut r = Run::routed();
+    let mut c = cd(7, "m", &["p1"]);
+    let spec = c
+        .cluster
+        .as_mut()
+        .and_then(|c| c.spec.as_mut())
+        .expect("spec");
+    spec.proxy_timeout = Some(crate::GoDuration::from_std(secs(20)));
+    spec.proxy_check_interval = Some(crate::GoDuration::from_std(secs(2)));
+    r.at(secs(1));
+    r.step(Observation::StoreChanged);
+    r.step(read(Some(c), "2"));
+    assert_eq!(
+        r.step(resolved(&[M, S1])),
+        (
+            vec![],
+            Some(Request::Publish {
+                generation: 7,
+                proxy_timeout: secs(20),
+                ttl: secs(40)
+            })
+        )
+    );
+    r.step(Observation::Published(Ok(())));
+    assert_eq!(
+        (r.mem.proxy_timeout, r.mem.check_interval),
+        (secs(20), secs(2))
+    );
+    assert_eq!(r.wake_at, Some(secs(3)));
+}
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Clusterdata versions in the order a sentinel writes them during a failover.
+    fn version(i: usize) -> (ClusterData, i64) {
+        match i {
+            0 => (cd(1, "m", &["p1"]), 1),
+            1 => (cd(2, "", &["p1"]), 2),
+            _ => (cd(3, "m2", &["p1"]), 3),
+        }
+    }
+
+    proptest! {
+        /// Over random runs (store errors, hangs past the timeout, failed publishes, store
+        /// changes): the machine never routes to a master before publishing the generation that
+        /// names it, routes nowhere while timed out, asks for at most one IO at a time, and never
+        /// asks to be woken in the past.
+        #[test]
+        fn fencing_holds_over_random_runs(choices in proptest::collection::vec((0u64..6000, 0u8..10), 1..200)) {
+            let cfg = Config::new("p1".into(), secs(5), secs(15));
+            let mut mem = Memory::new(&cfg, Duration::ZERO);
+            let mut now = Duration::ZERO;
+            let mut obs = Observation::Wake;
+            let mut request: Option<Request> = None;
+            let mut version_idx = 0usize;
+            // Generation of the read being applied, and of the last successful publish.
+            let mut applying: Option<i64> = None;
+            let mut published_ok: Option<i64> = None;
+            for (dt, c) in choices {
+                let d = step(&cfg, obs, mem, now);
+                mem = d.memory;
+                if let Some(w) = d.wake_at {
+                    prop_assert!(w > now);
+                }
+                for a in &d.actions {
+                    if let Action::SetDestination(Some(_)) = a {
+                        prop_assert!(applying.is_some() && published_ok == applying,
+                            "switched without publishing: applying {applying:?} published {published_ok:?}");
+                    }
+                }
+                if mem.timed_out {
+                    prop_assert_eq!(mem.primary, None);
+                }
+                if d.request.is_some() {
+                    prop_assert!(request.is_none(), "two requests at once");
+                    request = d.request;
+                }
+                now += Duration::from_millis(dt);
+                // Answer the request, or let time pass / the store change.
+                obs = match (&request, c) {
+                    (Some(_), 0) | (None, 0..=4) => Observation::Wake,
+                    (_, 1) => Observation::StoreChanged,
+                    (Some(Request::ReadClusterData), c) => {
+                        request = None;
+                        if c == 2 {
+                            Observation::Read(Err(ReadError::Unavailable("x".into())))
+                        } else {
+                            version_idx = (version_idx + usize::from(c % 2)).min(2);
+                            let (data, generation) = version(version_idx);
+                            applying = Some(generation);
+                            // A switch must publish after the read it applies.
+                            published_ok = None;
+                            Observation::Read(Ok(ClusterRead {
+                                data: Some(Box::new(data)),
+                                revision: Some(version_idx.to_string()),
+                            }))
+                        }
+                    }
+                    (Some(Request::Listen), _) => {
+                        request = None;
+                        Observation::Listened(Ok(()))
+                    }
+                    (Some(Request::Resolve(dests)), c) => {
+                        let out = dests
+                            .iter()
+                            .map(|d| if c == 9 { Err("nx".to_string()) } else {
+                                Ok(SocketAddr::new(d.host.parse().expect("ip"), 5432))
+                            })
+                            .collect();
+                        request = None;
+                        Observation::Resolved(out)
+                    }
+                    (Some(Request::Publish { generation, .. }), c) => {
+                        let generation = *generation;
+                        request = None;
+                        if c == 2 {
+                            Observation::Published(Err("x".into()))
+                        } else {
+                            published_ok = Some(generation);
+                            Observation::Published(Ok(()))
+                        }
+                    }
+                    (None, _) => Observation::Wake,
+                };
+            }
+        }
+    }
+}
