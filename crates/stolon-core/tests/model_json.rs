@@ -120,7 +120,7 @@ fn clusterdata_testdata_parses_into_the_right_fields() {
 
 #[test]
 fn clusterdata_testdata_has_every_key_of_the_format() {
-    // Every key that Stolon's format version 1 defines (stolon-behaviour.md §3.4) appears in the
+    // Every key that Stolon's format version 1 defines (docs/architecture.md §4.4) appears in the
     // test document, so the round trip above covers all of them.
     let mut paths = std::collections::BTreeSet::new();
     key_paths(&raw("clusterdata-stolon.json"), "", &mut paths);

@@ -1,6 +1,6 @@
 //! Property test: random sequences of observations (keepers appearing, dying, reporting WAL
 //! positions, convergence and sync states; proxies appearing and acknowledging; leadership
-//! changes; time passing) fed to `decide`, with the safety invariants of architecture.md §5
+//! changes; time passing) fed to `decide`, with the safety invariants of docs/invariants.md
 //! (1, 2, 3, 5, 6) checked after every step.
 
 use std::collections::BTreeMap;

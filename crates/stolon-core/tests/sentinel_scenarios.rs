@@ -1,4 +1,4 @@
-//! Named decision scenarios for the sentinel (stolon-behaviour.md §5.8 case families), each
+//! Named decision scenarios for the sentinel (docs/architecture.md §11 case families), each
 //! asserting the whole next clusterdata, built from the previous one plus the expected changes.
 
 use std::time::Duration;

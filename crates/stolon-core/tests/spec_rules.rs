@@ -1,5 +1,5 @@
-//! Cluster spec rules: defaults (`with_defaults`), every validation rule of stolon-behaviour.md §2.1
-//! and every update rule of §2.2 with Stolon's message, and Go duration strings in specs.
+//! Cluster spec rules: defaults (`with_defaults`), every validation rule of docs/architecture.md §5
+//! and every update rule of §5 with Stolon's message, and Go duration strings in specs.
 
 use serde_json::{Value, json};
 use stolon_core::GoDuration;

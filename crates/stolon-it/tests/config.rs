@@ -1,4 +1,4 @@
-//! Configuration scenarios (stolon-behaviour.md §5.3): pgParameters changes and reloads,
+//! Configuration scenarios (docs/architecture.md §11): pgParameters changes and reloads,
 //! wal_level, ALTER SYSTEM blocked, additional replication slots, automatic restart,
 //! advertised address, WAL retention (`wal_keep_size` on PostgreSQL 15).
 
@@ -274,7 +274,7 @@ async fn advertise_address() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_keep_segments() -> Result<()> {
     // TestWalKeepSegments, PostgreSQL 15 variant. Stolon skips its test for pg >= 13 because
-    // `wal_keep_segments` no longer exists there; its keeper (§4.9.1) then manages
+    // `wal_keep_segments` no longer exists there; its keeper (§7.2) then manages
     // `wal_keep_size` instead: the user value verbatim if set, else "128" (8 segments of 16 MB),
     // and never writes `wal_keep_segments` (PostgreSQL 15 would refuse to start on an unknown
     // parameter in postgresql.conf). Same steps as Stolon's test, each checked after a keeper

@@ -1,4 +1,4 @@
-//! High availability scenarios (stolon-behaviour.md §5.2), checked through the proxy as well
+//! High availability scenarios (docs/architecture.md §11), checked through the proxy as well
 //! as on the keepers: failover (async and sync), forced failover, the old primary returning
 //! (with and without pg_rewind), a frozen primary (SIGSTOP), `maxStandbysPerSender`, keeper
 //! removal (dead keepers, stolonctl, sync), a failover that cannot complete, a standby that can

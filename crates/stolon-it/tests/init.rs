@@ -1,4 +1,4 @@
-//! Cluster initialisation scenarios (stolon-behaviour.md §5.1): a new cluster, users and
+//! Cluster initialisation scenarios (docs/architecture.md §11): a new cluster, users and
 //! passwords (and password files ending with a new line), the initial cluster spec, the data
 //! dir lock, pgParameters merging, several keepers at init.
 

@@ -1,4 +1,4 @@
-//! Point-in-time recovery (stolon-behaviour.md §5.4): a cluster archiving WAL, a tar base backup,
+//! Point-in-time recovery (docs/architecture.md §11): a cluster archiving WAL, a tar base backup,
 //! then `stolonctl init` with a `pitr` spec restoring it (with and without a recovery target).
 
 use std::path::Path;

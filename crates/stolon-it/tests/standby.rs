@@ -1,4 +1,4 @@
-//! Standby clusters (stolon-behaviour.md §5.7 and the standby-cluster variants of §5.2): a
+//! Standby clusters (docs/architecture.md §11: Stolon's standby-cluster scenarios, and the standby-cluster variants of its high-availability ones): a
 //! second stolon cluster replicating from the first one's primary, its failover and its
 //! promotion to a primary cluster; a standby cluster fed only through archive recovery and then
 //! promoted; failover with synchronous replication requested (ignored in a standby cluster) and
@@ -230,7 +230,7 @@ async fn promote_standby_cluster_archive_recovery() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_sync_repl_standby_cluster() -> Result<()> {
     // TestFailoverSyncReplStandbyCluster: synchronousReplication is ignored in a standby
-    // cluster (§6.1); its standby still takes over when the master keeper stops, and follows
+    // cluster (docs/architecture.md §6.7); its standby still takes over when the master keeper stops, and follows
     // the primary cluster.
     let (p, mut s, sm) = primary_and_standby(2, json!({ "synchronousReplication": true })).await?;
     let o = other(sm);

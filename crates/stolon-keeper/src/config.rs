@@ -1,4 +1,4 @@
-//! The keeper's flags (stolon-behaviour.md §1.5, env forms `STKEEPER_*`) and Stolon's startup
+//! The keeper's flags (docs/architecture.md §5, env forms `STKEEPER_*`) and Stolon's startup
 //! checks, in Stolon's order and with its messages, producing a validated [`KeeperConfig`].
 //! Password files are read here (trailing newlines trimmed); passwords never reach logs.
 

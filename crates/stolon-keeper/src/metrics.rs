@@ -1,4 +1,4 @@
-//! The keeper's Prometheus metrics (stolon-behaviour.md §6.8) and the tiny HTTP server that
+//! The keeper's Prometheus metrics (docs/architecture.md §10) and the tiny HTTP server that
 //! serves them on `--metrics-listen-address` (`GET /metrics`), with the health checks of
 //! [`crate::health`].
 

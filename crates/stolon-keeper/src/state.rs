@@ -1,4 +1,4 @@
-//! The keeper's local files in `--data-dir` (stolon-behaviour.md §3.5): `keeperstate` and
+//! The keeper's local files in `--data-dir` (docs/architecture.md §4.5): `keeperstate` and
 //! `dbstate` written atomically (temp file + fsync + rename + directory fsync, mode 0600), the
 //! exclusive fcntl lock on `lock`, and UID generation.
 

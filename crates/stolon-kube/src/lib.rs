@@ -1,4 +1,4 @@
-//! stolon-kube: the Kubernetes store backend (stolon-behaviour.md §3.3, §6.9), with the real
+//! stolon-kube: the Kubernetes store backend (docs/architecture.md §4.3, §4.3), with the real
 //! `kube` client.
 //!
 //! Layout in the API server, all in one namespace:

@@ -25,7 +25,7 @@
 //!   stays `Running` for a while; its `infoUID` stops moving and the sentinel's freshness test
 //!   catches it, as in Stolon.
 //! - Pods without a `stolon-status` annotation are skipped (no empty sentinel entry, unlike
-//!   Stolon: stolon-behaviour.md §3.3 quirk).
+//!   Stolon: docs/architecture.md §4.3 quirk).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;

@@ -1,4 +1,4 @@
-//! Command line of stolon-proxy (stolon-behaviour.md §1.7): Stolon's flags with their `STPROXY_*`
+//! Command line of stolon-proxy (docs/architecture.md §5): Stolon's flags with their `STPROXY_*`
 //! env forms, the common store flags, and the read-only listener flags that Stolon lacks; and
 //! the validated [`ProxyConfig`] built from them. No IO here besides reading the process env for
 //! the env forms.

@@ -1,5 +1,5 @@
 //! Prometheus metrics of the proxy, served as text on `GET /metrics` at
-//! `--metrics-listen-address` (stolon-behaviour.md §6.8: Stolon's proxy exports only
+//! `--metrics-listen-address` (docs/architecture.md §10: Stolon's proxy exports only
 //! `stolon_cluster_identifier`; the engine counters here are additions).
 //!
 //! The HTTP side is deliberately tiny: one request per connection, `GET /metrics` and the

@@ -1,4 +1,4 @@
-//! Stolon's TestProxyListening (stolon-behaviour.md §5.5), all eight steps, against a real etcd
+//! Stolon's TestProxyListening (docs/architecture.md §11), all eight steps, against a real etcd
 //! started by the test and the real `stolon-proxy` binary: the proxy listens only after a
 //! successful store read, stops listening when the store is down or hung for `proxyTimeout`,
 //! and keeps listening through short outages, a cleared master and `null` clusterdata.

@@ -1,4 +1,4 @@
-//! Stolon's TestSentinelEnabledProxies (stolon-behaviour.md §5.6) with the real `stolon-sentinel`
+//! Stolon's TestSentinelEnabledProxies (docs/architecture.md §11) with the real `stolon-sentinel`
 //! and `stolon-proxy` binaries against a real etcd started by the test, without PostgreSQL: the
 //! one keeper is simulated by the test, which publishes KeeperInfo through the store reporting
 //! the DB the sentinel assigned to it as healthy and converged.

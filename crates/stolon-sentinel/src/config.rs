@@ -1,4 +1,4 @@
-//! Flags of `stolon-sentinel` (stolon-behaviour.md §1.6 plus the common flags) and the validated
+//! Flags of `stolon-sentinel` (docs/architecture.md §5 plus the common flags) and the validated
 //! configuration `run` takes.
 
 use std::net::SocketAddr;

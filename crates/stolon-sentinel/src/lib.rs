@@ -133,7 +133,7 @@ impl Sentinel {
         Ok(())
     }
 
-    /// One check (stolon-behaviour.md §4.1). Errors are logged; the next wake retries.
+    /// One check (docs/architecture.md §6.1). Errors are logged; the next wake retries.
     async fn check(&mut self, leader: bool) {
         let read = match stolon_store::repeat::read_cluster_data(
             self.store.as_ref(),

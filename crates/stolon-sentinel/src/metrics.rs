@@ -1,4 +1,4 @@
-//! The sentinel's Prometheus metrics (stolon-behaviour.md §6.8) and the `/metrics` server.
+//! The sentinel's Prometheus metrics (docs/architecture.md §10) and the `/metrics` server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -11,7 +11,7 @@
 //! daemon's own check loop (`stolon_proxy::daemon::drive` over the pure
 //! `stolon_core::proxy::machine`) with a recorder instead of the forwarding engine, seeded faults
 //! ([`rng`],
-//! [`world::Fault`]) and the safety invariants of architecture.md §5, checked after every step.
+//! [`world::Fault`]) and the safety invariants of docs/invariants.md, checked after every step.
 //! A violation is returned as a [`Violation`] carrying the seed and the last events.
 //!
 //! Not modelled (known gaps): the proxy's sockets and forwarding engine (the recorder stands in:

@@ -1,4 +1,4 @@
-//! The common flags of all four binaries (stolon-behaviour.md §1.4), their env-var forms (§1.3),
+//! The common flags of all four binaries (docs/architecture.md §5), their env-var forms (§5),
 //! and the validated store configuration derived from them.
 
 use std::ffi::OsString;
@@ -296,7 +296,7 @@ pub(crate) fn split_host_port(authority: &str) -> Option<(&str, &str)> {
 }
 
 /// Gives every top-level long flag of `cmd` an env var `<PREFIX>_<FLAG>` (flag name uppercased,
-/// `-` replaced by `_`), Stolon's `flagutil.SetFlagsFromEnv` semantics (stolon-behaviour.md §1.3):
+/// `-` replaced by `_`), Stolon's `flagutil.SetFlagsFromEnv` semantics (docs/architecture.md §5):
 /// a flag given on the command line beats its env var; an empty env var is ignored; only the
 /// command's own arguments are scanned (a subcommand's own flags get no env form; arguments
 /// declared `global` are the command's own and keep their env var in subcommands). Boolean flags

@@ -1,5 +1,5 @@
 //! Lease-based leader election over a [`KvBackend`], the algorithm of etcd's `concurrency`
-//! election (stolon-behaviour.md §3.2), written once for the etcd and in-memory backends.
+//! election (docs/architecture.md §4.2), written once for the etcd and in-memory backends.
 //!
 //! A candidate grants a lease of `ttl`, writes `<cluster>/sentinel-leader/<lease hex>` = its
 //! UID under that lease, and leads while its key has the lowest create revision under the

@@ -1,4 +1,4 @@
-//! The etcd v3 backend: [`EtcdStore`] and [`EtcdElection`] (stolon-behaviour.md §3.1, §3.2).
+//! The etcd v3 backend: [`EtcdStore`] and [`EtcdElection`] (docs/architecture.md §4.1, §4.2).
 //!
 //! Endpoint failover: the store keeps one etcd client per endpoint (each on its own HTTP/2
 //! connection) and sends every request to the endpoint that last answered. When a request

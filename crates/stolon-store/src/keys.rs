@@ -1,4 +1,4 @@
-//! The key layout of KV stores (stolon-behaviour.md §3.1), shared by the etcd and in-memory
+//! The key layout of KV stores (docs/architecture.md §4.1), shared by the etcd and in-memory
 //! backends so both lay data out identically.
 
 /// Keys of one cluster under `<prefix>/<cluster name>`.
@@ -132,8 +132,7 @@ pub fn go_path_clean(path: &str) -> String {
     }
 }
 
-/// Whole seconds for a TTL lease: rounded up, at least 1 (never nanoseconds: stolon-behaviour.md
-/// §7.11).
+/// Whole seconds for a TTL lease: rounded up, at least 1 (never nanoseconds: docs/differences.md).
 pub fn ttl_secs(ttl: std::time::Duration) -> i64 {
     let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     i64::try_from(secs.max(1)).unwrap_or(i64::MAX)

@@ -1,7 +1,7 @@
 //! The keeper's pure decisions, in the sentinel's shape: [`step`] turns the clusterdata (what
 //! the sentinel assigned), the keeper's observation of its local PostgreSQL ([`Observed`], each
 //! check that can fail a [`Probe`]), its memory ([`KeeperMemory`]) and the time into the ordered
-//! [`KeeperAction`]s that converge the instance (stolon-behaviour.md §4.8), the new memory and
+//! [`KeeperAction`]s that converge the instance (docs/architecture.md §7.1), the new memory and
 //! when to wake up; [`record`] folds each executed action's [`Outcome`] into the memory and
 //! returns the follow-up steps it calls for. [`plan`] is the planning part of the step, split
 //! along its phases. Also here: the local state file formats (`keeperstate`, `dbstate`), the

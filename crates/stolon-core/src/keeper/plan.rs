@@ -1,5 +1,5 @@
 //! `plan`: clusterdata + local observation + the keeper's memory -> ordered actions
-//! (stolon-behaviour.md §4.8 steps 1-15), split along its phases: the assignment checks, the
+//! (docs/architecture.md §7.1 steps 1-15), split along its phases: the assignment checks, the
 //! init of a newly assigned DB (per init mode, sharing their common steps), then the role phase
 //! (master, fenced, standby) and the converge phase (parameters, pg_hba, restart check,
 //! generation). Pure.

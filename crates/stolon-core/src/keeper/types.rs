@@ -289,7 +289,7 @@ pub enum PlanError {
     NoRole(String),
 }
 
-/// What `CreateRoles` must do (§4.9.5).
+/// What `CreateRoles` must do (docs/architecture.md §7.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RolesPlan {
     /// The superuser is also the replication user: `ALTER ROLE su WITH LOGIN REPLICATION [PASSWORD]`.
@@ -518,7 +518,7 @@ pub enum KeeperAction {
         /// Full slot names.
         wanted: Vec<String>,
     },
-    /// The restart check (§4.8 step 14): when the instance runs with a configuration of ours,
+    /// The restart check (docs/architecture.md §7.1): when the instance runs with a configuration of ours,
     /// [`super::record`] follows it with [`KeeperAction::QueryPendingRestart`].
     CheckRestart {
         /// `automaticPgRestart`.

@@ -1,7 +1,7 @@
 //! ClusterData: the one document the sentinel leader writes and every component reads.
 //!
 //! Pure data. JSON keys and Go `omitempty` behaviour follow Stolon's format version 1
-//! (stolon-behaviour.md §3.4), quirks included (`systemdID`). Optional lists keep `null` distinct
+//! (docs/architecture.md §4.4), quirks included (`systemdID`). Optional lists keep `null` distinct
 //! from `[]` where Stolon does (pgHBA).
 
 use std::collections::BTreeMap;

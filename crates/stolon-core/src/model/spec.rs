@@ -1,7 +1,7 @@
 //! The cluster specification (`clusterdata.cluster.spec`): fields, defaults, validation, update rules.
 //!
-//! Pure. Field names, JSON keys, defaults and messages follow Stolon (stolon-behaviour.md §2), except
-//! `maxStandbyLag`, which defaults to 1 MiB as Stolon documents (architecture.md §2.3), and
+//! Pure. Field names, JSON keys, defaults and messages follow Stolon (docs/architecture.md §5), except
+//! `maxStandbyLag`, which defaults to 1 MiB as Stolon documents (docs/differences.md), and
 //! `minSynchronousStandbys`, which may be 0. Unset fields are omitted when serialised (lossless:
 //! a missing key parses back as unset); `pgHBA: []` is kept distinct from unset.
 
@@ -249,7 +249,7 @@ pub struct ClusterSpec {
     pub automatic_pg_restart: Option<bool>,
 }
 
-/// Defaults (stolon-behaviour.md §2).
+/// Defaults (docs/architecture.md §5).
 pub mod defaults {
     use crate::duration::GoDuration;
 
@@ -451,7 +451,7 @@ impl ClusterSpec {
         }
     }
 
-    /// Validates the spec (defaults applied), with Stolon's messages (§2.1).
+    /// Validates the spec (defaults applied), with Stolon's messages (§5).
     pub fn validate(&self) -> Result<(), SpecError> {
         let s = self.with_defaults();
         let durations = [
@@ -541,7 +541,7 @@ impl ClusterSpec {
         Ok(())
     }
 
-    /// Checks that `new` may replace `self` (§2.2): valid, same initMode, no master -> standby.
+    /// Checks that `new` may replace `self` (§5): valid, same initMode, no master -> standby.
     pub fn check_update(&self, new: &ClusterSpec) -> Result<(), SpecError> {
         if let Err(e) = new.validate() {
             return err(format!("invalid cluster spec: {e}"));

@@ -1,6 +1,6 @@
-//! `pg_hba.conf` generation (stolon-behaviour.md §4.9.4). Pure.
+//! `pg_hba.conf` generation (docs/architecture.md §7.4). Pure.
 //!
-//! Deliberate difference from Stolon (§7.5): in `strict` mode the superuser host lines use the
+//! Deliberate difference from Stolon (docs/differences.md): in `strict` mode the superuser host lines use the
 //! superuser's auth method (Stolon used the replication one); IPv6 addresses get `/128`.
 
 use std::fmt;

@@ -1,6 +1,6 @@
 //! PostgreSQL configuration rendering: the parameters a keeper writes to `postgresql.conf`
-//! (stolon-behaviour.md §4.9.1), the recovery settings and signal file (§4.9.2, PostgreSQL >= 12),
-//! the internal `primary_conninfo`, `pg_hba.conf` (§4.9.4), `synchronous_standby_names` (§4.7,
+//! (docs/architecture.md §7.2), the recovery settings and signal file (§7.3, PostgreSQL >= 12),
+//! the internal `primary_conninfo`, `pg_hba.conf` (§7.4), `synchronous_standby_names` (§6.7,
 //! keeper side) and the managed-parameter filter applied to what keepers report.
 //!
 //! Pure: inputs in, text or maps out. No IO, no clock. Writing the files is stolon-pg's job.

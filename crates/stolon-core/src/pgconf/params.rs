@@ -1,4 +1,4 @@
-//! The parameters of `postgresql.conf` (stolon-behaviour.md §4.9.1) and the managed-parameter
+//! The parameters of `postgresql.conf` (docs/architecture.md §7.2) and the managed-parameter
 //! filter. Pure.
 
 use crate::model::{DbSpec, PgParameters, PostgresBinaryVersion};
@@ -90,7 +90,7 @@ pub fn wal_level(spec: &DbSpec, version: Option<PostgresBinaryVersion>) -> Strin
     }
 }
 
-/// `synchronous_standby_names` for the spec (§4.7 keeper side): empty unless synchronous
+/// `synchronous_standby_names` for the spec (§6.7 keeper side): empty unless synchronous
 /// replication is on and at least one name is listed; `stolon_<dbuid>` per sync standby followed by
 /// the external names; one name plain, several as `N (a,b,c)` (all must acknowledge).
 pub fn synchronous_standby_names(spec: &DbSpec) -> String {
@@ -121,7 +121,7 @@ fn wal_keep_segments(spec: &DbSpec) -> String {
     user.max(min).to_string()
 }
 
-/// The parameters to write, by precedence (§4.9.1): init parameters (only with
+/// The parameters to write, by precedence (§7.2): init parameters (only with
 /// `includePreviousConfig`) < the spec's `pgParameters` (recovery ones dropped) < mandatory ones <
 /// listen address, port, slots, wal senders, `wal_log_hints`, `synchronous_standby_names`.
 pub fn postgresql_parameters(input: &ParamsInput<'_>) -> PgParameters {

@@ -1,4 +1,4 @@
-//! Recovery settings (stolon-behaviour.md §4.9.2, PostgreSQL >= 12: parameters in
+//! Recovery settings (docs/architecture.md §7.3, PostgreSQL >= 12: parameters in
 //! `postgresql.conf` plus `standby.signal` / `recovery.signal`) and the internal
 //! `primary_conninfo`. Pure.
 

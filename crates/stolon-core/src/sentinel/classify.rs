@@ -1,4 +1,4 @@
-//! DB classification helpers of the decision (stolon-behaviour.md §4.4): kind, validity,
+//! DB classification helpers of the decision (docs/architecture.md §6.4): kind, validity,
 //! convergence, status, candidate ordering, and whether a standby can still sync.
 //!
 //! Pure. Orderings are deterministic: most advanced first (newest timeline, highest WAL
@@ -264,7 +264,7 @@ impl Ctx<'_> {
     }
 
     /// False when `db` is a stalled standby whose needed WAL the master already removed
-    /// (stolon-behaviour.md §4.4 dbCanSync); such a DB must be recreated.
+    /// (docs/architecture.md §6.4 dbCanSync); such a DB must be recreated.
     pub fn db_can_sync(&self, master: &Db, db: &Db) -> bool {
         let older = &master.status.older_wal_file;
         if older.len() != 24

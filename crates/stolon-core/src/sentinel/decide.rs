@@ -1,4 +1,4 @@
-//! `decide`: one sentinel leader check (stolon-behaviour.md §4.1-4.3) as a pure function.
+//! `decide`: one sentinel leader check (docs/architecture.md §6.1-6.3) as a pure function.
 //!
 //! Observed state + leader memory + now -> next clusterdata (only when something changed), next
 //! memory, events and the next instant a timer could change the outcome. No IO, no clock, no
@@ -314,7 +314,7 @@ fn info_fresh_window(sleep_interval: Duration) -> Duration {
     sleep_interval + sleep_interval / 2
 }
 
-/// Keeper and DB health (stolon-behaviour.md §4.2).
+/// Keeper and DB health (docs/architecture.md §6.2).
 fn update_keepers_status<'a>(
     cd: &mut ClusterData,
     input: &DecideInput<'a>,
@@ -546,7 +546,7 @@ fn update_keepers_status<'a>(
     fresh
 }
 
-/// Proxies judged active (stolon-behaviour.md §4.3), sorted by UID.
+/// Proxies judged active (docs/architecture.md §6.3), sorted by UID.
 fn active_proxies(
     infos: &BTreeMap<String, ProxyInfo>,
     spec: &crate::model::EffectiveSpec,

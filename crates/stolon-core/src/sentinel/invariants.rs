@@ -1,4 +1,4 @@
-//! The safety invariants of architecture.md §5 that one decision step can break, as checks over
+//! The safety invariants of docs/invariants.md that one decision step can break, as checks over
 //! the clusterdata before and after the step. Used by tests, the simulation and (cheaply) by the
 //! runtime before writing.
 //!

@@ -1,8 +1,8 @@
-//! The cluster update of one leader check (stolon-behaviour.md §4.5-4.7): initialisation,
+//! The cluster update of one leader check (docs/architecture.md §6.5-6.7): initialisation,
 //! failover, fencing of the old master, the proxy handshake, standby placement, synchronous
 //! standbys, and spec propagation.
 //!
-//! Pure. Deliberate differences from Stolon (architecture.md §2, §5): the most advanced eligible
+//! Pure. Deliberate differences from Stolon (docs/differences.md, docs/invariants.md): the most advanced eligible
 //! standby is elected; an async candidate must be within `maxStandbyLag` whatever the spec says;
 //! at an election the old master stops being a master-type DB at once (it is fenced: role
 //! standby without follow config) so clusterdata never names two masters; the proxies are told
@@ -112,7 +112,7 @@ fn cluster_spec(cd: &ClusterData) -> crate::model::ClusterSpec {
         .unwrap_or_default()
 }
 
-/// Initialising phase (§4.5).
+/// Initialising phase (§6.5).
 fn initializing(
     cd: &mut ClusterData,
     ctx: &Ctx<'_>,
@@ -247,7 +247,7 @@ fn external_follow(spec: &crate::model::ClusterSpec) -> FollowConfig {
     }
 }
 
-/// Normal phase (§4.6).
+/// Normal phase (§6.6).
 #[allow(clippy::too_many_arguments)]
 fn normal(
     cd: &mut ClusterData,
@@ -728,7 +728,7 @@ fn same_set(a: &[String], b: &[String]) -> bool {
     a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
 }
 
-/// Synchronous standby management (§4.7), master healthy and converged.
+/// Synchronous standby management (§6.7), master healthy and converged.
 fn sync_standbys(cd: &mut ClusterData, master_uid: &str, ctx: &Ctx<'_>, events: &mut Vec<Event>) {
     let e = ctx.spec;
     let Some(master) = cd.dbs.get(master_uid).cloned() else {
