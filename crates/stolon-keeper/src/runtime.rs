@@ -663,22 +663,19 @@ impl Keeper {
             .replication_slots()
             .await
             .map_err(pg("list replication slots"))?;
-        for s in &current {
-            if pgconf::strip_stolon_name(s).is_some() && !wanted.contains(s) {
-                info!(slot = %s, "dropping replication slot");
-                if let Err(e) = self.pg.drop_replication_slot(s).await {
-                    warn!(slot = %s, "failed to drop replication slot: {e}");
-                }
+        let changes = keeper::slot_changes(&current, wanted);
+        for s in &changes.drop {
+            info!(slot = %s, "dropping replication slot");
+            if let Err(e) = self.pg.drop_replication_slot(s).await {
+                warn!(slot = %s, "failed to drop replication slot: {e}");
             }
         }
-        for w in wanted {
-            if !current.contains(w) {
-                info!(slot = %w, "creating replication slot");
-                self.pg
-                    .create_replication_slot(w)
-                    .await
-                    .map_err(pg("create replication slot"))?;
-            }
+        for w in &changes.create {
+            info!(slot = %w, "creating replication slot");
+            self.pg
+                .create_replication_slot(w)
+                .await
+                .map_err(pg("create replication slot"))?;
         }
         Ok(())
     }

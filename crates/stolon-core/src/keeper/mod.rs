@@ -19,7 +19,7 @@ mod policy;
 mod step;
 mod types;
 
-pub use plan::{is_different_timeline_branch, plan, wanted_slots};
+pub use plan::{SlotChanges, is_different_timeline_branch, plan, slot_changes, wanted_slots};
 pub use policy::*;
 pub use step::*;
 pub use types::*;

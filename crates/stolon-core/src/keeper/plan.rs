@@ -36,6 +36,33 @@ pub fn wanted_slots(spec: &DbSpec) -> Vec<String> {
     w
 }
 
+/// What to do to the instance's replication slots so that its `stolon_*` slots are exactly
+/// `wanted`: the `stolon_*` slots to drop (in `current`, not wanted) and the wanted slots to
+/// create (not in `current`). Slots without the `stolon_` prefix are never touched.
+pub fn slot_changes(current: &[String], wanted: &[String]) -> SlotChanges {
+    SlotChanges {
+        drop: current
+            .iter()
+            .filter(|s| crate::pgconf::strip_stolon_name(s).is_some() && !wanted.contains(s))
+            .cloned()
+            .collect(),
+        create: wanted
+            .iter()
+            .filter(|w| !current.contains(w))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// The result of [`slot_changes`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotChanges {
+    /// `stolon_*` slots nobody needs any more.
+    pub drop: Vec<String>,
+    /// Wanted slots the instance does not have yet.
+    pub create: Vec<String>,
+}
+
 /// Stolon's `isDifferentTimelineBranch`: is the local instance (just rewound) on a timeline
 /// branch the followed DB is not on?
 pub fn is_different_timeline_branch(followed: &DbStatus, local: &PostgresState) -> bool {
@@ -815,4 +842,32 @@ fn reloadable_recovery_change(
             .collect::<Vec<_>>()
     };
     version_ok && old.mode == new.mode && rest(old) == rest(new)
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    fn v(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_stolon_slots_are_dropped_and_only_missing_ones_created() {
+        let c = slot_changes(
+            &v(&["stolon_a", "stolon_old", "manual"]),
+            &v(&["stolon_a", "stolon_b"]),
+        );
+        assert_eq!(
+            c,
+            SlotChanges {
+                drop: v(&["stolon_old"]),
+                create: v(&["stolon_b"]),
+            }
+        );
+        assert_eq!(
+            slot_changes(&v(&["stolon_a"]), &v(&["stolon_a"])),
+            SlotChanges::default()
+        );
+    }
 }
