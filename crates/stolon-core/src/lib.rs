@@ -15,3 +15,4 @@ pub mod keeper;
 pub mod pgconf;
 pub mod proxy;
 pub mod sentinel;
+pub mod wal;

@@ -66,32 +66,19 @@ pub struct SlotChanges {
 /// Stolon's `isDifferentTimelineBranch`: is the local instance (just rewound) on a timeline
 /// branch the followed DB is not on?
 pub fn is_different_timeline_branch(followed: &DbStatus, local: &PostgresState) -> bool {
-    let find = |h: &[crate::model::TimelineHistory], tl: u64| {
-        h.iter()
-            .find(|e| e.timeline_id == tl)
-            .map(|e| e.switch_point)
-    };
-    if followed.timeline_id < local.timeline_id {
-        return true;
-    }
-    if followed.timeline_id == local.timeline_id {
-        if local.timeline_id <= 1 {
-            return false;
-        }
-        let tl = local.timeline_id - 1;
-        return match (
-            find(&followed.timelines_history, tl),
-            find(&local.timelines_history, tl),
-        ) {
-            (Some(a), Some(b)) => a != b,
-            _ => false,
-        };
-    }
-    // followed is on a newer timeline: it must have branched from ours after our position.
-    match find(&followed.timelines_history, local.timeline_id) {
-        Some(sp) => sp < local.xlog_pos,
-        None => false,
-    }
+    use crate::wal::{WalPoint, forked};
+    forked(
+        WalPoint {
+            timeline: followed.timeline_id,
+            xlog_pos: followed.xlog_pos,
+            history: &followed.timelines_history,
+        },
+        WalPoint {
+            timeline: local.timeline_id,
+            xlog_pos: local.xlog_pos,
+            history: &local.timelines_history,
+        },
+    )
 }
 
 /// What the clusterdata assigns to this keeper, with the effective spec.

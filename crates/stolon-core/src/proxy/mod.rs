@@ -172,7 +172,7 @@ pub fn route(cd: Option<&ClusterData>, proxy_uid: &str) -> Route {
             db.status.healthy && !db.status.listen_address.is_empty() && !db.status.port.is_empty()
         })
         .filter(|db| db.status.timeline_id == master.status.timeline_id)
-        .filter(|db| master.status.xlog_pos.saturating_sub(db.status.xlog_pos) <= max_lag)
+        .filter(|db| crate::wal::within_lag(master.status.xlog_pos, db.status.xlog_pos, max_lag))
         .map(|db| Destination {
             host: db.status.listen_address.clone(),
             port: db.status.port.clone(),

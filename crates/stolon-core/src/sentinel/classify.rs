@@ -142,8 +142,11 @@ impl Ctx<'_> {
 
     /// Async lag check: `master.xLogPos - db.xLogPos <= maxStandbyLag`.
     pub fn lag_below_max(&self, master: &Db, db: &Db) -> bool {
-        let lag = i128::from(master.status.xlog_pos) - i128::from(db.status.xlog_pos);
-        lag <= i128::from(self.spec.max_standby_lag)
+        crate::wal::within_lag(
+            master.status.xlog_pos,
+            db.status.xlog_pos,
+            u64::from(self.spec.max_standby_lag),
+        )
     }
 
     /// Good, valid standbys on the master's timeline, most advanced first. With `lag_check`,
@@ -320,25 +323,13 @@ pub fn validity(master: &Db, db: &Db) -> Validity {
 
 /// True when `db` is on a timeline branch `followed` cannot be followed from.
 pub fn is_different_timeline_branch(followed: &Db, db: &Db) -> bool {
-    let (ftl, dtl) = (followed.status.timeline_id, db.status.timeline_id);
-    let entry = |d: &Db, tl: u64| {
-        d.status
-            .timelines_history
-            .iter()
-            .find(|h| h.timeline_id == tl)
-            .map(|h| h.switch_point)
-    };
-    match ftl.cmp(&dtl) {
-        Ordering::Less => true,
-        Ordering::Equal => {
-            if dtl <= 1 {
-                return false;
-            }
-            match (entry(followed, dtl - 1), entry(db, dtl - 1)) {
-                (Some(a), Some(b)) => a != b,
-                _ => false,
-            }
-        }
-        Ordering::Greater => entry(followed, dtl).is_some_and(|sp| sp < db.status.xlog_pos),
+    crate::wal::forked(wal_point(&followed.status), wal_point(&db.status))
+}
+
+fn wal_point(s: &crate::model::DbStatus) -> crate::wal::WalPoint<'_> {
+    crate::wal::WalPoint {
+        timeline: s.timeline_id,
+        xlog_pos: s.xlog_pos,
+        history: &s.timelines_history,
     }
 }
