@@ -122,13 +122,11 @@ pub async fn drive<F: Forwarding>(
     changes.borrow_and_update();
     let mut watching = true;
     let mut in_flight: Option<InFlight<'_>> = None;
-    // A check that keeps failing the same way (e.g. undecodable clusterdata) is logged once.
-    let mut check_errors = stolon_store::repeat::Repeated::default();
     loop {
         let d = machine::step(cfg, obs, memory, origin.elapsed());
         memory = d.memory;
         for action in d.actions {
-            execute(fwd, action, &mut check_errors).await;
+            execute(fwd, action).await;
         }
         if let Some(request) = d.request {
             in_flight = Some(start(request, &store, fwd, &cfg.uid, info_uids));
@@ -164,26 +162,14 @@ pub async fn drive<F: Forwarding>(
     }
 }
 
-async fn execute<F: Forwarding>(
-    fwd: &F,
-    action: Action,
-    check_errors: &mut stolon_store::repeat::Repeated,
-) {
+async fn execute<F: Forwarding>(fwd: &F, action: Action) {
     match action {
         Action::SetDestination(dest) => fwd.set_destination(dest),
         Action::SetReadOnlyDestinations { standbys, fallback } => {
             fwd.set_read_only_destinations(standbys, fallback);
         }
         Action::StopListening => fwd.stop_listening().await,
-        Action::CheckSucceeded => {
-            check_errors.succeed();
-            fwd.check_succeeded();
-        }
-        Action::Log(Log::CheckFailed(error)) => {
-            if check_errors.fail(&error.to_string()).log {
-                log(&Log::CheckFailed(error));
-            }
-        }
+        Action::CheckSucceeded => fwd.check_succeeded(),
         Action::Log(line) => log(&line),
     }
 }

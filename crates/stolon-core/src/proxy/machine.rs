@@ -297,6 +297,12 @@ pub struct Memory {
     pub check: Option<Check>,
     /// A check asked for while another runs.
     pub queued: Option<CheckKind>,
+    /// Checks failed in a row since the last successful one.
+    pub failures: u32,
+    /// The error of the last failed check, logged once while it repeats.
+    pub last_failure: Option<String>,
+    /// No new check starts before this, after a failed one (bounded backoff).
+    pub retry_at: MonoInstant,
 }
 
 impl Memory {
@@ -317,6 +323,9 @@ impl Memory {
             next_full_check: now,
             check: None,
             queued: None,
+            failures: 0,
+            last_failure: None,
+            retry_at: now,
         }
     }
 
@@ -378,13 +387,22 @@ pub fn step(cfg: &Config, obs: Observation, memory: Memory, now: MonoInstant) ->
         if now >= m.mem.next_full_check {
             m.queue(CheckKind::Full);
         }
-        if let Some(kind) = m.mem.queued.take() {
+        if now >= m.mem.retry_at
+            && let Some(kind) = m.mem.queued.take()
+        {
             m.begin(kind);
         }
     }
     let mut wake_at = m.mem.deadline();
     if m.mem.check.is_none() {
-        wake_at = Some(wake_at.map_or(m.mem.next_full_check, |w| w.min(m.mem.next_full_check)));
+        // A check still queued here waits for the backoff after a failure (`retry_at` is then
+        // in the future; a due periodic check is queued too).
+        let next = if m.mem.queued.is_some() {
+            m.mem.retry_at
+        } else {
+            m.mem.next_full_check
+        };
+        wake_at = Some(wake_at.map_or(next, |w| w.min(next)));
     }
     Decision {
         actions: m.actions,
@@ -392,6 +410,16 @@ pub fn step(cfg: &Config, obs: Observation, memory: Memory, now: MonoInstant) ->
         memory: m.mem,
         wake_at,
     }
+}
+
+/// The wait before the next check after `failures` failed checks in a row: 200 ms, doubling,
+/// at most the smaller of 3 s and the check interval.
+pub fn retry_delay(failures: u32, check_interval: Duration) -> Duration {
+    let cap = Duration::from_secs(3).min(check_interval);
+    let shift = failures.saturating_sub(1).min(16);
+    Duration::from_millis(200)
+        .saturating_mul(1 << shift)
+        .min(cap)
 }
 
 struct Machine<'a> {
@@ -502,7 +530,14 @@ impl Machine<'_> {
     }
 
     fn fail(&mut self, error: String) {
-        self.log(Log::CheckFailed(error));
+        // A failure that repeats (undecodable clusterdata, an unreachable store) is said once,
+        // and each retry waits a little longer, up to the smaller of 3 s and the check interval.
+        if self.mem.last_failure.as_deref() != Some(error.as_str()) {
+            self.mem.last_failure = Some(error.clone());
+            self.log(Log::CheckFailed(error));
+        }
+        self.mem.failures = self.mem.failures.saturating_add(1);
+        self.mem.retry_at = self.now + retry_delay(self.mem.failures, self.mem.check_interval);
         if self.kind() == CheckKind::Full {
             self.mem.next_full_check = self.now + self.mem.check_interval;
         }
@@ -511,6 +546,8 @@ impl Machine<'_> {
 
     fn succeed(&mut self, revision: Option<String>, published: bool) {
         self.actions.push(Action::CheckSucceeded);
+        self.mem.failures = 0;
+        self.mem.last_failure = None;
         self.mem.fresh_since = self.now;
         self.mem.timed_out = false;
         self.mem.applied_revision = Some(revision);

@@ -335,6 +335,56 @@ fn a_store_error_then_recovery_before_the_timeout_keeps_the_route() {
 }
 
 #[test]
+fn a_repeating_check_error_is_logged_once_and_retried_with_a_growing_wait() {
+    let ms = Duration::from_millis;
+    let mut r = Run::routed();
+    let down = |what: &str| Observation::Read(Err(ReadError::Unavailable(what.into())));
+    r.at(secs(5));
+    r.step(Observation::Wake);
+    assert_eq!(
+        r.step(down("down")),
+        (
+            vec![log(Log::CheckFailed(
+                "cannot get cluster data: down".into()
+            ))],
+            None
+        )
+    );
+    // A store change right after the failure waits for the first backoff.
+    assert_eq!(r.step(Observation::StoreChanged), (vec![], None));
+    assert_eq!(r.wake_at, Some(secs(5) + ms(200)));
+    r.at(secs(5) + ms(200));
+    assert_eq!(
+        r.step(Observation::Wake),
+        (vec![], Some(Request::ReadClusterData))
+    );
+    // The same error again is not logged again, and the next wait doubles.
+    assert_eq!(r.step(down("down")), (vec![], None));
+    r.step(Observation::StoreChanged);
+    assert_eq!(r.wake_at, Some(secs(5) + ms(600)));
+    // Another error is said once.
+    r.at(secs(5) + ms(600));
+    r.step(Observation::Wake);
+    assert_eq!(
+        r.step(down("other")).0,
+        vec![log(Log::CheckFailed(
+            "cannot get cluster data: other".into()
+        ))]
+    );
+    assert_eq!(r.mem.primary, Some(addr(M)), "still routed: no timeout yet");
+}
+
+#[test]
+fn the_retry_wait_is_bounded_by_three_seconds_and_the_check_interval() {
+    let ms = Duration::from_millis;
+    assert_eq!(retry_delay(1, secs(5)), ms(200));
+    assert_eq!(retry_delay(2, secs(5)), ms(400));
+    assert_eq!(retry_delay(5, secs(5)), secs(3));
+    assert_eq!(retry_delay(u32::MAX, secs(5)), secs(3));
+    assert_eq!(retry_delay(5, secs(1)), secs(1));
+}
+
+#[test]
 fn the_timeout_closes_everything_stops_listening_and_recovers() {
     let mut r = Run::routed();
     let down = || Observation::Read(Err(ReadError::Unavailable("down".into())));
