@@ -68,14 +68,7 @@ stop_all() { # stops what start_bg started, by pid, then orphaned postmasters
     [ -f "$f" ] && kill -QUIT "$(head -1 "$f")" 2>/dev/null || true
   done
 }
-cleanup() {
-  local rc=$?
-  stop_all
-  if [ "$rc" -ne 0 ]; then
-    for f in "$STATE"/log/*.log; do echo "== $f (last lines)" >&2; tail -n 5 "$f" >&2; done
-  fi
-  rm -rf "$STATE"
-}
+cleanup() { stop_all; rm -rf "$STATE"; }
 trap cleanup EXIT
 
 wait_ready() { # proxy port

@@ -1860,49 +1860,6 @@ fn idle_checks_within_a_sleep_interval_write_nothing() {
 }
 
 #[test]
-fn busy_primary_wal_progress_is_written_at_most_once_per_sleep_interval() {
-    // The master's WAL position moves with every report (a write load): clusterdata carries it,
-    // but at most once per sleepInterval (1 s here), checked every 100 ms for 10 s.
-    let mut f = ClusterFixture::new()
-        .fast()
-        .master("k1")
-        .standby("k2")
-        .proxy("p1");
-    let mut writes: Vec<Timestamp> = Vec::new();
-    let mut pos = 0x300_0000u64;
-    for _ in 0..100 {
-        f.tick(Duration::from_millis(100), &[]);
-        pos += 0x1000;
-        for k in ["k1", "k2"] {
-            if let Some(ps) = f
-                .keepers_info
-                .get_mut(k)
-                .and_then(|i| i.postgres_state.as_mut())
-            {
-                ps.xlog_pos = pos;
-            }
-        }
-        let d = f.step();
-        if d.next.is_some() {
-            writes.push(f.now_wall);
-        }
-    }
-    assert!(writes.len() <= 10, "{} writes in 10 s", writes.len());
-    assert!(
-        writes.len() >= 5,
-        "WAL progress hardly written: {}",
-        writes.len()
-    );
-    gaps_at_least(&writes, Duration::from_secs(1));
-    // What is stored lags the reports by less than a sleepInterval's worth of progress.
-    let stored = f.cd.dbs[&db_uid("k1")].status.xlog_pos;
-    assert!(
-        pos - stored <= 10 * 0x1000,
-        "stored {stored:#x}, reported {pos:#x}"
-    );
-}
-
-#[test]
 fn a_store_outage_the_sentinel_saw_too_does_not_fail_the_master() {
     // sleepInterval 1 s, failInterval 3 s. The store is unusable for 10 s (too slow for every
     // request, or no quorum): keepers cannot publish and the sentinel cannot read, so it makes no

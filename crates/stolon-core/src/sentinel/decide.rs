@@ -198,8 +198,7 @@ pub fn decide(
     refresh_convergence(&mut mem, &cd, now);
 
     let wake_at = next_wake(&mem, &cd, &spec, input.proxies_info, now);
-    let next = finish(cd, prev, input.now_wall)
-        .filter(|next| !is_throttled_progress(next, prev, &spec, input.now_wall));
+    let next = finish(cd, prev, input.now_wall);
     Decision {
         next,
         memory: mem,
@@ -207,38 +206,6 @@ pub fn decide(
         wake_at,
         active_proxies,
     }
-}
-
-/// Whether `next` differs from `prev` only in the DBs' reported WAL positions, and `prev` was
-/// written less than a `sleepInterval` ago: such a write is left for a later check, so a busy
-/// primary (its position moves with every keeper report) costs at most one clusterdata write per
-/// `sleepInterval`, as in Stolon, instead of one per report. Decisions are unaffected: every
-/// check applies the latest reports to its working copy before deciding, and the positions are
-/// written with the next write, at the latest a `sleepInterval` later.
-fn is_throttled_progress(
-    next: &ClusterData,
-    prev: &ClusterData,
-    spec: &crate::model::EffectiveSpec,
-    now: Timestamp,
-) -> bool {
-    let age_ns = now.unix_nanos() - prev.change_time.unix_nanos();
-    if prev.change_time.is_zero()
-        || age_ns < 0
-        || age_ns >= i128::from(spec.sleep_interval.as_nanos())
-    {
-        return false;
-    }
-    let mut same = next.clone();
-    for (uid, db) in same.dbs.iter_mut() {
-        let Some(p) = prev.dbs.get(uid) else {
-            return false;
-        };
-        db.status.xlog_pos = p.status.xlog_pos;
-        db.change_time = p.change_time;
-        db.status.cur_synchronous_standbys = p.status.cur_synchronous_standbys.clone();
-    }
-    same.change_time = prev.change_time;
-    same == *prev
 }
 
 /// Sets change times of changed objects and returns the document to write, or None if nothing
