@@ -454,7 +454,12 @@ async fn chart_command_lines_elect_a_primary_and_route_through_the_proxy() -> Re
         let name = p
             .file_name()
             .ok_or_else(|| anyhow!("binary path {}", p.display()))?;
-        std::os::unix::fs::symlink(p, bin_dir.join(name))?;
+        // A link or copy, not a symlink: a pod sees only its own /tmp (with the test's directory
+        // bound into it), so a symlink to a checkout under /tmp would dangle inside the pod.
+        let to = bin_dir.join(name);
+        if std::fs::hard_link(p, &to).is_err() {
+            std::fs::copy(p, &to)?;
+        }
     }
     let api = FakeApiServer::start().await?;
     api.set_authorizer(authorizer(&docs));
