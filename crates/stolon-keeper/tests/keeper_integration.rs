@@ -1,6 +1,6 @@
 //! Integration tests of the real `stolon-keeper` binary with real PostgreSQL 15 and real etcd.
 //! The tests play the sentinel: they write clusterdata themselves and read the KeeperInfo the
-//! keeper publishes. Acceptance items 1-6 of issue 3.
+//! keeper publishes.
 
 mod common;
 

@@ -40,7 +40,7 @@ async fn hundred_requests(store: &dyn Store) -> Duration {
     started.elapsed()
 }
 
-/// The acceptance case: with one of three members dead, 100 consecutive requests (reads and CAS
+/// The main case: with one of three members dead, 100 consecutive requests (reads and CAS
 /// writes) all succeed through a store configured with all three endpoints.
 #[tokio::test]
 async fn one_dead_member_of_three_never_fails_a_request() {

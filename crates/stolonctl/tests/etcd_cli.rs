@@ -1,5 +1,6 @@
-//! The stolonctl binary against a real etcd (issue 2, acceptance items 1-5, plus failkeeper,
-//! removekeeper, promote and status on a hand-written clusterdata).
+//! The stolonctl binary against a real etcd: init, spec, update, env and TLS flags, clusterdata
+//! write and read, plus failkeeper, removekeeper, promote and status on a hand-written
+//! clusterdata.
 
 mod common;
 
