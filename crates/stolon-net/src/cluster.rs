@@ -138,7 +138,11 @@ impl Node {
     pub fn sentinel_uid(&self) -> Option<String> {
         let text = self.sentinel.log_text();
         let line = text.lines().find(|l| l.contains("sentinel uid"))?;
-        let (_, rest) = line.split_once("uid=")?;
+        // The console layout puts the fields as JSON after the message (`{"uid": "..."}`); the
+        // JSON layout has `"uid":"..."`.
+        let (_, rest) = line
+            .split_once("\"uid\": \"")
+            .or_else(|| line.split_once("\"uid\":\""))?;
         let uid: String = rest
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric())
