@@ -106,6 +106,13 @@ async fn checker_fires_on_two_writable_servers(c: &NetCluster) {
         .await
         .expect("converged");
     let s = (m + 1) % c.nodes.len();
+    // Freeze that standby's keeper first, so that nothing but this test acts on the instance
+    // while both servers take writes (in one CI run the promoted standby acknowledged nothing
+    // within the window while its keeper ran).
+    c.nodes[s]
+        .keeper
+        .pause()
+        .expect("pause the standby's keeper");
     let sa = c.nodes[s].host.addr;
     let cl = connect(sa, c.nodes[s].pg_port)
         .await
