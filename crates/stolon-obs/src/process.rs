@@ -134,6 +134,24 @@ impl ProcessStats {
     }
 }
 
+/// The process metrics every daemon exports under these names (what dashboards expect).
+pub const METRIC_NAMES: [&str; 6] = [
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+];
+
+/// The names of [`METRIC_NAMES`] with no sample in the Prometheus text `text`.
+pub fn missing_metrics(text: &str) -> Vec<&'static str> {
+    METRIC_NAMES
+        .into_iter()
+        .filter(|name| !text.contains(&format!("\n{name} ")))
+        .collect()
+}
+
 /// The process metrics of the moment as Prometheus text (empty when unavailable).
 pub fn render_text() -> String {
     read().map(|s| s.render_text()).unwrap_or_default()
