@@ -11,6 +11,7 @@ pub mod uid;
 
 pub use duration::GoDuration;
 pub use timestamp::Timestamp;
+pub mod failsafe;
 pub mod keeper;
 pub mod pgconf;
 pub mod proxy;

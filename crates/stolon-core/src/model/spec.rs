@@ -247,6 +247,11 @@ pub struct ClusterSpec {
     /// Restart PostgreSQL when a changed parameter needs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automatic_pg_restart: Option<bool>,
+    /// Keep routing to the master while the store cannot be read, as long as the master's keeper
+    /// confirms it still hears from every other keeper (docs/failsafe.md). Not a Stolon field;
+    /// off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failsafe_mode: Option<bool>,
 }
 
 /// Defaults (docs/architecture.md §5).
@@ -447,6 +452,7 @@ impl ClusterSpec {
                 .default_su_repl_access_mode
                 .unwrap_or(SuReplAccessMode::All),
             automatic_pg_restart: s.automatic_pg_restart.unwrap_or_default(),
+            failsafe_mode: s.failsafe_mode.unwrap_or_default(),
             spec: s,
         }
     }
@@ -474,6 +480,12 @@ impl ClusterSpec {
         let e = self.effective();
         if e.proxy_check_interval >= e.proxy_timeout {
             return err("proxyCheckInterval should be less than proxyTimeout");
+        }
+        if e.failsafe_mode {
+            crate::failsafe::Timers::from_spec(&e)?;
+            // The rule and its timers exist (crate::failsafe), the keepers' and proxies' endpoints
+            // do not yet: refuse rather than accept a mode that would change nothing.
+            return err("failsafeMode is not supported yet by this version");
         }
         if e.max_standbys < 1 {
             return err("maxStandbys must be at least 1");
@@ -609,6 +621,8 @@ pub struct EffectiveSpec {
     pub default_su_repl_access_mode: SuReplAccessMode,
     /// See [`ClusterSpec::automatic_pg_restart`].
     pub automatic_pg_restart: bool,
+    /// See [`ClusterSpec::failsafe_mode`].
+    pub failsafe_mode: bool,
     /// The defaulted spec itself, for the remaining (structured) fields.
     pub spec: ClusterSpec,
 }
