@@ -381,5 +381,7 @@ pub fn confirmed_until(sent_at: LocalInstant, granted: Duration) -> LocalInstant
     sent_at + Timers::shrink(granted)
 }
 
+pub mod wire;
+
 #[cfg(test)]
 mod tests;
