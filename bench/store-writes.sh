@@ -9,6 +9,7 @@
 #   bench/store-writes.sh                        both backends, 60 s idle + 60 s load each (~8 min)
 #   IDLE=20 LOAD=20 bench/store-writes.sh        shorter windows
 #   BACKENDS=etcd bench/store-writes.sh          one backend (etcd, kubernetes)
+#   KEEP_LOGS=DIR bench/store-writes.sh          copy the components' logs to DIR at exit
 #
 # etcd: every event of `etcdctl watch --prefix` on the cluster's keys, by key (clusterdata and
 # sentinels/info and sentinel-leader: sentinel; keepers/info: keeper; proxies/info: proxy), plus
@@ -68,7 +69,11 @@ stop_all() { # stops what start_bg started, by pid, then orphaned postmasters
     [ -f "$f" ] && kill -QUIT "$(head -1 "$f")" 2>/dev/null || true
   done
 }
-cleanup() { stop_all; rm -rf "$STATE"; }
+cleanup() {
+  stop_all
+  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS" && cp -r "$STATE/log/." "$KEEP_LOGS/" || true; fi
+  rm -rf "$STATE"
+}
 trap cleanup EXIT
 
 wait_ready() { # proxy port
