@@ -21,7 +21,7 @@
 //!   is judged failed after `failInterval`. A proxy's info whose only change is its `infoUID` is
 //!   rewritten at most every half its TTL (the proxy timeout it carries): the sentinels count a
 //!   proxy active for twice that timeout. A sentinel's info is rewritten only when it changes:
-//!   nobody judges sentinel infos by their `infoUID`. The cache of what was last written is per
+//!   it carries only the sentinel's UID and nobody judges its freshness. The cache of what was last written is per
 //!   process: a restarted component writes at once.
 //! - No TTLs exist in Kubernetes: a pod that is being deleted or whose phase is not `Running` is
 //!   gone, its annotation ignored. Readiness is deliberately not required: the keepers' readiness
@@ -97,8 +97,9 @@ enum InfoKind {
 /// How long an info whose only change is its `infoUID` may go unwritten, given the TTL the
 /// component passes; `None`: until it changes in substance. Keepers: every publish is written
 /// (the keeper publishes once per `sleepInterval` unless its report changed, and the sentinels'
-/// freshness test needs each of those). Proxies: half the TTL, which is twice the proxy timeout
-/// the sentinels judge a proxy by. Sentinels: nobody reads a sentinel info's `infoUID`.
+/// freshness test needs each of those). Proxies: half the TTL, that is the proxy timeout the
+/// info carries; the sentinels count a proxy active for twice that. Sentinels: their info has no
+/// `infoUID` and nobody judges its freshness.
 fn refresh_after(kind: InfoKind, ttl: Duration) -> Option<Duration> {
     match kind {
         InfoKind::Keeper => Some(Duration::ZERO),
