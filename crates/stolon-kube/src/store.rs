@@ -21,8 +21,8 @@
 //!   is judged failed after `failInterval`. A proxy's info whose only change is its `infoUID` is
 //!   rewritten at most every half its TTL (the proxy timeout it carries): the sentinels count a
 //!   proxy active for twice that timeout. A sentinel's info is rewritten only when it changes:
-//!   it carries only the sentinel's UID and nobody judges its freshness. The cache of what was last written is per
-//!   process: a restarted component writes at once.
+//!   it carries only the sentinel's UID and nobody judges its freshness. The cache of what was
+//!   last written is per process: a restarted component writes at once.
 //! - No TTLs exist in Kubernetes: a pod that is being deleted or whose phase is not `Running` is
 //!   gone, its annotation ignored. Readiness is deliberately not required: the keepers' readiness
 //!   probe is `pg_isready`, and a keeper whose PostgreSQL is not up yet (initialisation, resync)
