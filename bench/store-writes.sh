@@ -9,6 +9,10 @@
 #   bench/store-writes.sh                        both backends, 60 s idle + 60 s load each (~8 min)
 #   IDLE=20 LOAD=20 bench/store-writes.sh        shorter windows
 #   BACKENDS=etcd bench/store-writes.sh          one backend (etcd, kubernetes)
+#   LOAD=0 bench/store-writes.sh                 idle windows only
+#   SETTLE=60 bench/store-writes.sh              wait longer before the idle window (default 30 s)
+#   KEEP_LOGS=DIR bench/store-writes.sh          copy the components' logs (and on etcd the watched
+#                                                events) to DIR at exit
 #
 # etcd: every event of `etcdctl watch --prefix` on the cluster's keys, by key (clusterdata and
 # sentinels/info and sentinel-leader: sentinel; keepers/info: keeper; proxies/info: proxy), plus
@@ -19,6 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 IDLE=${IDLE:-60}
 LOAD=${LOAD:-60}
+SETTLE=${SETTLE:-30}
 BACKENDS=${BACKENDS:-etcd,kubernetes}
 BASE=${BASE:-26430}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -68,7 +73,11 @@ stop_all() { # stops what start_bg started, by pid, then orphaned postmasters
     [ -f "$f" ] && kill -QUIT "$(head -1 "$f")" 2>/dev/null || true
   done
 }
-cleanup() { stop_all; rm -rf "$STATE"; }
+cleanup() {
+  stop_all
+  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS" && cp -r "$STATE/log/." "$KEEP_LOGS/" || true; fi
+  rm -rf "$STATE"
+}
 trap cleanup EXIT
 
 wait_ready() { # proxy port
@@ -104,8 +113,10 @@ start_cluster() { # dir, proxy port, env assignments for component N (function n
   wait_ready "$port"
   psql -h 127.0.0.1 -p "$port" -U stolon -d postgres -qc "create database bench" >/dev/null
   "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U stolon -i -s 1 -q bench >/dev/null 2>&1
-  # Let the initialisation's own writes pass before measuring.
-  sleep 10
+  # Let the initialisation's own writes pass before measuring: vacuum and analyse the new tables
+  # now (autovacuum would do it during the idle window, moving WAL), checkpoint, and wait.
+  psql -h 127.0.0.1 -p "$port" -U stolon -d bench -qc "vacuum analyze" -c "checkpoint" >/dev/null
+  sleep "$SETTLE"
 }
 
 load() { # proxy port, seconds: pgbench through the proxy, bounded in time
@@ -143,6 +154,7 @@ run_etcd() {
   for window in idle load; do
     local secs=$IDLE
     [ "$window" = load ] && secs=$LOAD
+    [ "$secs" -gt 0 ] || continue
     local rev0 rev1
     rev0=$(ETCDCTL_API=3 etcdctl --endpoints "$ep" endpoint status -w json | grep -o '"revision":[0-9]*' | cut -d: -f2)
     ETCDCTL_API=3 timeout "$secs" etcdctl --endpoints "$ep" watch --prefix "$prefix" >"$STATE/watch-$window" 2>/dev/null &
@@ -152,6 +164,7 @@ run_etcd() {
     rev1=$(ETCDCTL_API=3 etcdctl --endpoints "$ep" endpoint status -w json | grep -o '"revision":[0-9]*' | cut -d: -f2)
     # Event lines: PUT|DELETE, then the key (then the value for PUT).
     awk '$0 == "PUT" || $0 == "DELETE" { getline k; print k }' "$STATE/watch-$window" >"$STATE/keys-$window"
+    cp "$STATE/watch-$window" "$STATE/log/etcd-watch-$window" 2>/dev/null || true
     count() { grep -c -- "$1" "$STATE/keys-$window" || true; }
     report etcd "$window" "$secs" "sentinel clusterdata" "$(count '/clusterdata$')"
     report etcd "$window" "$secs" "sentinels info (2)" "$(count '/sentinels/info/')"
@@ -197,6 +210,7 @@ KC
   for window in idle load; do
     local secs=$IDLE
     [ "$window" = load ] && secs=$LOAD
+    [ "$secs" -gt 0 ] || continue
     cp "$STATE/kube-counts" "$STATE/kc0"
     if [ "$window" = load ]; then load "$port" "$secs"; else sleep "$secs"; fi
     sleep 0.6

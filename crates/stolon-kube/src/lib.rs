@@ -67,7 +67,8 @@ pub struct KubeOptions {
     /// Stolon's ConfigMap annotation by default, or a Lease.
     pub election_lock: ElectionLock,
     /// How often an info whose content did not change apart from its `infoUID` is rewritten;
-    /// `None`: half the TTL the component passes (10 s with the keepers' 20 s).
+    /// `None`: per component (every keeper publish, a proxy's info every half its TTL, a
+    /// sentinel's info only when it changes; see the store module's notes).
     pub status_refresh: Option<Duration>,
 }
 

@@ -12,12 +12,17 @@
 //!   only other annotations changed, which is the comparison Stolon itself makes (on the
 //!   annotation's content). The watch feeding [`Store::changes`] likewise ignores ConfigMap
 //!   updates that leave the clusterdata annotation as it was.
-//! - Infos are rewritten only when they change in substance. An info whose only change is its
-//!   `infoUID` (new on every publish) is written at most every `status_refresh` (default: half the
-//!   TTL the component passes, 10 s for keepers), so the sentinels still see the `infoUID` move
-//!   (their freshness test) long before `failInterval` (20 s), while the API server gets one
-//!   write per pod every 10 s instead of one every sleep interval. The cache of what was last
-//!   written is per process: a restarted component writes at once.
+//! - Infos are rewritten only when they change in substance or when a reader needs to see a new
+//!   `infoUID` (new on every publish), which is how the sentinels tell a live component from a
+//!   silent one. Per kind ([`refresh_after`]): a keeper's info is written every time the keeper
+//!   publishes it. The keeper already publishes at most once per `sleepInterval` unless its
+//!   report changed, and that is what the sentinels need: ours count an info as fresh for 1.5
+//!   `sleepInterval` after first seeing it, Stolon's for one; anything slower and a live keeper
+//!   is judged failed after `failInterval`. A proxy's info whose only change is its `infoUID` is
+//!   rewritten at most every half its TTL (the proxy timeout it carries): the sentinels count a
+//!   proxy active for twice that timeout. A sentinel's info is rewritten only when it changes:
+//!   it carries only the sentinel's UID and nobody judges its freshness. The cache of what was
+//!   last written is per process: a restarted component writes at once.
 //! - No TTLs exist in Kubernetes: a pod that is being deleted or whose phase is not `Running` is
 //!   gone, its annotation ignored. Readiness is deliberately not required: the keepers' readiness
 //!   probe is `pg_isready`, and a keeper whose PostgreSQL is not up yet (initialisation, resync)
@@ -79,6 +84,28 @@ struct LastStatus {
     substance: Value,
     /// When the write that stored it started.
     written_at: Instant,
+}
+
+/// Which component's info a pod status carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InfoKind {
+    Keeper,
+    Sentinel,
+    Proxy,
+}
+
+/// How long an info whose only change is its `infoUID` may go unwritten, given the TTL the
+/// component passes; `None`: until it changes in substance. Keepers: every publish is written
+/// (the keeper publishes once per `sleepInterval` unless its report changed, and the sentinels'
+/// freshness test needs each of those). Proxies: half the TTL, that is the proxy timeout the
+/// info carries; the sentinels count a proxy active for twice that. Sentinels: their info has no
+/// `infoUID` and nobody judges its freshness.
+fn refresh_after(kind: InfoKind, ttl: Duration) -> Option<Duration> {
+    match kind {
+        InfoKind::Keeper => Some(Duration::ZERO),
+        InfoKind::Proxy => Some(ttl / 2),
+        InfoKind::Sentinel => None,
+    }
 }
 
 /// The Kubernetes [`Store`] of one cluster in one namespace.
@@ -288,12 +315,13 @@ impl KubeStore {
     }
 
     /// Writes this pod's `stolon-status` unless only the `infoUID` changed since the last write
-    /// and that write is younger than the refresh interval.
+    /// and that write is younger than `refresh` (`None`: an unchanged info is never rewritten).
+    /// [`KubeOptions::status_refresh`] overrides `refresh` when set.
     async fn put_status<T: Serialize>(
         &self,
         kind: &'static str,
         info: &T,
-        ttl: Duration,
+        refresh: Option<Duration>,
     ) -> Result<(), StoreError> {
         let pod = self.pod_name.as_deref().ok_or_else(|| {
             StoreError::Config(
@@ -306,12 +334,12 @@ impl KubeStore {
         if let Value::Object(m) = &mut substance {
             m.remove("infoUID");
         }
-        let refresh = self.status_refresh.unwrap_or(ttl / 2);
+        let refresh = self.status_refresh.or(refresh);
         {
             let last = self.last_status.lock().expect("status cache poisoned");
             if let Some(l) = last.get(kind)
                 && l.substance == substance
-                && l.written_at.elapsed() < refresh
+                && refresh.is_none_or(|r| l.written_at.elapsed() < r)
             {
                 return Ok(());
             }
@@ -529,7 +557,8 @@ impl Store for KubeStore {
     }
 
     async fn put_keeper_info(&self, info: &KeeperInfo, ttl: Duration) -> Result<(), StoreError> {
-        self.put_status("keeper info", info, ttl).await
+        self.put_status("keeper info", info, refresh_after(InfoKind::Keeper, ttl))
+            .await
     }
 
     async fn delete_keeper_info(&self, _uid: &str) -> Result<(), StoreError> {
@@ -566,7 +595,12 @@ impl Store for KubeStore {
         info: &SentinelInfo,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.put_status("sentinel info", info, ttl).await
+        self.put_status(
+            "sentinel info",
+            info,
+            refresh_after(InfoKind::Sentinel, ttl),
+        )
+        .await
     }
 
     async fn get_sentinels_info(&self) -> Result<Vec<SentinelInfo>, StoreError> {
@@ -577,7 +611,8 @@ impl Store for KubeStore {
     }
 
     async fn put_proxy_info(&self, info: &ProxyInfo, ttl: Duration) -> Result<(), StoreError> {
-        self.put_status("proxy info", info, ttl).await
+        self.put_status("proxy info", info, refresh_after(InfoKind::Proxy, ttl))
+            .await
     }
 
     async fn get_proxies_info(&self) -> Result<BTreeMap<String, ProxyInfo>, StoreError> {

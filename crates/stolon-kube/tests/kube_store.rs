@@ -290,27 +290,67 @@ async fn publishing_needs_an_existing_pod_name() {
     assert_eq!(fake.requests("PATCH", "pods"), 2);
 }
 
+fn proxy(info_uid: &str, generation: i64) -> ProxyInfo {
+    ProxyInfo {
+        uid: "p".into(),
+        info_uid: info_uid.into(),
+        generation,
+        proxy_timeout: 15_000_000_000,
+    }
+}
+
+/// The `stolon-status` annotation of a pod, decoded.
+fn status_of<T: serde::de::DeserializeOwned>(fake: &FakeApiServer, pod: &str) -> T {
+    let pod = fake.object("pods", NS, pod).expect("pod");
+    let raw = pod["metadata"]["annotations"]["stolon-status"]
+        .as_str()
+        .map(str::to_string)
+        .expect("annotation");
+    serde_json::from_str(&raw).expect("decode")
+}
+
 #[tokio::test]
-async fn status_is_not_rewritten_when_only_the_info_uid_changed() {
+async fn every_keeper_publish_is_written_so_the_sentinels_see_a_new_info_uid() {
     let fake = FakeApiServer::start().await.expect("fake");
     fake.add_pod(NS, "keeper-0", &labels("stolon-keeper", "c1"), "Running");
     let (s, _) = open(&fake, "c1", Some("keeper-0"), KubeOptions::default());
-    let annotation = || {
-        let pod = fake.object("pods", NS, "keeper-0").expect("pod");
-        let raw = pod["metadata"]["annotations"]["stolon-status"]
-            .as_str()
-            .map(str::to_string)
-            .expect("annotation");
-        serde_json::from_str::<KeeperInfo>(&raw).expect("decode")
-    };
+    // A keeper republishes once per sleep interval with a new infoUID and nothing else changed:
+    // the sentinels count its info as fresh only while the infoUID moves, so each is written.
+    for i in 1..=5 {
+        s.put_keeper_info(&keeper("keeper0", &format!("uid-{i}")), TTL)
+            .await
+            .expect("publish");
+        assert_eq!(fake.requests("PATCH", "pods"), i);
+        assert_eq!(
+            status_of::<KeeperInfo>(&fake, "keeper-0").info_uid,
+            format!("uid-{i}")
+        );
+    }
+    // A change in substance is written too.
+    let mut changed = keeper("keeper0", "uid-6");
+    changed.postgres_state = Some(PostgresState {
+        healthy: true,
+        xlog_pos: 42,
+        ..PostgresState::default()
+    });
+    s.put_keeper_info(&changed, TTL).await.expect("changed");
+    assert_eq!(fake.requests("PATCH", "pods"), 6);
+    assert_eq!(status_of::<KeeperInfo>(&fake, "keeper-0"), changed);
+}
 
-    s.put_keeper_info(&keeper("keeper0", "uid-1"), TTL)
+#[tokio::test]
+async fn a_proxy_info_is_not_rewritten_when_only_the_info_uid_changed_until_half_its_ttl() {
+    let fake = FakeApiServer::start().await.expect("fake");
+    fake.add_pod(NS, "proxy-0", &labels("stolon-proxy", "c1"), "Running");
+    let (s, _) = open(&fake, "c1", Some("proxy-0"), KubeOptions::default());
+
+    s.put_proxy_info(&proxy("uid-1", 1), TTL)
         .await
         .expect("first");
     assert_eq!(fake.requests("PATCH", "pods"), 1);
-    // A keeper publishes every sleep interval with a new infoUID: nothing else changed.
+    // A proxy publishes every check interval with a new infoUID: nothing else changed.
     for i in 2..=10 {
-        s.put_keeper_info(&keeper("keeper0", &format!("uid-{i}")), TTL)
+        s.put_proxy_info(&proxy(&format!("uid-{i}"), 1), TTL)
             .await
             .expect("republish");
     }
@@ -319,32 +359,58 @@ async fn status_is_not_rewritten_when_only_the_info_uid_changed() {
         1,
         "unchanged status rewritten"
     );
-    assert_eq!(annotation().info_uid, "uid-1");
+    assert_eq!(status_of::<ProxyInfo>(&fake, "proxy-0").info_uid, "uid-1");
 
-    // A change in substance is written at once.
-    let mut changed = keeper("keeper0", "uid-11");
-    changed.postgres_state = Some(PostgresState {
-        healthy: true,
-        xlog_pos: 42,
-        ..PostgresState::default()
-    });
-    s.put_keeper_info(&changed, TTL).await.expect("changed");
+    // A new generation is written at once.
+    s.put_proxy_info(&proxy("uid-11", 2), TTL)
+        .await
+        .expect("changed");
     assert_eq!(fake.requests("PATCH", "pods"), 2);
-    assert_eq!(annotation(), changed);
+    assert_eq!(status_of::<ProxyInfo>(&fake, "proxy-0"), proxy("uid-11", 2));
 
     // Freshness: after ttl/2 an unchanged info is written again, with its new infoUID.
     let short = Duration::from_millis(400);
-    let mut again = changed.clone();
-    again.info_uid = "uid-12".into();
-    s.put_keeper_info(&again, short)
+    s.put_proxy_info(&proxy("uid-12", 2), short)
         .await
         .expect("within refresh");
     assert_eq!(fake.requests("PATCH", "pods"), 2);
     tokio::time::sleep(short / 2 + Duration::from_millis(50)).await;
-    again.info_uid = "uid-13".into();
-    s.put_keeper_info(&again, short).await.expect("refresh");
+    s.put_proxy_info(&proxy("uid-13", 2), short)
+        .await
+        .expect("refresh");
     assert_eq!(fake.requests("PATCH", "pods"), 3);
-    assert_eq!(annotation().info_uid, "uid-13");
+    assert_eq!(status_of::<ProxyInfo>(&fake, "proxy-0").info_uid, "uid-13");
+}
+
+#[tokio::test]
+async fn an_unchanged_sentinel_info_is_written_once() {
+    let fake = FakeApiServer::start().await.expect("fake");
+    fake.add_pod(
+        NS,
+        "sentinel-0",
+        &labels("stolon-sentinel", "c1"),
+        "Running",
+    );
+    let (s, _) = open(&fake, "c1", Some("sentinel-0"), KubeOptions::default());
+    let short = Duration::from_millis(100);
+    for _ in 0..3 {
+        s.put_sentinel_info(&SentinelInfo { uid: "s0".into() }, short)
+            .await
+            .expect("publish");
+        tokio::time::sleep(short).await;
+    }
+    assert_eq!(fake.requests("PATCH", "pods"), 1);
+    assert_eq!(
+        status_of::<SentinelInfo>(&fake, "sentinel-0"),
+        SentinelInfo { uid: "s0".into() }
+    );
+    // What was written is remembered per process: a new one writes at once.
+    let (again, _) = open(&fake, "c1", Some("sentinel-0"), KubeOptions::default());
+    again
+        .put_sentinel_info(&SentinelInfo { uid: "s0".into() }, short)
+        .await
+        .expect("restarted");
+    assert_eq!(fake.requests("PATCH", "pods"), 2);
 }
 
 #[tokio::test]
