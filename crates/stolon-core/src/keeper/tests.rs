@@ -1546,6 +1546,7 @@ fn no_keeper_info_until_the_cluster_uid_is_known() {
                 version: v15(),
                 can_be_master: true,
                 can_be_synchronous_replica: false,
+                priority: 3,
             },
             &state,
         )
@@ -1560,5 +1561,6 @@ fn no_keeper_info_until_the_cluster_uid_is_known() {
     assert_eq!(info.postgres_state, Some(state.clone()));
     assert_eq!(info.can_be_master, Some(true));
     assert_eq!(info.can_be_synchronous_replica, Some(false));
+    assert_eq!(info.priority, Some(3));
     assert!(info.info_uid.is_empty());
 }

@@ -151,6 +151,10 @@ pub struct KeeperStatus {
     /// Whether the keeper may be a synchronous standby (None = yes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can_be_synchronous_replica: Option<bool>,
+    /// The keeper's `--priority` as last published (None = the default, 1; 0 = never elected
+    /// automatically). Not a Stolon field: Stolon readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
 }
 
 /// DB role.

@@ -142,13 +142,9 @@ fn initializing(
                 k
             }
             ClusterInitMode::New | ClusterInitMode::Pitr => {
-                // Healthy keepers only, sorted by UID, then the injected choice.
-                let candidates: Vec<&String> = cd
-                    .keepers
-                    .iter()
-                    .filter(|(_, k)| k.status.healthy)
-                    .map(|(uid, _)| uid)
-                    .collect();
+                // Healthy keepers that may be master, of the highest priority, sorted by UID,
+                // then the injected choice.
+                let candidates = super::priority::initial_master_candidates(cd);
                 if candidates.is_empty() {
                     events.push(Event::NoKeepersForInitialMaster);
                     return Ok(());
