@@ -640,6 +640,29 @@ fn master_converged_only_checks() {
 }
 
 #[test]
+fn paused_cluster_reports_a_needed_restart_without_restarting() {
+    let mut c = cd(DbRole::Master, DbInitMode::New);
+    let spec = c.cluster.as_mut().unwrap().spec.as_mut().unwrap();
+    spec.automatic_pg_restart = Some(true);
+    spec.paused = Some(true);
+    let o = converged(&c, DbRole::Master);
+    assert_eq!(
+        plan(Some(&c), &id(), &o),
+        vec![
+            A::Note(Note::RequestedRole("master")),
+            A::Note(Note::AlreadyMaster),
+            A::RefreshSlots { wanted: vec![] },
+            A::Note(Note::ParametersNotChanged),
+            A::Note(Note::HbaNotChanged),
+            A::CheckRestart { automatic: false },
+        ]
+    );
+    // Resumed: the same check restarts again.
+    c.cluster.as_mut().unwrap().spec.as_mut().unwrap().paused = None;
+    assert!(plan(Some(&c), &id(), &o).contains(&A::CheckRestart { automatic: true }));
+}
+
+#[test]
 fn running_standby_assigned_master_is_promoted() {
     let mut c = cd(DbRole::Master, DbInitMode::New);
     c.cluster

@@ -42,6 +42,13 @@ pub struct ClusterData {
     pub dbs: BTreeMap<String, Db>,
     /// Proxy routing object.
     pub proxy: Option<Proxy>,
+    /// The last master changes, oldest first (not a Stolon field; see [`super::history`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "super::null_as_default"
+    )]
+    pub history: Vec<super::history::MasterChange>,
 }
 
 /// Cluster phase.
@@ -429,6 +436,7 @@ impl ClusterData {
             keepers: BTreeMap::new(),
             dbs: BTreeMap::new(),
             proxy: Some(Proxy::default()),
+            history: Vec::new(),
         }
     }
 

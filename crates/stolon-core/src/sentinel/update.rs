@@ -308,8 +308,11 @@ fn normal(
         master_ok = false;
     }
 
-    // 3. Failover.
+    // 3. Failover (none while paused, unless an operator forced the master's keeper failed).
     let mut wanted = cur_uid.clone();
+    if !master_ok && super::pause::hold_failover(ctx.spec, events, &cur_uid, &cur_keeper) {
+        master_ok = true;
+    }
     if !master_ok {
         events.push(Event::FindingNewMaster {
             db: cur_uid.clone(),
@@ -351,6 +354,7 @@ fn normal(
 
     if wanted != cur_uid {
         elect(cd, &cur, &wanted, ctx, events);
+        super::history::record_failover(cd, &cur, &wanted, events, now_wall);
     } else {
         same_master(
             cd,

@@ -1,11 +1,14 @@
-//! Named decision scenarios for keeper priority and `--can-be-master` (docs/operations.md):
-//! which DB an election picks, and which keeper the initial master is created on. Each election
-//! scenario asserts the whole next clusterdata.
+//! Named decision scenarios for the operations of docs/operations.md: keeper priority and
+//! `--can-be-master` (which DB an election picks, which keeper the initial master is created
+//! on) and pause (no automatic failover). Each election scenario asserts the whole next
+//! clusterdata.
 
 use std::time::Duration;
 
 use pretty_assertions::assert_eq;
-use stolon_core::model::{ClusterData, DbRole, DbSpec, FollowType, KeeperInfo};
+use stolon_core::model::{
+    ClusterData, DbRole, DbSpec, FollowType, KeeperInfo, MasterChange, MasterChangeReason,
+};
 use stolon_core::sentinel::priority::{
     DEFAULT_KEEPER_PRIORITY, initial_master_candidates, rank_new_masters,
 };
@@ -105,6 +108,17 @@ fn expect_async_election(
         p.generation += 1;
         p.change_time = now;
     }
+    let old_pos = expected.dbs[&db_uid(old)].status.xlog_pos;
+    expected.history.push(MasterChange {
+        time: now,
+        reason: MasterChangeReason::Failed,
+        old_master_db_uid: db_uid(old),
+        old_master_keeper_uid: old.into(),
+        new_master_db_uid: db_uid(new),
+        new_master_keeper_uid: new.into(),
+        old_master_xlog_pos: old_pos,
+        write_pause: None,
+    });
     expected.change_time = now;
     expected
 }
@@ -412,4 +426,232 @@ fn keeper_info_priority_is_optional_in_json() {
 
 fn next_of(d: &Decision) -> ClusterData {
     d.next.clone().expect("a clusterdata write")
+}
+
+fn set_paused(f: &mut ClusterFixture, paused: Option<bool>) {
+    f.cd.cluster
+        .as_mut()
+        .and_then(|c| c.spec.as_mut())
+        .expect("spec")
+        .paused = paused;
+}
+
+#[test]
+fn paused_cluster_never_replaces_a_failed_master_then_fails_over_once_resumed() {
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .proxy("p1");
+    set_paused(&mut f, Some(true));
+    f.kill("k1");
+    // The master's keeper is declared unhealthy as usual...
+    let (before, d) = until(&mut f, &["k1"], |e| {
+        matches!(e, Event::KeeperUnhealthy { .. })
+    });
+    let now = f.now_wall;
+    let mut expected = before.clone();
+    let k2 = expected.keepers.get_mut("k2").expect("k2");
+    if now.unix_nanos() - k2.status.last_healthy_time.unix_nanos() >= 1_000_000_000 {
+        k2.status.last_healthy_time = now;
+        k2.change_time = now;
+    }
+    let k1 = expected.keepers.get_mut("k1").expect("k1");
+    k1.status.healthy = false;
+    k1.change_time = now;
+    let db = expected.dbs.get_mut(&db_uid("k1")).expect("db");
+    db.status.healthy = false;
+    db.change_time = now;
+    expected.change_time = now;
+    assert_eq!(next_of(&d), expected);
+    assert_eq!(
+        d.events,
+        vec![
+            Event::KeeperUnhealthy {
+                keeper: "k1".into()
+            },
+            Event::MasterDbFailed {
+                db: db_uid("k1"),
+                keeper: "k1".into()
+            },
+            Event::FailoverPaused {
+                db: db_uid("k1"),
+                keeper: "k1".into()
+            },
+        ]
+    );
+    // ... but for as long as the pause lasts (here 3 x failInterval and more) nobody replaces it.
+    for _ in 0..12 {
+        f.tick(SEC, &["k1"]);
+        f.proxies_ack();
+        let d = f.step();
+        assert!(!d.events.iter().any(is_election), "{:?}", d.events);
+        assert!(
+            d.events
+                .iter()
+                .any(|e| matches!(e, Event::FailoverPaused { .. }))
+        );
+    }
+    assert_eq!(
+        f.cd.cluster.as_ref().expect("c").status.master,
+        db_uid("k1")
+    );
+    // Resumed: the next decision elects the standby.
+    set_paused(&mut f, None);
+    f.tick(SEC, &["k1"]);
+    let before = f.cd.clone();
+    let d = f.step();
+    assert!(d.events.iter().any(is_election), "{:?}", d.events);
+    let mut expected = expect_async_election(&before, f.now_wall, "k1", "k2", &["k2"]);
+    // k1 was declared unhealthy long ago: its keeper entry does not change now.
+    expected
+        .keepers
+        .insert("k1".into(), before.keepers["k1"].clone());
+    assert_eq!(next_of(&d), expected);
+}
+
+#[test]
+fn paused_cluster_still_obeys_failkeeper_on_the_master() {
+    let mut f = ClusterFixture::new().fast().master("k1").standby("k2");
+    set_paused(&mut f, Some(true));
+    f.cd.keepers.get_mut("k1").expect("k1").status.force_fail = true;
+    f.tick(SEC, &[]);
+    let d = f.step();
+    assert!(
+        d.events.contains(&Event::ElectingNewMaster {
+            db: db_uid("k2"),
+            keeper: "k2".into()
+        }),
+        "{:?}",
+        d.events
+    );
+    assert!(
+        !d.events
+            .iter()
+            .any(|e| matches!(e, Event::FailoverPaused { .. }))
+    );
+    assert_eq!(
+        f.cd.cluster.as_ref().expect("c").status.master,
+        db_uid("k2")
+    );
+}
+
+#[test]
+fn paused_cluster_keeps_a_master_that_does_not_converge() {
+    let mut f = ClusterFixture::new().fast().master("k1").standby("k2");
+    set_paused(&mut f, Some(true));
+    // The master's keeper never applies generation 2.
+    f.cd.dbs.get_mut(&db_uid("k1")).expect("db").generation = 2;
+    let mut held = 0;
+    for _ in 0..30 {
+        f.tick(SEC, &[]);
+        if let Some(ps) = f
+            .keepers_info
+            .get_mut("k1")
+            .and_then(|i| i.postgres_state.as_mut())
+        {
+            ps.generation = 1;
+        }
+        let d = f.step();
+        assert!(!d.events.iter().any(is_election), "{:?}", d.events);
+        if d.events
+            .iter()
+            .any(|e| matches!(e, Event::FailoverPaused { .. }))
+        {
+            held += 1;
+        }
+    }
+    assert!(held > 0, "the convergence timeout never expired");
+    assert_eq!(
+        f.cd.cluster.as_ref().expect("c").status.master,
+        db_uid("k1")
+    );
+}
+
+#[test]
+fn unpaused_healthy_cluster_is_unchanged_by_the_paused_field() {
+    // `paused: false` is the same as absent: a healthy cluster stays a fixed point.
+    let mut f = ClusterFixture::new().fast().master("k1").standby("k2");
+    set_paused(&mut f, Some(false));
+    let d = f.step();
+    assert_eq!(d.next, None);
+}
+
+fn change(i: u32) -> MasterChange {
+    MasterChange {
+        time: Timestamp::from_unix_nanos(i128::from(i) * 1_000_000_000),
+        reason: MasterChangeReason::Switchover,
+        old_master_db_uid: format!("old{i}"),
+        old_master_keeper_uid: format!("ko{i}"),
+        new_master_db_uid: format!("new{i}"),
+        new_master_keeper_uid: format!("kn{i}"),
+        old_master_xlog_pos: u64::from(i),
+        write_pause: None,
+    }
+}
+
+#[test]
+fn failkeeper_on_the_master_is_recorded_as_forced() {
+    let mut f = ClusterFixture::new().fast().master("k1").standby("k2");
+    f.cd.keepers.get_mut("k1").expect("k1").status.force_fail = true;
+    f.tick(SEC, &[]);
+    let d = f.step();
+    assert!(d.events.iter().any(is_election), "{:?}", d.events);
+    assert_eq!(
+        next_of(&d).history,
+        vec![MasterChange {
+            time: f.now_wall,
+            reason: MasterChangeReason::Forced,
+            old_master_db_uid: db_uid("k1"),
+            old_master_keeper_uid: "k1".into(),
+            new_master_db_uid: db_uid("k2"),
+            new_master_keeper_uid: "k2".into(),
+            old_master_xlog_pos: 0x1000,
+            write_pause: None,
+        }]
+    );
+}
+
+#[test]
+fn history_keeps_the_last_fifty_master_changes() {
+    let mut f = ClusterFixture::new().fast().master("k1").standby("k2");
+    f.cd.history = (0..50).map(change).collect();
+    f.kill("k1");
+    let (before, d) = until(&mut f, &["k1"], is_election);
+    let next = next_of(&d);
+    assert_eq!(next.history.len(), 50);
+    assert_eq!(next.history[..49], before.history[1..]);
+    let last = next.history.last().expect("entry");
+    assert_eq!(
+        (last.reason, last.new_master_db_uid.as_str()),
+        (MasterChangeReason::Failed, db_uid("k2").as_str())
+    );
+    assert_eq!(
+        stolon_core::model::history::MAX_HISTORY_ENTRIES,
+        next.history.len()
+    );
+}
+
+#[test]
+fn history_is_an_optional_clusterdata_key() {
+    let mut f = ClusterFixture::new().master("k1");
+    let text = serde_json::to_string(&f.cd).expect("json");
+    assert!(!text.contains("\"history\""), "{text}");
+    f.cd.history = vec![change(7)];
+    let text = serde_json::to_string(&f.cd).expect("json");
+    assert!(
+        text.contains(
+            r#""history":[{"time":"1970-01-01T00:00:07Z","reason":"switchover","oldMasterDBUID":"old7","oldMasterKeeperUID":"ko7","newMasterDBUID":"new7","newMasterKeeperUID":"kn7","oldMasterXLogPos":7}]"#
+        ),
+        "{text}"
+    );
+    let back: ClusterData = stolon_core::model::json::from_str(&text).expect("decode");
+    assert_eq!(back, f.cd);
+    // `null`, as Go writes an empty slice, reads as empty.
+    let v = text.replace(
+        &text[text.find("\"history\"").expect("key")..text.len() - 1],
+        "\"history\":null",
+    );
+    let back: ClusterData = stolon_core::model::json::from_str(&v).expect("decode");
+    assert!(back.history.is_empty());
 }
