@@ -1,0 +1,155 @@
+//! Operations of docs/operations.md against the real binaries, etcd and PostgreSQL: keeper
+//! priority decides which of two equally advanced standbys replaces a killed master; a paused
+//! cluster does not replace a killed master until `stolonctl resume`; both elections appear in
+//! `stolonctl history`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use stolon_it::{Cluster, ClusterConfig, KeeperOpts, test_spec, wait_for};
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// `failInterval` of [`test_spec`].
+const FAIL_INTERVAL: Duration = Duration::from_secs(5);
+
+fn priority(n: u32) -> KeeperOpts {
+    KeeperOpts {
+        extra_args: vec![format!("--priority={n}")],
+        ..Default::default()
+    }
+}
+
+/// The last entry of `stolonctl history -f json`.
+async fn last_history_entry(c: &Cluster) -> Result<Value> {
+    let out = c.stolonctl_ok(&["history", "-f", "json"]).await?;
+    let v: Value = serde_json::from_str(&out).context("history json")?;
+    v.as_array()
+        .and_then(|a| a.last())
+        .cloned()
+        .context("empty history")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priority_standby_is_elected_although_the_other_is_as_far_ahead() -> Result<()> {
+    let mut c = Cluster::empty(test_spec(json!({}))).await?;
+    c.add_sentinel()?;
+    // keeper0 alone first, so it is the initial master.
+    c.add_keeper_with(priority(1))?;
+    let m = c.wait_master(secs(180)).await?;
+    ensure!(m == 0, "master is keeper{m}");
+    // keeper1 (default priority 1) sorts before keeper2 (priority 5): with equal positions
+    // and no priority, keeper1 would be elected.
+    c.add_keeper()?;
+    c.add_keeper_with(priority(5))?;
+    c.add_proxy()?;
+    c.wait_ready(secs(180)).await?;
+    c.wait_right_master(0, secs(60)).await?;
+    c.create_table(secs(30)).await?;
+    c.write_row(1, secs(30)).await?;
+    for i in [1, 2] {
+        c.wait_rows(i, "table01", 1, secs(60)).await?;
+    }
+    c.wait_synced_xlogpos(&[0, 1, 2], secs(60)).await?;
+    wait_for("keeper priorities in clusterdata", secs(30), async || {
+        let cd = c.cluster_data().await?.context("no clusterdata")?;
+        let p = |k: &str| cd.keepers.get(k).and_then(|k| k.status.priority);
+        if (p("keeper1"), p("keeper2")) == (Some(1), Some(5)) {
+            Ok(())
+        } else {
+            bail!("priorities {:?} {:?}", p("keeper1"), p("keeper2"))
+        }
+    })
+    .await?;
+
+    eprintln!("--- SIGKILL of keeper0 and its postgres");
+    c.keepers[0].kill_with_postgres()?;
+    let new = c.wait_master_changed(0, secs(60)).await?;
+    ensure!(new == 2, "keeper{new} was elected, not keeper2");
+    c.wait_db_role(2, true, secs(60)).await?;
+    c.wait_rows(2, "table01", 1, secs(10)).await?;
+    c.wait_right_master(2, secs(60)).await?;
+
+    let e = last_history_entry(&c).await?;
+    ensure!(
+        e["reason"] == "failed"
+            && e["oldMasterKeeperUid"] == "keeper0"
+            && e["newMasterKeeperUid"] == "keeper2"
+            && e["oldMasterLastLsn"].is_string(),
+        "history entry {e}"
+    );
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_cluster_does_not_fail_over_until_resumed() -> Result<()> {
+    let mut c = Cluster::start(ClusterConfig::new(test_spec(json!({})), 1, 2, 1)).await?;
+    let m = c.wait_ready(secs(180)).await?;
+    let s = if m == 0 { 1 } else { 0 };
+    c.wait_right_master(m, secs(60)).await?;
+    c.create_table(secs(30)).await?;
+    c.write_row(1, secs(30)).await?;
+    c.wait_rows(s, "table01", 1, secs(60)).await?;
+    c.wait_synced_xlogpos(&[m, s], secs(60)).await?;
+
+    let out = c.stolonctl_ok(&["pause"]).await?;
+    ensure!(out.contains("cluster paused"), "pause said {out:?}");
+    let status = c.stolonctl_ok(&["status"]).await?;
+    ensure!(
+        status.lines().next().is_some_and(|l| l.contains("PAUSED")),
+        "status first line: {status}"
+    );
+
+    eprintln!("--- paused: SIGKILL of keeper{m} and its postgres");
+    let killed_at = c.keepers[m].kill_with_postgres()?;
+    let master_uid = c.keepers[m].uid.clone();
+    // The failure is noticed (the keeper is declared unhealthy) ...
+    wait_for("the master's keeper declared unhealthy", secs(60), async || {
+        let cd = c.cluster_data().await?.context("no clusterdata")?;
+        match cd.keepers.get(&master_uid) {
+            Some(k) if !k.status.healthy => Ok(()),
+            _ => bail!("still healthy"),
+        }
+    })
+    .await?;
+    // ... yet for 3 x failInterval after the kill the master stays where it was.
+    let until = killed_at + 3 * FAIL_INTERVAL;
+    let mut checks = 0;
+    while Instant::now() < until {
+        let cd = c.cluster_data().await?.context("no clusterdata")?;
+        let now_master = c.master_of(&cd)?;
+        ensure!(now_master == m, "failover to keeper{now_master} while paused");
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ensure!(checks > 0, "no check made");
+    ensure!(
+        c.stolonctl_ok(&["history"])
+            .await?
+            .contains("No master changes recorded"),
+        "history not empty while paused"
+    );
+
+    eprintln!("--- resume");
+    c.stolonctl_ok(&["resume"]).await?;
+    c.wait_master_is(s, secs(60)).await?;
+    c.wait_db_role(s, true, secs(60)).await?;
+    c.wait_rows(s, "table01", 1, secs(10)).await?;
+    c.wait_right_master(s, secs(60)).await?;
+    let e = last_history_entry(&c).await?;
+    ensure!(
+        e["reason"] == "failed" && e["newMasterKeeperUid"] == c.keepers[s].uid.as_str(),
+        "history entry {e}"
+    );
+    let status = c.stolonctl_ok(&["status"]).await?;
+    ensure!(
+        !status.contains("PAUSED"),
+        "status still paused: {status}"
+    );
+    c.pass();
+    Ok(())
+}
