@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
-use stolon_it::{Cluster, ClusterConfig, KeeperOpts, test_spec, wait_for};
+use stolon_it::{Cluster, ClusterConfig, test_spec, wait_for};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -15,13 +15,6 @@ fn secs(n: u64) -> Duration {
 
 /// `failInterval` of [`test_spec`].
 const FAIL_INTERVAL: Duration = Duration::from_secs(5);
-
-fn priority(n: u32) -> KeeperOpts {
-    KeeperOpts {
-        extra_args: vec![format!("--priority={n}")],
-        ..Default::default()
-    }
-}
 
 /// The last entry of `stolonctl history -f json`.
 async fn last_history_entry(c: &Cluster) -> Result<Value> {
@@ -38,46 +31,68 @@ async fn higher_priority_standby_is_elected_although_the_other_is_as_far_ahead()
     let mut c = Cluster::empty(test_spec(json!({}))).await?;
     c.add_sentinel()?;
     // keeper0 alone first, so it is the initial master.
-    c.add_keeper_with(priority(1))?;
+    c.add_keeper()?;
     let m = c.wait_master(secs(180)).await?;
     ensure!(m == 0, "master is keeper{m}");
-    // keeper1 (default priority 1) sorts before keeper2 (priority 5): with equal positions
-    // and no priority, keeper1 would be elected.
     c.add_keeper()?;
-    c.add_keeper_with(priority(5))?;
+    c.add_keeper()?;
     c.add_proxy()?;
     c.wait_ready(secs(180)).await?;
+
+    // Between two standbys at the same position the sentinel would elect the one whose DB UID
+    // sorts first: give the other one the higher priority (a restart with `--priority=5`).
+    let cd = c.cluster_data().await?.context("no clusterdata")?;
+    let db = |i: usize| {
+        c.keeper_db(&cd, i)
+            .map(|d| d.uid.clone())
+            .with_context(|| format!("keeper{i} has no db"))
+    };
+    let (favoured, preferred) = if db(1)? < db(2)? { (1, 2) } else { (2, 1) };
+    eprintln!("--- restart keeper{preferred} with --priority=5 (keeper{favoured} wins ties)");
+    c.keepers[preferred].stop().await?;
+    c.keepers[preferred].set_extra_args(vec!["--priority=5".into()]);
+    c.keepers[preferred].start()?;
+    let preferred_uid = c.keepers[preferred].uid.clone();
+    wait_for("the keeper priority in clusterdata", secs(60), async || {
+        let cd = c.cluster_data().await?.context("no clusterdata")?;
+        let p = cd
+            .keepers
+            .get(&preferred_uid)
+            .and_then(|k| k.status.priority);
+        if p == Some(5) {
+            Ok(())
+        } else {
+            bail!("priority {p:?}")
+        }
+    })
+    .await?;
+    c.wait_db_up(preferred, secs(60)).await?;
+
     c.wait_right_master(0, secs(60)).await?;
     c.create_table(secs(30)).await?;
     c.write_row(1, secs(30)).await?;
     for i in [1, 2] {
         c.wait_rows(i, "table01", 1, secs(60)).await?;
     }
+    // Both standbys as far ahead as the master, as the sentinel sees them.
     c.wait_synced_xlogpos(&[0, 1, 2], secs(60)).await?;
-    wait_for("keeper priorities in clusterdata", secs(30), async || {
-        let cd = c.cluster_data().await?.context("no clusterdata")?;
-        let p = |k: &str| cd.keepers.get(k).and_then(|k| k.status.priority);
-        if (p("keeper1"), p("keeper2")) == (Some(1), Some(5)) {
-            Ok(())
-        } else {
-            bail!("priorities {:?} {:?}", p("keeper1"), p("keeper2"))
-        }
-    })
-    .await?;
 
     eprintln!("--- SIGKILL of keeper0 and its postgres");
     c.keepers[0].kill_with_postgres()?;
     let new = c.wait_master_changed(0, secs(60)).await?;
-    ensure!(new == 2, "keeper{new} was elected, not keeper2");
-    c.wait_db_role(2, true, secs(60)).await?;
-    c.wait_rows(2, "table01", 1, secs(10)).await?;
-    c.wait_right_master(2, secs(60)).await?;
+    ensure!(
+        new == preferred,
+        "keeper{new} was elected, not keeper{preferred} (priority 5)"
+    );
+    c.wait_db_role(preferred, true, secs(60)).await?;
+    c.wait_rows(preferred, "table01", 1, secs(10)).await?;
+    c.wait_right_master(preferred, secs(60)).await?;
 
     let e = last_history_entry(&c).await?;
     ensure!(
         e["reason"] == "failed"
             && e["oldMasterKeeperUid"] == "keeper0"
-            && e["newMasterKeeperUid"] == "keeper2"
+            && e["newMasterKeeperUid"] == preferred_uid.as_str()
             && e["oldMasterLastLsn"].is_string(),
         "history entry {e}"
     );
@@ -108,13 +123,17 @@ async fn paused_cluster_does_not_fail_over_until_resumed() -> Result<()> {
     let killed_at = c.keepers[m].kill_with_postgres()?;
     let master_uid = c.keepers[m].uid.clone();
     // The failure is noticed (the keeper is declared unhealthy) ...
-    wait_for("the master's keeper declared unhealthy", secs(60), async || {
-        let cd = c.cluster_data().await?.context("no clusterdata")?;
-        match cd.keepers.get(&master_uid) {
-            Some(k) if !k.status.healthy => Ok(()),
-            _ => bail!("still healthy"),
-        }
-    })
+    wait_for(
+        "the master's keeper declared unhealthy",
+        secs(60),
+        async || {
+            let cd = c.cluster_data().await?.context("no clusterdata")?;
+            match cd.keepers.get(&master_uid) {
+                Some(k) if !k.status.healthy => Ok(()),
+                _ => bail!("still healthy"),
+            }
+        },
+    )
     .await?;
     // ... yet for 3 x failInterval after the kill the master stays where it was.
     let until = killed_at + 3 * FAIL_INTERVAL;
@@ -122,7 +141,10 @@ async fn paused_cluster_does_not_fail_over_until_resumed() -> Result<()> {
     while Instant::now() < until {
         let cd = c.cluster_data().await?.context("no clusterdata")?;
         let now_master = c.master_of(&cd)?;
-        ensure!(now_master == m, "failover to keeper{now_master} while paused");
+        ensure!(
+            now_master == m,
+            "failover to keeper{now_master} while paused"
+        );
         checks += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -146,10 +168,7 @@ async fn paused_cluster_does_not_fail_over_until_resumed() -> Result<()> {
         "history entry {e}"
     );
     let status = c.stolonctl_ok(&["status"]).await?;
-    ensure!(
-        !status.contains("PAUSED"),
-        "status still paused: {status}"
-    );
+    ensure!(!status.contains("PAUSED"), "status still paused: {status}");
     c.pass();
     Ok(())
 }
