@@ -1,13 +1,14 @@
 //! Operations of docs/operations.md against the real binaries, etcd and PostgreSQL: keeper
-//! priority decides which of two equally advanced standbys replaces a killed master; a paused
-//! cluster does not replace a killed master until `stolonctl resume`; both elections appear in
+//! priority decides which of two equally advanced standbys replaces a killed master; a keeper
+//! started with `--can-be-master=false` never becomes the initial master; a paused cluster does
+//! not replace a killed master until `stolonctl resume`; both elections appear in
 //! `stolonctl history`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
-use stolon_it::{Cluster, ClusterConfig, test_spec, wait_for};
+use stolon_it::{Cluster, ClusterConfig, KeeperOpts, test_spec, wait_for};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -169,6 +170,44 @@ async fn paused_cluster_does_not_fail_over_until_resumed() -> Result<()> {
     );
     let status = c.stolonctl_ok(&["status"]).await?;
     ensure!(!status.contains("PAUSED"), "status still paused: {status}");
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeper_that_cannot_be_master_is_never_the_initial_master() -> Result<()> {
+    let mut c = Cluster::empty(test_spec(json!({}))).await?;
+    c.add_sentinel()?;
+    // keeper0 alone, `--can-be-master=false`: registered, but no master is created on it.
+    c.add_keeper_with(KeeperOpts {
+        extra_args: vec!["--can-be-master=false".into()],
+        ..Default::default()
+    })?;
+    wait_for("keeper0 registered", secs(60), async || {
+        let cd = c.cluster_data().await?.context("no clusterdata")?;
+        match cd.keepers.get("keeper0") {
+            Some(k) if k.status.can_be_master == Some(false) => Ok(()),
+            _ => bail!("keeper0 not registered yet"),
+        }
+    })
+    .await?;
+    // A few sentinel rounds (sleepInterval 1s) with keeper0 as the only keeper.
+    let until = Instant::now() + 3 * FAIL_INTERVAL;
+    while Instant::now() < until {
+        let cd = c.cluster_data().await?.context("no clusterdata")?;
+        let master = cd.cluster.as_ref().map(|c| c.status.master.clone());
+        ensure!(
+            master.as_deref().unwrap_or("").is_empty(),
+            "initial master {master:?} created with only keeper0"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // keeper1 may be master: the cluster is initialised on it, keeper0 becomes its standby.
+    c.add_keeper()?;
+    c.add_proxy()?;
+    let m = c.wait_ready(secs(180)).await?;
+    ensure!(m == 1, "master is keeper{m}");
+    c.wait_db_role(0, false, secs(60)).await?;
     c.pass();
     Ok(())
 }
