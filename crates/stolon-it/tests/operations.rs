@@ -1,8 +1,8 @@
 //! Operations of docs/operations.md against the real binaries, etcd and PostgreSQL: keeper
 //! priority decides which of two equally advanced standbys replaces a killed master; a keeper
 //! started with `--can-be-master=false` never becomes the initial master; a paused cluster does
-//! not replace a killed master until `stolonctl resume`; both elections appear in
-//! `stolonctl history`.
+//! not replace a killed master, nor restart PostgreSQL for a changed parameter, until
+//! `stolonctl resume`; elections appear in `stolonctl history`.
 
 use std::time::{Duration, Instant};
 
@@ -208,6 +208,78 @@ async fn keeper_that_cannot_be_master_is_never_the_initial_master() -> Result<()
     let m = c.wait_ready(secs(180)).await?;
     ensure!(m == 1, "master is keeper{m}");
     c.wait_db_role(0, false, secs(60)).await?;
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_keeper_does_not_restart_for_a_parameter_until_resumed() -> Result<()> {
+    let c = Cluster::start(ClusterConfig::new(
+        test_spec(json!({
+            "automaticPgRestart": true,
+            "pgParameters": { "max_connections": "100" },
+        })),
+        1,
+        1,
+        0,
+    ))
+    .await?;
+    c.wait_ready(secs(180)).await?;
+    let port = c.keepers[0].pg_port;
+    let show = async || stolon_it::pg::query_value(port, "show max_connections").await;
+    ensure!(show().await? == "100");
+    let pid = c.keepers[0].postmaster_pid().context("no postmaster pid")?;
+
+    c.stolonctl_ok(&["pause"]).await?;
+    c.patch_spec(&json!({ "pgParameters": { "max_connections": "150" } }))
+        .await?;
+    // The keeper writes the new value and reloads: PostgreSQL says a restart is pending (and
+    // a keeper that restarted it anyway is caught here already).
+    let pending = wait_for("max_connections pending a restart", secs(60), async || {
+        if c.keepers[0].postmaster_pid() != Some(pid) || show().await? != "100" {
+            return Ok(false);
+        }
+        let v = stolon_it::pg::query_value(
+            port,
+            "select pending_restart from pg_settings where name = 'max_connections'",
+        )
+        .await?;
+        if v == "t" {
+            Ok(true)
+        } else {
+            bail!("pending_restart {v}")
+        }
+    })
+    .await?;
+    ensure!(pending, "postgres restarted while paused");
+    // ... but for several keeper rounds (sleepInterval 1s) nothing restarts it.
+    let until = Instant::now() + 3 * FAIL_INTERVAL;
+    while Instant::now() < until {
+        ensure!(
+            c.keepers[0].postmaster_pid() == Some(pid),
+            "postgres restarted while paused"
+        );
+        ensure!(
+            show().await? == "100",
+            "max_connections changed while paused"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    c.stolonctl_ok(&["resume"]).await?;
+    wait_for("max_connections 150 after resume", secs(60), async || {
+        let v = show().await?;
+        if v == "150" {
+            Ok(())
+        } else {
+            bail!("max_connections {v}")
+        }
+    })
+    .await?;
+    ensure!(
+        c.keepers[0].postmaster_pid() != Some(pid),
+        "same postmaster after the restart"
+    );
     c.pass();
     Ok(())
 }
