@@ -216,8 +216,9 @@ impl Sentinel {
             if !self.write(&next, read.revision.as_ref()).await {
                 return;
             }
-            let before = read.data.as_ref().and_then(|cd| cd.history.last());
-            if let Some(entry) = next.history.last().filter(|e| Some(*e) != before) {
+            if let Some(entry) =
+                stolon_core::model::history::newly_recorded(read.data.as_ref(), &next)
+            {
                 self.metrics.master_changed(entry.reason.as_str());
             }
         }

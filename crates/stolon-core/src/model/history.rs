@@ -113,7 +113,105 @@ impl ClusterData {
     }
 }
 
+/// The entry `after` recorded since `before` (at most one is recorded per decision), if any: its
+/// last entry when that differs from `before`'s last.
+pub fn newly_recorded<'a>(
+    before: Option<&ClusterData>,
+    after: &'a ClusterData,
+) -> Option<&'a MasterChange> {
+    let last = after.history.last()?;
+    (before.and_then(|b| b.history.last()) != Some(last)).then_some(last)
+}
+
 /// A WAL position as PostgreSQL writes an LSN (`16/B374D848`).
 pub fn format_lsn(pos: u64) -> String {
     format!("{:X}/{:X}", pos >> 32, pos & 0xFFFF_FFFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Cluster, DbSpec};
+
+    fn db(uid: &str, keeper: &str, pos: u64) -> Db {
+        let mut d = Db {
+            uid: uid.into(),
+            spec: Some(DbSpec {
+                keeper_uid: keeper.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        d.status.xlog_pos = pos;
+        d
+    }
+
+    fn entry(i: i128) -> MasterChange {
+        MasterChange::new(
+            MasterChangeReason::Failed,
+            Timestamp::from_unix_nanos(i),
+            &db("a", "ka", 7),
+            &db("b", "kb", 9),
+            None,
+        )
+    }
+
+    #[test]
+    fn new_takes_uids_keepers_and_the_old_masters_position() {
+        let e = MasterChange::new(
+            MasterChangeReason::Switchover,
+            Timestamp::from_unix_nanos(5),
+            &db("a", "ka", 0x1_0000_0010),
+            &db("b", "kb", 3),
+            Some(GoDuration::from_secs(1)),
+        );
+        assert_eq!(
+            e,
+            MasterChange {
+                time: Timestamp::from_unix_nanos(5),
+                reason: MasterChangeReason::Switchover,
+                old_master_db_uid: "a".into(),
+                old_master_keeper_uid: "ka".into(),
+                new_master_db_uid: "b".into(),
+                new_master_keeper_uid: "kb".into(),
+                old_master_xlog_pos: 0x1_0000_0010,
+                write_pause: Some(GoDuration::from_secs(1)),
+            }
+        );
+        assert_eq!(format_lsn(e.old_master_xlog_pos), "1/10");
+    }
+
+    #[test]
+    fn record_keeps_the_newest_entries_within_the_bound() {
+        let mut cd = ClusterData::new(Cluster::default(), Timestamp::zero());
+        for i in 0..(MAX_HISTORY_ENTRIES as i128 + 3) {
+            cd.record_master_change(entry(i));
+        }
+        assert_eq!(cd.history.len(), MAX_HISTORY_ENTRIES);
+        assert_eq!(cd.history[0], entry(3));
+        assert_eq!(
+            cd.history.last(),
+            Some(&entry(MAX_HISTORY_ENTRIES as i128 + 2))
+        );
+    }
+
+    #[test]
+    fn newly_recorded_is_the_last_entry_only_when_it_is_new() {
+        let mut before = ClusterData::new(Cluster::default(), Timestamp::zero());
+        let mut after = before.clone();
+        assert_eq!(newly_recorded(Some(&before), &after), None);
+        after.record_master_change(entry(1));
+        assert_eq!(newly_recorded(Some(&before), &after), Some(&entry(1)));
+        assert_eq!(newly_recorded(None, &after), Some(&entry(1)));
+        before = after.clone();
+        assert_eq!(newly_recorded(Some(&before), &after), None);
+        // At the bound the length stays the same; the new last entry still counts.
+        for i in 2..(MAX_HISTORY_ENTRIES as i128 + 2) {
+            after.record_master_change(entry(i));
+        }
+        before = after.clone();
+        after.record_master_change(entry(100));
+        assert_eq!(before.history.len(), after.history.len());
+        assert_eq!(newly_recorded(Some(&before), &after), Some(&entry(100)));
+    }
 }
