@@ -7,7 +7,8 @@ use pretty_assertions::assert_eq;
 use stolon_core::duration::GoDuration;
 use stolon_core::model::{
     ClusterData, ClusterPhase, DbInitMode, DbRole, DbSpec, DbStatus, FollowConfig, FollowType,
-    Keeper, KeeperInfo, KeeperSpec, KeeperStatus, PostgresBinaryVersion, PostgresState,
+    Keeper, KeeperInfo, KeeperSpec, KeeperStatus, MasterChange, MasterChangeReason,
+    PostgresBinaryVersion, PostgresState,
 };
 use stolon_core::sentinel::testing::{ClusterFixture, db_uid};
 use stolon_core::sentinel::{Decision, Event, FAKE_STANDBY_NAME, validate_invariants};
@@ -118,6 +119,22 @@ fn keeper_info(uid: &str, info_uid: &str, ps: Option<PostgresState>) -> KeeperIn
     }
 }
 
+/// Expected history entry of the failover of `old`'s DB to `new`'s at `now` (the old master's
+/// last reported position carried over).
+fn recorded_failover(cd: &mut ClusterData, now: Timestamp, old: &str, new: &str) {
+    let old_pos = cd.dbs[&db_uid(old)].status.xlog_pos;
+    cd.history.push(MasterChange {
+        time: now,
+        reason: MasterChangeReason::Failed,
+        old_master_db_uid: db_uid(old),
+        old_master_keeper_uid: old.into(),
+        new_master_db_uid: db_uid(new),
+        new_master_keeper_uid: new.into(),
+        old_master_xlog_pos: old_pos,
+        write_pause: None,
+    });
+}
+
 /// The whole clusterdata expected right after an asynchronous election of `new`'s DB replacing
 /// the failed `old` (alive keepers `alive` refreshed).
 /// The new master's followers right after an election: every internal standby (they still
@@ -176,6 +193,7 @@ fn expect_async_election(
         p.generation += 1;
         p.change_time = now;
     }
+    recorded_failover(&mut expected, now, old, new);
     touch_cluster(&mut expected, now);
     expected
 }
@@ -530,6 +548,7 @@ fn failover_async_elects_standby_and_clears_proxy_target() {
     p.spec.master_db_uid = String::new();
     p.generation += 1;
     p.change_time = now;
+    recorded_failover(&mut expected, now, "k1", "k2");
     touch_cluster(&mut expected, now);
     assert_eq!(next_of(&d), expected);
     let msgs: Vec<&str> = d.events.iter().map(|e| e.message()).collect();
@@ -667,6 +686,7 @@ fn failover_sync_elects_only_in_sync_standby() {
     p.spec.master_db_uid = String::new();
     p.generation += 1;
     p.change_time = now;
+    recorded_failover(&mut expected, now, "k1", "k2");
     touch_cluster(&mut expected, now);
     assert_eq!(next_of(&d), expected);
 }

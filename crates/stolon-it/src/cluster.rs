@@ -153,6 +153,11 @@ impl Keeper {
         a.into_iter().map(Into::into).collect()
     }
 
+    /// Replaces the extra flags (e.g. `--priority=5`) used from the next [`Keeper::start`] on.
+    pub fn set_extra_args(&mut self, args: Vec<String>) {
+        self.extra_args = args;
+    }
+
     /// Starts the keeper process.
     pub fn start(&mut self) -> Result<()> {
         let args = self.args();

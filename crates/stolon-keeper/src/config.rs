@@ -67,6 +67,9 @@ pub struct Cli {
     /// prevent keeper from being elected as master
     #[arg(long = "can-be-master", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub can_be_master: bool,
+    /// keeper priority: among standbys eligible to replace a failed master, the highest priority wins (then the most advanced); 0 means never elected master automatically (a switchover may still name it)
+    #[arg(long = "priority", default_value_t = 1)]
+    pub priority: u32,
     /// prevent keeper from being chosen as synchronous replica
     #[arg(long = "can-be-synchronous-replica", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub can_be_synchronous_replica: bool,
@@ -138,6 +141,8 @@ pub struct KeeperConfig {
     pub can_be_master: bool,
     /// `--can-be-synchronous-replica`.
     pub can_be_synchronous_replica: bool,
+    /// `--priority`.
+    pub priority: u32,
     /// `--disable-data-dir-locking`.
     pub disable_data_dir_locking: bool,
     /// `--metrics-listen-address` (None = disabled).
@@ -175,6 +180,7 @@ impl KeeperConfig {
             repl: role("repl", "replpw"),
             can_be_master: true,
             can_be_synchronous_replica: true,
+            priority: 1,
             disable_data_dir_locking: false,
             metrics_listen_address: None,
             log_level: "info".into(),
@@ -513,6 +519,7 @@ impl Cli {
             },
             can_be_master: self.can_be_master,
             can_be_synchronous_replica: self.can_be_synchronous_replica,
+            priority: self.priority,
             disable_data_dir_locking: self.disable_data_dir_locking,
             metrics_listen_address: opt(&self.common.metrics_listen_address),
             log_level,
@@ -748,5 +755,18 @@ mod tests {
         )
         .unwrap();
         assert!(!c.can_be_master);
+        assert_eq!(c.priority, 1);
+        let (c, _) = check(
+            d.path(),
+            &["--pg-su-password=a", "--pg-repl-password=b", "--priority=0"],
+        )
+        .unwrap();
+        assert_eq!(c.priority, 0);
+        let mut a = base(d.path());
+        a.push("--priority=-1".into());
+        let refs: Vec<&str> = std::iter::once("stolon-keeper")
+            .chain(a.iter().map(String::as_str))
+            .collect();
+        assert!(Cli::try_parse_from(refs).is_err());
     }
 }

@@ -781,6 +781,7 @@ impl Keeper {
             version: self.version,
             can_be_master: self.cfg.can_be_master,
             can_be_synchronous_replica: self.cfg.can_be_synchronous_replica,
+            priority: self.cfg.priority,
         };
         if let (Some(info), Some(p)) = (
             keeper::keeper_info(&report, &self.pg_state),

@@ -148,6 +148,7 @@ impl Sentinel {
         if let Some(cd) = &read.data {
             match cd.check_usable() {
                 Ok(spec) => {
+                    self.metrics.paused.set(i64::from(spec.is_paused()));
                     self.sleep = spec
                         .effective()
                         .sleep_interval
@@ -214,6 +215,11 @@ impl Sentinel {
             }
             if !self.write(&next, read.revision.as_ref()).await {
                 return;
+            }
+            if let Some(entry) =
+                stolon_core::model::history::newly_recorded(read.data.as_ref(), &next)
+            {
+                self.metrics.master_changed(entry.reason.as_str());
             }
         }
         self.metrics.last_check_success.set(unix_seconds());

@@ -27,6 +27,11 @@ pub struct Metrics {
     pub leader_count: Gauge,
     /// Failovers decided (new master elected).
     pub failovers: Counter,
+    /// Master changes this sentinel recorded in the history, by reason (`failed`, `forced`,
+    /// `switchover`).
+    pub master_changes: Family<Vec<(String, String)>, Counter>,
+    /// 1 while the cluster is paused (`stolonctl pause`).
+    pub paused: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -76,13 +81,34 @@ impl Metrics {
             "Number of new masters elected by this sentinel",
             failovers.clone(),
         );
+        let master_changes = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "stolon_sentinel_master_changes",
+            "Number of master changes recorded by this sentinel, by reason (failed, forced, switchover)",
+            master_changes.clone(),
+        );
+        let paused = Gauge::default();
+        registry.register(
+            "stolon_sentinel_paused",
+            "Set to 1 while the cluster is paused (no automatic failover)",
+            paused.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             last_check_success,
             is_leader,
             leader_count,
             failovers,
+            master_changes,
+            paused,
         }
+    }
+
+    /// Counts one master change of `reason`.
+    pub fn master_changed(&self, reason: &str) {
+        self.master_changes
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
     }
 
     /// The text exposition.
@@ -145,6 +171,8 @@ mod tests {
         let m = Metrics::new("c1");
         m.is_leader.set(1);
         m.leader_count.inc();
+        m.paused.set(1);
+        m.master_changed("forced");
         let text = m.render();
         for needle in [
             "stolon_cluster_identifier{cluster_name=\"c1\",component=\"sentinel\"} 1",
@@ -152,6 +180,8 @@ mod tests {
             "stolon_sentinel_leader_count 1",
             "stolon_sentinel_last_cluster_check_success_seconds",
             "stolon_sentinel_failovers_total 0",
+            "stolon_sentinel_paused 1",
+            "stolon_sentinel_master_changes_total{reason=\"forced\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }

@@ -58,6 +58,9 @@ pub async fn run(
             Ok(())
         }
         Cmd::Register(a) => register(a),
+        Cmd::Pause(_) | Cmd::Resume(_) | Cmd::History(_) => {
+            crate::operations::run(cmd, store, io).await
+        }
         Cmd::Init(a) => {
             if a.args.len() > 1 {
                 bail!("too many arguments");
@@ -293,7 +296,7 @@ async fn get(store: &dyn Store) -> anyhow::Result<ClusterDataRead> {
 }
 
 /// Reads clusterdata and checks it (present, format 1, valid spec), with its revision.
-async fn get_checked(store: &dyn Store) -> anyhow::Result<(ClusterData, Revision)> {
+pub(crate) async fn get_checked(store: &dyn Store) -> anyhow::Result<(ClusterData, Revision)> {
     let read = get(store).await?;
     let cd = ops::check_cluster_data(read.data)?;
     let rev = read
@@ -304,7 +307,7 @@ async fn get_checked(store: &dyn Store) -> anyhow::Result<(ClusterData, Revision
 
 /// Read, compute, compare-and-swap; on a conflict start over, at most [`MAX_RETRIES`] times.
 /// `next` returning `None` means nothing to write.
-async fn cas_loop(
+pub(crate) async fn cas_loop(
     store: &dyn Store,
     mut next: impl FnMut(&ClusterData) -> anyhow::Result<Option<ClusterData>>,
 ) -> anyhow::Result<()> {

@@ -642,3 +642,72 @@ async fn init_if_absent_creates_once_and_never_overwrites() {
     assert_eq!(raw(&empty), None);
     assert!(cli::parse(["stolonctl", "init", "--if-absent", "-y"]).is_err());
 }
+
+#[tokio::test]
+async fn pause_resume_status_and_history() {
+    let store = MemStore::new("c");
+    let el = store.election();
+    run_cmd(&store, &el, &["init", "-y"], "")
+        .await
+        .result
+        .unwrap();
+    let first_line = |out: &Out| out.stdout.lines().next().unwrap_or("").to_string();
+
+    let out = run_cmd(&store, &el, &["status"], "").await;
+    out.result.as_ref().unwrap();
+    assert_eq!(first_line(&out), "=== Active sentinels ===");
+
+    let out = run_cmd(&store, &el, &["pause"], "").await;
+    out.result.as_ref().unwrap();
+    assert_eq!(
+        out.stdout,
+        "cluster paused: no automatic failover until `stolonctl resume`\n"
+    );
+    assert_eq!(
+        raw(&store).unwrap()["cluster"]["spec"]["paused"],
+        json!(true)
+    );
+    let out = run_cmd(&store, &el, &["pause"], "").await;
+    out.result.as_ref().unwrap();
+    assert_eq!(out.stdout, "cluster already paused\n");
+
+    let out = run_cmd(&store, &el, &["status"], "").await;
+    out.result.as_ref().unwrap();
+    assert_eq!(first_line(&out), crate::operations::PAUSED_LINE);
+    let out = run_cmd(&store, &el, &["status", "-f", "json"], "").await;
+    out.result.as_ref().unwrap();
+    let lines: Vec<&str> = out.stdout.lines().take(2).collect();
+    assert_eq!(lines, ["{", "\t\"paused\": true,"]);
+
+    let out = run_cmd(&store, &el, &["resume"], "").await;
+    out.result.as_ref().unwrap();
+    assert_eq!(out.stdout, "cluster resumed: automatic failover enabled\n");
+    assert_eq!(raw(&store).unwrap()["cluster"]["spec"].get("paused"), None);
+    let out = run_cmd(&store, &el, &["resume"], "").await;
+    out.result.as_ref().unwrap();
+    assert_eq!(out.stdout, "cluster not paused\n");
+    let out = run_cmd(&store, &el, &["status", "-f", "json"], "").await;
+    out.result.as_ref().unwrap();
+    assert!(!out.stdout.contains("paused"), "{}", out.stdout);
+
+    let out = run_cmd(&store, &el, &["pause", "now"], "").await;
+    assert_eq!(err(&out), "too many arguments");
+
+    let out = run_cmd(&store, &el, &["history"], "").await;
+    out.result.as_ref().unwrap();
+    assert_eq!(out.stdout, "No master changes recorded\n");
+    let out = run_cmd(&store, &el, &["history", "--format", "json"], "").await;
+    out.result.as_ref().unwrap();
+    assert_eq!(out.stdout, "[]\n");
+    let out = run_cmd(&store, &el, &["history", "-f", "yaml"], "").await;
+    assert_eq!(err(&out), "unrecognised output format yaml");
+}
+
+#[tokio::test]
+async fn pause_without_cluster_data_is_refused_with_one_line() {
+    let store = MemStore::new("c");
+    let el = store.election();
+    let out = run_cmd(&store, &el, &["pause"], "").await;
+    assert_eq!(err(&out), "nil cluster data");
+    assert_eq!(raw(&store), None);
+}

@@ -56,6 +56,28 @@ pub enum Cmd {
     Promote(PromoteArgs),
     /// Register stolon keepers for service discovery
     Register(RegisterArgs),
+    /// Pause the cluster: no automatic failover and no keeper-driven restart until resume
+    Pause(NoArgs),
+    /// Resume a paused cluster: automatic failover again
+    Resume(NoArgs),
+    /// Display the last master changes (failovers and switchovers)
+    History(HistoryArgs),
+}
+
+/// A command that takes no argument.
+#[derive(Debug, Args)]
+pub struct NoArgs {
+    /// None accepted.
+    #[arg(value_name = "ARGS", hide = true)]
+    pub args: Vec<String>,
+}
+
+/// `history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// output format (text or json)
+    #[arg(short = 'f', long = "format", default_value = "")]
+    pub format: String,
 }
 
 /// `register` (Consul service registration; stolon-rs checks the flags and refuses).

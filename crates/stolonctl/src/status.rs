@@ -13,6 +13,9 @@ use crate::tabwriter::TabWriter;
 /// The whole status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
+    /// The cluster is paused (`stolonctl pause`); only present when true, as the first key.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// Active sentinels, sorted by UID.
     pub sentinels: Vec<SentinelStatus>,
     /// Active proxies, sorted by UID.
@@ -125,6 +128,11 @@ pub fn build(
         }
     }
     Status {
+        paused: cd
+            .cluster
+            .as_ref()
+            .and_then(|c| c.spec.as_ref())
+            .is_some_and(|s| s.is_paused()),
         sentinels,
         proxies,
         keepers,
@@ -144,6 +152,10 @@ pub fn render_text(status: &Status, cd: &ClusterData) -> String {
         out.push_str(s);
         out.push('\n');
     };
+    if status.paused {
+        line(&mut out, crate::operations::PAUSED_LINE);
+        line(&mut out, "");
+    }
     line(&mut out, "=== Active sentinels ===");
     line(&mut out, "");
     if status.sentinels.is_empty() {

@@ -764,9 +764,9 @@ fn converge(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) {
         })));
         a.push(KeeperAction::Reload);
     }
-    // 14. restart-needing changes.
+    // 14. restart-needing changes (while the cluster is paused only reported, never acted on).
     a.push(KeeperAction::CheckRestart {
-        automatic: asg.eff.automatic_pg_restart,
+        automatic: asg.eff.automatic_pg_restart && !asg.eff.spec.is_paused(),
     });
     // 15. converged.
     if v.db_state.generation != asg.db.generation || v.db_state.initializing {

@@ -258,6 +258,8 @@ pub struct KeeperReport<'a> {
     pub can_be_master: bool,
     /// `--can-be-synchronous-replica`.
     pub can_be_synchronous_replica: bool,
+    /// `--priority`.
+    pub priority: u32,
 }
 
 /// The `KeeperInfo` to hand to the publisher (its `infoUID` is drawn per write), or `None`
@@ -276,7 +278,7 @@ pub fn keeper_info(
         cluster_uid: ks.cluster_uid.clone(),
         boot_uuid: report.boot_uuid.to_string(),
         postgres_binary_version: report.version.unwrap_or_default(),
-        priority: None,
+        priority: Some(i64::from(report.priority)),
         postgres_state: Some(pg_state.clone()),
         can_be_master: Some(report.can_be_master),
         can_be_synchronous_replica: Some(report.can_be_synchronous_replica),

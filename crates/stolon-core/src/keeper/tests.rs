@@ -640,6 +640,29 @@ fn master_converged_only_checks() {
 }
 
 #[test]
+fn paused_cluster_reports_a_needed_restart_without_restarting() {
+    let mut c = cd(DbRole::Master, DbInitMode::New);
+    let spec = c.cluster.as_mut().unwrap().spec.as_mut().unwrap();
+    spec.automatic_pg_restart = Some(true);
+    spec.paused = Some(true);
+    let o = converged(&c, DbRole::Master);
+    assert_eq!(
+        plan(Some(&c), &id(), &o),
+        vec![
+            A::Note(Note::RequestedRole("master")),
+            A::Note(Note::AlreadyMaster),
+            A::RefreshSlots { wanted: vec![] },
+            A::Note(Note::ParametersNotChanged),
+            A::Note(Note::HbaNotChanged),
+            A::CheckRestart { automatic: false },
+        ]
+    );
+    // Resumed: the same check restarts again.
+    c.cluster.as_mut().unwrap().spec.as_mut().unwrap().paused = None;
+    assert!(plan(Some(&c), &id(), &o).contains(&A::CheckRestart { automatic: true }));
+}
+
+#[test]
 fn running_standby_assigned_master_is_promoted() {
     let mut c = cd(DbRole::Master, DbInitMode::New);
     c.cluster
@@ -1546,6 +1569,7 @@ fn no_keeper_info_until_the_cluster_uid_is_known() {
                 version: v15(),
                 can_be_master: true,
                 can_be_synchronous_replica: false,
+                priority: 3,
             },
             &state,
         )
@@ -1560,5 +1584,6 @@ fn no_keeper_info_until_the_cluster_uid_is_known() {
     assert_eq!(info.postgres_state, Some(state.clone()));
     assert_eq!(info.can_be_master, Some(true));
     assert_eq!(info.can_be_synchronous_replica, Some(false));
+    assert_eq!(info.priority, Some(3));
     assert!(info.info_uid.is_empty());
 }

@@ -42,6 +42,13 @@ pub struct ClusterData {
     pub dbs: BTreeMap<String, Db>,
     /// Proxy routing object.
     pub proxy: Option<Proxy>,
+    /// The last master changes, oldest first (not a Stolon field; see [`super::history`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "super::null_as_default"
+    )]
+    pub history: Vec<super::history::MasterChange>,
 }
 
 /// Cluster phase.
@@ -151,6 +158,10 @@ pub struct KeeperStatus {
     /// Whether the keeper may be a synchronous standby (None = yes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can_be_synchronous_replica: Option<bool>,
+    /// The keeper's `--priority` as last published (None = the default, 1; 0 = never elected
+    /// automatically). Not a Stolon field: Stolon readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
 }
 
 /// DB role.
@@ -425,6 +436,7 @@ impl ClusterData {
             keepers: BTreeMap::new(),
             dbs: BTreeMap::new(),
             proxy: Some(Proxy::default()),
+            history: Vec::new(),
         }
     }
 

@@ -32,7 +32,8 @@ pub struct KeeperInfo {
     /// PostgreSQL version.
     #[serde(default)]
     pub postgres_binary_version: PostgresBinaryVersion,
-    /// Priority (not used by Stolon's sentinel; kept for format compatibility).
+    /// `--priority`: among eligible standbys the higher wins an election; 0 = never elected
+    /// automatically; None = the default, 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
     /// Local PostgreSQL state.

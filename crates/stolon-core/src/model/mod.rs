@@ -3,12 +3,14 @@
 //! Pure data and pure helpers; no IO.
 
 pub mod cluster;
+pub mod history;
 pub mod json;
 pub mod member;
 pub mod patch;
 pub mod spec;
 
 pub use cluster::*;
+pub use history::{MasterChange, MasterChangeReason};
 pub use member::*;
 pub use spec::*;
 

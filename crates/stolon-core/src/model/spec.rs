@@ -252,6 +252,17 @@ pub struct ClusterSpec {
     /// off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failsafe_mode: Option<bool>,
+    /// Paused (`stolonctl pause`): no automatic failover and no keeper-driven restart. Not a
+    /// Stolon field (Stolon ignores it); absent means not paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+}
+
+impl ClusterSpec {
+    /// Whether the cluster is paused (see [`ClusterSpec::paused`]).
+    pub fn is_paused(&self) -> bool {
+        self.paused == Some(true)
+    }
 }
 
 /// Defaults (docs/architecture.md §5).

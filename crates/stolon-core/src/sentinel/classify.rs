@@ -170,25 +170,25 @@ impl Ctx<'_> {
         v
     }
 
-    /// Candidates to replace `master`, most advanced first: best standbys whose keeper may be
-    /// master, plus good former masters (fenced or master-type) on the same timeline. With
-    /// `lag_check` (asynchronous replication) only those within `maxStandbyLag`. A DB qualifies
-    /// exactly when [`Ctx::rejection`] finds nothing against it.
+    /// Candidates to replace `master`, best first (keeper priority, then most advanced: see
+    /// [`super::priority::rank_new_masters`]): best standbys whose keeper may be master, plus
+    /// good former masters (fenced or master-type) on the same timeline. With `lag_check`
+    /// (asynchronous replication) only those within `maxStandbyLag`. A DB qualifies exactly
+    /// when [`Ctx::rejection`] finds nothing against it and its keeper's priority is above 0.
     pub fn best_new_masters<'c>(
         &self,
         cd: &'c ClusterData,
         master: &Db,
         lag_check: bool,
     ) -> Vec<&'c Db> {
-        let mut v: Vec<&Db> = cd
+        let v: Vec<&Db> = cd
             .dbs
             .values()
             .filter(|db| {
                 db.uid != master.uid && self.rejection(cd, master, db, lag_check).is_none()
             })
             .collect();
-        v.sort_by(|a, b| most_advanced_first(a, b));
-        v
+        super::priority::rank_new_masters(cd, v)
     }
 
     /// Why no DB qualified in [`Ctx::best_new_masters`], one `db (keeper): reason` entry per
@@ -203,6 +203,11 @@ impl Ctx<'_> {
             let keeper = keeper_of(db);
             let why = self
                 .rejection(cd, master, db, lag_check)
+                .or_else(|| {
+                    let p = super::priority::db_priority(cd, db);
+                    (!super::priority::automatically_electable(p))
+                        .then(|| format!("keeper priority {p} (never elected automatically)"))
+                })
                 .unwrap_or_else(|| "eligible".into());
             out.push(format!("{} ({keeper}): {why}", db.uid));
         }
@@ -214,8 +219,15 @@ impl Ctx<'_> {
     }
 
     /// The first reason `db` cannot replace `master`, or `None` when it can (with synchronous
-    /// replication the caller still narrows the candidates to the synchronous set).
-    fn rejection(&self, cd: &ClusterData, master: &Db, db: &Db, lag_check: bool) -> Option<String> {
+    /// replication the caller still narrows the candidates to the synchronous set). Keeper
+    /// priority is not judged here: an operator may name a priority 0 keeper.
+    pub(crate) fn rejection(
+        &self,
+        cd: &ClusterData,
+        master: &Db,
+        db: &Db,
+        lag_check: bool,
+    ) -> Option<String> {
         let keeper = cd.keepers.get(keeper_of(db));
         if keeper.is_none_or(|k| !k.status.healthy) {
             return Some("keeper not healthy".into());

@@ -387,6 +387,7 @@ fn update_keepers_status<'a>(
             Some(info) => {
                 keeper.status.can_be_master = info.can_be_master;
                 keeper.status.can_be_synchronous_replica = info.can_be_synchronous_replica;
+                keeper.status.priority = info.priority;
                 keeper.status.boot_uuid = info.boot_uuid.clone();
                 keeper.status.postgres_binary_version = info.postgres_binary_version;
                 mem.keeper_error_since.remove(uid);

@@ -207,6 +207,13 @@ pub enum Event {
         /// New list (fake standby included).
         current: String,
     },
+    /// The master failed but the cluster is paused: no new master is elected.
+    FailoverPaused {
+        /// Master DB UID.
+        db: String,
+        /// Its keeper UID.
+        keeper: String,
+    },
     /// The decision could not be made (inconsistent clusterdata).
     CannotDecide {
         /// Why.
@@ -258,6 +265,7 @@ impl Event {
             }
             SyncStandbysChanged { .. } => "synchronousStandbys changed",
             CannotDecide { .. } => "cannot update cluster data",
+            FailoverPaused { .. } => "cluster paused: not replacing the failed master",
         }
     }
 
@@ -285,7 +293,8 @@ impl Event {
             | RemovingStandby { db, .. }
             | AddingStandby { db, .. }
             | WaitingForSyncStandbys { db }
-            | SyncStandbysChanged { db, .. } => Some(db),
+            | SyncStandbysChanged { db, .. }
+            | FailoverPaused { db, .. } => Some(db),
             _ => None,
         }
     }
@@ -312,7 +321,8 @@ impl Event {
             | RemovingInvalidDb { keeper, .. }
             | RemovingDbCannotSync { keeper, .. }
             | RemovingStandby { keeper, .. }
-            | AddingStandby { keeper, .. } => Some(keeper),
+            | AddingStandby { keeper, .. }
+            | FailoverPaused { keeper, .. } => Some(keeper),
             _ => None,
         }
     }
@@ -344,7 +354,8 @@ impl Event {
             | NoEligibleSyncMasters { .. }
             | CannotDecide { .. }
             | NoKeepersForInitialMaster
-            | ExistingKeeperNotAvailable { .. } => Severity::Warn,
+            | ExistingKeeperNotAvailable { .. }
+            | FailoverPaused { .. } => Severity::Warn,
             _ => Severity::Info,
         }
     }

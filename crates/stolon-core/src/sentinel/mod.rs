@@ -10,8 +10,11 @@
 mod classify;
 mod decide;
 mod event;
+mod history;
 pub mod invariants;
 mod memory;
+mod pause;
+pub mod priority;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod update;

@@ -330,6 +330,17 @@ impl ClusterFixture {
         self
     }
 
+    /// Sets the keeper's `--priority` in both the info and the stored status.
+    pub fn priority(mut self, keeper: &str, p: i64) -> Self {
+        if let Some(i) = self.keepers_info.get_mut(keeper) {
+            i.priority = Some(p);
+        }
+        if let Some(k) = self.cd.keepers.get_mut(keeper) {
+            k.status.priority = Some(p);
+        }
+        self
+    }
+
     /// Sets `canBeSynchronousReplica` in both the info and the stored status.
     pub fn can_be_sync(mut self, keeper: &str, v: bool) -> Self {
         if let Some(i) = self.keepers_info.get_mut(keeper) {

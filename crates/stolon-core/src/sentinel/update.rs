@@ -142,13 +142,9 @@ fn initializing(
                 k
             }
             ClusterInitMode::New | ClusterInitMode::Pitr => {
-                // Healthy keepers only, sorted by UID, then the injected choice.
-                let candidates: Vec<&String> = cd
-                    .keepers
-                    .iter()
-                    .filter(|(_, k)| k.status.healthy)
-                    .map(|(uid, _)| uid)
-                    .collect();
+                // Healthy keepers that may be master, of the highest priority, sorted by UID,
+                // then the injected choice.
+                let candidates = super::priority::initial_master_candidates(cd);
                 if candidates.is_empty() {
                     events.push(Event::NoKeepersForInitialMaster);
                     return Ok(());
@@ -312,8 +308,11 @@ fn normal(
         master_ok = false;
     }
 
-    // 3. Failover.
+    // 3. Failover (none while paused, unless an operator forced the master's keeper failed).
     let mut wanted = cur_uid.clone();
+    if !master_ok && super::pause::hold_failover(ctx.spec, events, &cur_uid, &cur_keeper) {
+        master_ok = true;
+    }
     if !master_ok {
         events.push(Event::FindingNewMaster {
             db: cur_uid.clone(),
@@ -355,6 +354,7 @@ fn normal(
 
     if wanted != cur_uid {
         elect(cd, &cur, &wanted, ctx, events);
+        super::history::record_failover(cd, &cur, &wanted, events, now_wall);
     } else {
         same_master(
             cd,
