@@ -42,6 +42,9 @@ pub struct ClusterData {
     pub dbs: BTreeMap<String, Db>,
     /// Proxy routing object.
     pub proxy: Option<Proxy>,
+    /// The last planned switchover (not in Stolon's format; docs/switchover.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<super::switchover::Switchover>,
 }
 
 /// Cluster phase.
@@ -425,6 +428,7 @@ impl ClusterData {
             keepers: BTreeMap::new(),
             dbs: BTreeMap::new(),
             proxy: Some(Proxy::default()),
+            switchover: None,
         }
     }
 

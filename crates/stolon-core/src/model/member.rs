@@ -109,6 +109,14 @@ pub struct PostgresState {
     /// Oldest WAL file in pg_wal.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub older_wal_file: String,
+    /// While PostgreSQL is stopped after a clean shutdown: the location of its last checkpoint
+    /// (the shutdown checkpoint, its last WAL record). Not in Stolon's format; 0 otherwise.
+    #[serde(
+        rename = "shutdownCheckpoint",
+        default,
+        skip_serializing_if = "is_zero_u64"
+    )]
+    pub shutdown_checkpoint: u64,
 }
 
 /// What a sentinel publishes.

@@ -7,10 +7,12 @@ pub mod json;
 pub mod member;
 pub mod patch;
 pub mod spec;
+pub mod switchover;
 
 pub use cluster::*;
 pub use member::*;
 pub use spec::*;
+pub use switchover::*;
 
 use serde::{Deserialize, Deserializer};
 

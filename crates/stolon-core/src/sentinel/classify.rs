@@ -215,7 +215,13 @@ impl Ctx<'_> {
 
     /// The first reason `db` cannot replace `master`, or `None` when it can (with synchronous
     /// replication the caller still narrows the candidates to the synchronous set).
-    fn rejection(&self, cd: &ClusterData, master: &Db, db: &Db, lag_check: bool) -> Option<String> {
+    pub(crate) fn rejection(
+        &self,
+        cd: &ClusterData,
+        master: &Db,
+        db: &Db,
+        lag_check: bool,
+    ) -> Option<String> {
         let keeper = cd.keepers.get(keeper_of(db));
         if keeper.is_none_or(|k| !k.status.healthy) {
             return Some("keeper not healthy".into());

@@ -12,6 +12,7 @@ mod decide;
 mod event;
 pub mod invariants;
 mod memory;
+pub mod switchover;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod update;

@@ -312,6 +312,10 @@ fn normal(
         master_ok = false;
     }
 
+    // A master stopped by a planned switchover is not failed over (docs/switchover.md).
+    let master_ok =
+        master_ok || super::switchover::master_stop_planned(cd, &cur_uid, ctx, now_wall);
+
     // 3. Failover.
     let mut wanted = cur_uid.clone();
     if !master_ok {
@@ -353,8 +357,12 @@ fn normal(
         }
     }
 
+    if let Some(target) = super::switchover::ready_to_promote(cd, ctx, &cur) {
+        wanted = target;
+    }
     if wanted != cur_uid {
         elect(cd, &cur, &wanted, ctx, events);
+        super::switchover::after_promotion(cd, &cur_uid, &wanted, events);
     } else {
         same_master(
             cd,
@@ -513,6 +521,7 @@ fn same_master(
         && ctx.convergence(&master, e.convergence_timeout.to_std()) == ConvergenceState::Converged;
 
     // Proxy handshake (invariant 2).
+    let snapshot = cd.switchover.clone();
     let proxy = cd.proxy.get_or_insert_with(Default::default);
     if proxy.spec.master_db_uid.is_empty() {
         let converged = active_proxies.iter().all(|uid| {
@@ -522,7 +531,7 @@ fn same_master(
         });
         if !converged {
             events.push(Event::WaitingForProxies);
-        } else if master_good {
+        } else if master_good && !super::switchover::blocks_routing(snapshot.as_ref(), master_uid) {
             proxy.spec.master_db_uid = master_uid.to_string();
             proxy.spec.enabled_proxies = active_proxies.to_vec();
             proxy.generation += 1;
