@@ -77,6 +77,7 @@ fn ps_mut<'a>(
 fn stops_cleanly(f: &mut ClusterFixture, keeper: &str, checkpoint: u64) {
     let ps = ps_mut(f, keeper);
     ps.healthy = false;
+    ps.stopped_for_switchover = "sw1".into();
     ps.shutdown_checkpoint = checkpoint;
 }
 
@@ -84,6 +85,7 @@ fn stops_cleanly(f: &mut ClusterFixture, keeper: &str, checkpoint: u64) {
 fn runs_again(f: &mut ClusterFixture, keeper: &str) {
     let ps = ps_mut(f, keeper);
     ps.healthy = true;
+    ps.stopped_for_switchover.clear();
     ps.shutdown_checkpoint = 0;
 }
 

@@ -109,8 +109,12 @@ pub struct PostgresState {
     /// Oldest WAL file in pg_wal.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub older_wal_file: String,
-    /// While PostgreSQL is stopped after a clean shutdown: the location of its last checkpoint
-    /// (the shutdown checkpoint, its last WAL record). Not in Stolon's format; 0 otherwise.
+    /// The planned switchover (its UID) this keeper stopped PostgreSQL for, while it stays
+    /// stopped for it. Not in Stolon's format; empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stopped_for_switchover: String,
+    /// With `stoppedForSwitchover`: the location of the shutdown checkpoint, the last WAL record
+    /// of the stopped primary. Not in Stolon's format; 0 otherwise.
     #[serde(
         rename = "shutdownCheckpoint",
         default,

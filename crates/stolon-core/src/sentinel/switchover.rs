@@ -238,7 +238,11 @@ pub(crate) fn advance(
                 let pos = keepers_info
                     .get(&keeper)
                     .and_then(|i| i.postgres_state.as_ref())
-                    .filter(|ps| ps.uid == sw.old_master_db && !ps.healthy)
+                    .filter(|ps| {
+                        ps.uid == sw.old_master_db
+                            && !ps.healthy
+                            && ps.stopped_for_switchover == sw.uid
+                    })
                     .map(|ps| ps.shutdown_checkpoint)
                     .unwrap_or(0);
                 if pos > 0
