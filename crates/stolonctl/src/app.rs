@@ -58,6 +58,7 @@ pub async fn run(
             Ok(())
         }
         Cmd::Register(a) => register(a),
+        Cmd::Switchover(a) => crate::switchover::run(a, store, io, env).await,
         Cmd::Init(a) => {
             if a.args.len() > 1 {
                 bail!("too many arguments");
@@ -293,7 +294,7 @@ async fn get(store: &dyn Store) -> anyhow::Result<ClusterDataRead> {
 }
 
 /// Reads clusterdata and checks it (present, format 1, valid spec), with its revision.
-async fn get_checked(store: &dyn Store) -> anyhow::Result<(ClusterData, Revision)> {
+pub(crate) async fn get_checked(store: &dyn Store) -> anyhow::Result<(ClusterData, Revision)> {
     let read = get(store).await?;
     let cd = ops::check_cluster_data(read.data)?;
     let rev = read

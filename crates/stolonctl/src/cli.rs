@@ -56,6 +56,25 @@ pub enum Cmd {
     Promote(PromoteArgs),
     /// Register stolon keepers for service discovery
     Register(RegisterArgs),
+    /// Move the master to a standby without losing a write (planned switchover)
+    Switchover(SwitchoverArgs),
+}
+
+/// `switchover` (docs/switchover.md).
+#[derive(Debug, Args)]
+pub struct SwitchoverArgs {
+    /// keeper to promote (default: the best standby)
+    #[arg(long = "to", default_value = "")]
+    pub to: String,
+    /// longest time writes may pause before the switchover is rolled back
+    #[arg(long = "timeout", default_value = "30s")]
+    pub timeout: String,
+    /// don't ask for confirmation
+    #[arg(short = 'y', long = "yes")]
+    pub yes: bool,
+    /// None accepted.
+    #[arg(value_name = "ARGS", hide = true)]
+    pub args: Vec<String>,
 }
 
 /// `register` (Consul service registration; stolon-rs checks the flags and refuses).

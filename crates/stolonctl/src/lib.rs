@@ -11,4 +11,5 @@ pub mod confirm;
 pub mod json;
 pub mod ops;
 pub mod status;
+pub mod switchover;
 pub mod tabwriter;

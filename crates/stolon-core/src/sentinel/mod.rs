@@ -19,7 +19,7 @@ mod update;
 
 pub use classify::{
     DbKind, FAKE_STANDBY_NAME, NOT_INCREASING_XLOG_TIMES, Validity, db_kind,
-    is_different_timeline_branch, most_advanced_first, validity,
+    is_different_timeline_branch, keeper_of, most_advanced_first, validity,
 };
 pub use decide::{Chooser, DecideInput, Decision, FirstChoice, decide};
 pub use event::{Event, Severity};
