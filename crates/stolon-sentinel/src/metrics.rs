@@ -27,6 +27,8 @@ pub struct Metrics {
     pub leader_count: Gauge,
     /// Failovers decided (new master elected).
     pub failovers: Counter,
+    /// Planned switchovers that ended, by `outcome` (`completed`, `failed`).
+    pub switchovers: Family<Vec<(String, String)>, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -76,13 +78,27 @@ impl Metrics {
             "Number of new masters elected by this sentinel",
             failovers.clone(),
         );
+        let switchovers = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "stolon_sentinel_switchovers",
+            "Planned switchovers that ended, by outcome (completed or failed)",
+            switchovers.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             last_check_success,
             is_leader,
             leader_count,
             failovers,
+            switchovers,
         }
+    }
+
+    /// Counts a switchover that ended with `outcome`.
+    pub fn switchover_ended(&self, outcome: &str) {
+        self.switchovers
+            .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
+            .inc();
     }
 
     /// The text exposition.
@@ -145,6 +161,7 @@ mod tests {
         let m = Metrics::new("c1");
         m.is_leader.set(1);
         m.leader_count.inc();
+        m.switchover_ended("completed");
         let text = m.render();
         for needle in [
             "stolon_cluster_identifier{cluster_name=\"c1\",component=\"sentinel\"} 1",
@@ -152,6 +169,7 @@ mod tests {
             "stolon_sentinel_leader_count 1",
             "stolon_sentinel_last_cluster_check_success_seconds",
             "stolon_sentinel_failovers_total 0",
+            "stolon_sentinel_switchovers_total{outcome=\"completed\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }

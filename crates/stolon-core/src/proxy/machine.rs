@@ -515,6 +515,10 @@ impl Machine<'_> {
 
     /// Routes nowhere, holding new connections for `hold` (or closing the held ones: `None`).
     fn close_holding(&mut self, reason: String, log: bool, hold: Option<Duration>) {
+        // Holding starts before the destination goes, so no client falls in between.
+        if hold.is_some() {
+            self.set_hold(hold);
+        }
         if self.mem.primary.is_some() {
             self.mem.primary = None;
             self.actions.push(Action::SetDestination(None));

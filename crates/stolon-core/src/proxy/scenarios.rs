@@ -854,8 +854,8 @@ fn a_switchover_holds_new_connections_until_the_new_master_is_named() {
         r.step(read(Some(holding(8, "", SwitchoverPhase::Holding)), "2")),
         (
             vec![
-                Action::SetDestination(None),
                 Action::SetHold(Some(secs(20))),
+                Action::SetDestination(None),
                 log(Log::NotProxying(reason))
             ],
             publish(8)
