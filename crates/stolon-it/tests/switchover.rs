@@ -5,7 +5,9 @@
 //! and the old primary is a streaming standby of the new one with its own DB (no resync: no
 //! pg_rewind, no base backup) and its system identifier. Then the refusals: `--to` a keeper that
 //! may not be master, an unknown keeper, an unhealthy one, each one line with the clusterdata's
-//! switchover record and master unchanged.
+//! switchover record and master unchanged. Last, the leader sentinel SIGKILLed as soon as it
+//! logs each phase: the second sentinel finishes (or rolls back) with one writable primary and
+//! no acknowledged write lost.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -237,4 +239,120 @@ async fn switchover_refusals_are_one_line_and_change_nothing() -> Result<()> {
     ensure!(c.master_of(&c.cluster_data().await?.context("cd")?)? == m);
     c.pass();
     Ok(())
+}
+
+/// A switchover with the leader sentinel SIGKILLed as soon as it logs `marker` (one phase of
+/// the sequence); a second sentinel takes over. The request is written straight into the store
+/// (stolonctl's own wait is bounded below the new leader's election). Ends with exactly one
+/// writable primary, the target master when the switchover completed or the old one when it
+/// was rolled back, and no acknowledged write lost.
+async fn leader_killed_at(marker: &str) -> Result<()> {
+    let mut c = Cluster::start(ClusterConfig::new(test_spec(json!({})), 2, 2, 1)).await?;
+    let m = c.wait_ready(secs(180)).await?;
+    let s = if m == 0 { 1 } else { 0 };
+    c.wait_right_master(m, secs(60)).await?;
+    c.create_table(secs(30)).await?;
+    c.write_row(1, secs(30)).await?;
+    c.wait_standbys_streaming(m, 1, secs(60)).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(Mutex::new(Writes::default()));
+    let task = tokio::spawn(writer(
+        c.proxy_port(),
+        1000,
+        Arc::clone(&stop),
+        Arc::clone(&writes),
+    ));
+    tokio::time::sleep(secs(1)).await;
+    // The request, by compare-and-swap (retried on a concurrent write), as stolonctl writes it.
+    stolon_it::wait_for("the request written", secs(30), async || {
+        let read = c.store().get_cluster_data().await?;
+        let mut cd = read.data.context("clusterdata")?;
+        cd.switchover = Some(stolon_core::model::Switchover::request(
+            "itsw0001".into(),
+            c.keepers[s].uid.clone(),
+            stolon_core::duration::GoDuration::from_secs(90),
+            stolon_core::Timestamp::from_unix_nanos(0),
+        ));
+        c.store()
+            .put_cluster_data(&cd, read.revision.as_ref())
+            .await?;
+        Ok(())
+    })
+    .await?;
+    let leader = c.wait_sentinel_log(marker, secs(60)).await?;
+    c.sentinels[leader].kill()?;
+    eprintln!("killed sentinel{leader} after it logged {marker:?}");
+    let outcome = stolon_it::wait_for("the switchover to end", secs(180), async || {
+        let cd = c.cluster_data().await?.context("clusterdata")?;
+        let sw = cd.switchover.context("no record")?;
+        ensure!(!sw.phase.in_progress(), "phase {}", sw.phase.as_str());
+        Ok(sw)
+    })
+    .await?;
+    let want = if outcome.phase == stolon_core::model::SwitchoverPhase::Completed {
+        s
+    } else {
+        m
+    };
+    c.wait_right_master(want, secs(90)).await?;
+    tokio::time::sleep(secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    task.await?;
+    // Exactly one writable primary.
+    let mut writable = 0;
+    for k in &c.keepers {
+        if let Ok(v) = pg::query_value(k.pg_port, "select pg_is_in_recovery()::text").await
+            && v == "false"
+        {
+            writable += 1;
+        }
+    }
+    ensure!(writable == 1, "{writable} writable primaries");
+    let w = writes.lock().await;
+    let rows = pg::query_rows(
+        c.keepers[want].pg_port,
+        "select id::text from table01 where id >= 1000",
+    )
+    .await?;
+    let present: std::collections::BTreeSet<i64> = rows
+        .iter()
+        .filter_map(|r| r.first().cloned().flatten())
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let lost: Vec<i64> = w
+        .acked
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !present.contains(id))
+        .collect();
+    ensure!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
+    eprintln!(
+        "leader killed at {marker:?}: outcome {} ({}), {} acked, 0 lost",
+        outcome.phase.as_str(),
+        outcome.reason,
+        w.acked.len()
+    );
+    drop(w);
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_leader_killed_when_accepted() -> Result<()> {
+    leader_killed_at("switchover accepted").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_leader_killed_when_stopping() -> Result<()> {
+    leader_killed_at("switchover: proxies fenced").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_leader_killed_when_the_old_master_stopped() -> Result<()> {
+    leader_killed_at("switchover: the old master stopped").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_leader_killed_when_promoting() -> Result<()> {
+    leader_killed_at("switchover: the target caught up").await
 }
