@@ -655,27 +655,30 @@ fn switchover_stop(a: &mut Actions, v: &mut LocalView) -> Phase {
     Phase::End
 }
 
-/// True when our stopped primary may start as a standby of the followed DB without rewind or
+/// Whether our stopped primary may start as a standby of the followed DB without rewind or
 /// base backup: a switchover promoted that DB after our clean shutdown, and `pg_control` still
 /// records exactly the shutdown checkpoint the sentinel saw the target go beyond (so nothing
 /// ran on this data since, and the target's new timeline branches off after our last record).
-fn switchover_rejoin(asg: &Assignment<'_>, v: &LocalView) -> bool {
+/// `Some(true)` once the switchover completed (the target has been promoted and has converged,
+/// so its replication slot for us exists: attaching earlier fails and PostgreSQL retries only
+/// after `wal_retrieve_retry_interval`); `Some(false)` while it is still being promoted (wait);
+/// `None` when this is no such case.
+fn switchover_rejoin(asg: &Assignment<'_>, v: &LocalView) -> Option<bool> {
     use crate::model::SwitchoverPhase as P;
-    let Some(sw) = asg.cd.switchover.as_ref() else {
-        return false;
-    };
+    let sw = asg.cd.switchover.as_ref()?;
     let followed = asg
         .spec
         .follow_config
         .as_ref()
         .filter(|f| f.kind == Some(FollowType::Internal))
         .map(|f| f.db_uid.as_str());
-    !v.running
+    let ours = !v.running
         && matches!(sw.phase, P::Promoted | P::Completed)
         && sw.old_master_db == asg.db.uid
         && followed == Some(sw.target_db.as_str())
         && sw.final_xlog_pos > 0
-        && v.shutdown_checkpoint == Some(sw.final_xlog_pos)
+        && v.shutdown_checkpoint == Some(sw.final_xlog_pos);
+    ours.then_some(sw.phase == P::Completed)
 }
 
 /// Step 10a: a fenced former master.
@@ -717,13 +720,17 @@ fn fenced(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) -> Phase {
 fn standby(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) -> Phase {
     a.push(KeeperAction::Note(Note::RequestedRole("standby")));
     match v.role() {
-        LocalRole::Master if switchover_rejoin(asg, v) => {
-            a.push(KeeperAction::Note(Note::SwitchoverRejoin));
-        }
-        LocalRole::Master => {
-            a.push(KeeperAction::Fail(PlanError::MasterToStandby));
-            return Phase::End;
-        }
+        LocalRole::Master => match switchover_rejoin(asg, v) {
+            Some(true) => a.push(KeeperAction::Note(Note::SwitchoverRejoin)),
+            Some(false) => {
+                a.push(KeeperAction::Wait(WaitReason::SwitchoverStopped));
+                return Phase::End;
+            }
+            None => {
+                a.push(KeeperAction::Fail(PlanError::MasterToStandby));
+                return Phase::End;
+            }
+        },
         LocalRole::Undefined => {
             a.push(KeeperAction::Wait(WaitReason::LocalRoleNone));
             return Phase::End;

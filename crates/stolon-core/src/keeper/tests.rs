@@ -1632,6 +1632,16 @@ fn switchover_old_master_rejoins_as_standby_without_rewind_only_at_its_recorded_
     stopped.running = false;
     stopped.applied = None;
     stopped.shutdown_checkpoint = Some(0x3000028);
+    // While the target is being promoted (its slot for us may not exist yet): wait.
+    let p = plan(Some(&c), &id(), &stopped);
+    assert_eq!(
+        p,
+        [
+            A::Note(Note::RequestedRole("standby")),
+            A::Wait(WaitReason::SwitchoverStopped),
+        ]
+    );
+    c.switchover.as_mut().unwrap().phase = P::Completed;
     let standby = cfg(&c, &stopped, false, standby_recovery());
     let p = plan(Some(&c), &id(), &stopped);
     assert_eq!(
