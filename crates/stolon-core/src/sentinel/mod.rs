@@ -5,8 +5,8 @@
 //! Owns: health over `failInterval`, convergence timeouts, initialisation (`new`, `existing`,
 //! `pitr`), failover to the most advanced eligible standby, fencing of the old master, the proxy
 //! handshake, standby placement, synchronous standbys, spec propagation, the planned switchover
-//! ([`switchover`]), and the safety
-//! invariants ([`invariants`]). Must not: do IO, read a clock, draw random numbers, log.
+//! ([`switchover`]), and the safety invariants ([`invariants`]). Must not: do IO, read a clock,
+//! draw random numbers, log.
 
 mod classify;
 mod decide;
