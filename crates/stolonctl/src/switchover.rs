@@ -14,9 +14,14 @@ use stolon_core::sentinel::keeper_of;
 use stolon_core::sentinel::switchover::switchover_target;
 use stolon_store::{Store, StoreError};
 
-use crate::app::{Env, Io, MAX_RETRIES};
+use crate::app::{Env, Io};
 use crate::cli::SwitchoverArgs;
 use crate::confirm;
+
+/// Compare-and-swap attempts of the request. More than the other commands' three: the leader
+/// sentinel rewrites clusterdata often while a cluster settles (health times, synchronous
+/// standbys), and each attempt re-runs the whole check on what it read.
+const CAS_ATTEMPTS: usize = 20;
 
 /// How often the outcome is polled.
 const POLL: Duration = Duration::from_millis(200);
@@ -96,7 +101,7 @@ pub async fn run(
         return Ok(());
     }
     let mut written = false;
-    for _ in 0..MAX_RETRIES {
+    for _ in 0..CAS_ATTEMPTS {
         let (cd, rev) = crate::app::get_checked(store).await?;
         let next = request(&cd, &a.to, timeout, uid.clone(), (env.now)())?;
         match store.put_cluster_data(&next, Some(&rev)).await {
@@ -104,12 +109,12 @@ pub async fn run(
                 written = true;
                 break;
             }
-            Err(StoreError::Conflict) => continue,
+            Err(StoreError::Conflict) => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(e) => bail!("cannot update cluster data: {e}"),
         }
     }
     if !written {
-        bail!("failed to update cluster data after {MAX_RETRIES} retries");
+        bail!("failed to update cluster data after {CAS_ATTEMPTS} attempts");
     }
     let polls = (timeout.to_std() + GRACE).as_millis() / POLL.as_millis();
     let mut phase = SwitchoverPhase::Requested;
