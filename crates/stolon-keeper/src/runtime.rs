@@ -322,6 +322,12 @@ impl Keeper {
             Probe::Known(true) => self.pg.system_id().await.ok().flatten(),
             _ => None,
         };
+        let shutdown_checkpoint = match (initialized, running) {
+            (Probe::Known(true), Probe::Known(false)) => {
+                self.pg.shutdown_checkpoint().await.ok().flatten()
+            }
+            _ => None,
+        };
         let uid = &self.keeper_state.uid;
         let in_sync_standbys = if keeper::wants_in_sync_standbys(cd, uid, &self.memory, running) {
             self.pg.in_sync_standbys().await.ok()
@@ -335,6 +341,7 @@ impl Keeper {
             system_id,
             version: self.version,
             in_sync_standbys,
+            shutdown_checkpoint,
         };
         if let Ok(k) = observed.known() {
             Metrics::set_role(&self.metrics.local_role, k.role().as_str());
@@ -695,6 +702,18 @@ impl Keeper {
             Ok(false) => return st,
             Err(e) => {
                 debug!("cannot check whether the data directory is initialized: {e}");
+                return st;
+            }
+        }
+        // A planned switchover stopping our primary: report its shutdown checkpoint.
+        if keeper::switchover_stops(self.last_cd.as_ref(), &st.uid) {
+            let running = self.pg.is_running().await.ok();
+            let checkpoint = self.pg.shutdown_checkpoint().await.ok().flatten();
+            if let Some((uid, pos)) =
+                keeper::switchover_stop_report(self.last_cd.as_ref(), &st.uid, running, checkpoint)
+            {
+                st.stopped_for_switchover = uid;
+                st.shutdown_checkpoint = pos;
                 return st;
             }
         }

@@ -245,6 +245,9 @@ pub trait PgCtl: Send + Sync {
     async fn is_initialized(&self) -> Result<bool, PgError>;
     /// System identifier from `global/pg_control`; `None` when absent.
     async fn system_id(&self) -> Result<Option<u64>, PgError>;
+    /// The shutdown checkpoint's location when `global/pg_control` records a clean shutdown of
+    /// a primary; `None` otherwise (see [`crate::files::read_shutdown_checkpoint`]).
+    async fn shutdown_checkpoint(&self) -> Result<Option<u64>, PgError>;
     /// Which signal file exists (the keeper's "local role" for pg >= 12).
     async fn recovery_mode(&self) -> Result<RecoveryMode, PgError>;
     /// Oldest WAL segment in `pg_wal`.

@@ -250,6 +250,14 @@ impl PgCtl for FakePg {
         Ok(s.initialized.then_some(s.system_id))
     }
 
+    /// A stopped primary's current position stands for its shutdown checkpoint. Not recorded
+    /// in `calls` (it is a read of a file, like the observation's other facts).
+    async fn shutdown_checkpoint(&self) -> Result<Option<u64>, PgError> {
+        let s = self.state();
+        let clean = s.initialized && !s.running && s.recovery_mode == RecoveryMode::None;
+        Ok(clean.then_some(s.lsn.0).filter(|p| *p > 0))
+    }
+
     async fn recovery_mode(&self) -> Result<RecoveryMode, PgError> {
         Ok(self
             .enter("recovery_mode", "recovery_mode".into())?

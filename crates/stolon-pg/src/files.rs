@@ -178,6 +178,42 @@ pub fn read_system_id(pgdata: &Path) -> Result<Option<u64>, PgError> {
     Ok(Some(u64::from_le_bytes(first)))
 }
 
+/// `DBState` value `DB_SHUTDOWNED` in `pg_control`: a primary shut down cleanly.
+const DB_SHUTDOWNED: u32 = 1;
+
+/// The location of the last checkpoint recorded in `global/pg_control` when the file records a
+/// clean shutdown of a primary (state `shut down`; its last checkpoint is then the shutdown
+/// checkpoint, the last WAL record it wrote). `None` when the file does not exist or records
+/// any other state (running, crashed, a standby shut down in recovery).
+///
+/// Layout (PostgreSQL 12 to 17, `ControlFileData`, native byte order, little endian here):
+/// system identifier (8 bytes), `pg_control_version` (4), `catalog_version_no` (4), `state` (4,
+/// then 4 bytes of padding), `time` (8), `checkPoint` (8, at offset 32).
+pub fn read_shutdown_checkpoint(pgdata: &Path) -> Result<Option<u64>, PgError> {
+    let path = pgdata.join("global/pg_control");
+    let data = match fs::read(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(PgError::io("read", path, e)),
+    };
+    let parse_err = || PgError::Parse {
+        what: "checkpoint location from global/pg_control",
+        output: format!("{} bytes", data.len()),
+    };
+    let state: [u8; 4] = data
+        .get(16..20)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(parse_err)?;
+    let checkpoint: [u8; 8] = data
+        .get(32..40)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(parse_err)?;
+    if u32::from_le_bytes(state) != DB_SHUTDOWNED {
+        return Ok(None);
+    }
+    Ok(Some(u64::from_le_bytes(checkpoint)).filter(|p| *p > 0))
+}
+
 /// The data directory's major version from `PG_VERSION`; `None` when the file does not exist.
 pub fn read_data_version(pgdata: &Path) -> Result<Option<PgVersion>, PgError> {
     let path = pgdata.join("PG_VERSION");
@@ -354,6 +390,37 @@ mod tests {
             fs::read_link(d.path().join(AUTO_CONF)).unwrap(),
             Path::new("/dev/null")
         );
+    }
+
+    #[test]
+    fn shutdown_checkpoint_only_for_a_cleanly_shut_down_primary() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(read_shutdown_checkpoint(d.path()).unwrap(), None);
+        fs::create_dir(d.path().join("global")).unwrap();
+        let control = |state: u32, checkpoint: u64| {
+            let mut c = 7u64.to_le_bytes().to_vec();
+            c.extend_from_slice(&1300u32.to_le_bytes());
+            c.extend_from_slice(&202_209_061u32.to_le_bytes());
+            c.extend_from_slice(&state.to_le_bytes());
+            c.extend_from_slice(&[0u8; 4]);
+            c.extend_from_slice(&1_700_000_000u64.to_le_bytes());
+            c.extend_from_slice(&checkpoint.to_le_bytes());
+            c.extend_from_slice(&[0u8; 200]);
+            c
+        };
+        let path = d.path().join("global/pg_control");
+        fs::write(&path, control(1, 0x0150_0718)).unwrap();
+        assert_eq!(
+            read_shutdown_checkpoint(d.path()).unwrap(),
+            Some(0x0150_0718)
+        );
+        // Shut down in recovery (a standby), in production (running or crashed).
+        for state in [2, 6] {
+            fs::write(&path, control(state, 0x0150_0718)).unwrap();
+            assert_eq!(read_shutdown_checkpoint(d.path()).unwrap(), None, "{state}");
+        }
+        fs::write(&path, [1u8, 2]).unwrap();
+        assert!(read_shutdown_checkpoint(d.path()).is_err());
     }
 
     #[test]

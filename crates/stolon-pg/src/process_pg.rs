@@ -375,6 +375,10 @@ impl PgCtl for ProcessPg {
         files::read_system_id(self.pgdata())
     }
 
+    async fn shutdown_checkpoint(&self) -> Result<Option<u64>, PgError> {
+        files::read_shutdown_checkpoint(self.pgdata())
+    }
+
     async fn recovery_mode(&self) -> Result<RecoveryMode, PgError> {
         Ok(files::recovery_mode(self.pgdata()))
     }

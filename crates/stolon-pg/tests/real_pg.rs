@@ -949,3 +949,97 @@ async fn replication_client_auth_methods_and_errors() -> Result<()> {
     })
     .await
 }
+
+/// The planned switchover's mechanics on real PostgreSQL: a clean (fast) shutdown of the
+/// primary records its shutdown checkpoint in pg_control; the streaming standby receives WAL
+/// beyond it before the primary exits; the standby is promoted with every committed row; the
+/// old primary then starts with standby.signal and follows the new timeline without pg_rewind
+/// or a base backup (same system id, its own data kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_clean_stop_promote_and_rejoin_without_rewind() -> Result<()> {
+    bounded(async {
+        let dir = TestDir::new("stolon-pg-it-");
+        let n1 = node(&dir, "n1")?;
+        let n2 = node(&dir, "n2")?;
+        let (p1, p2) = (n1.config().port, n2.config().port);
+        new_primary(&n1, None).await?;
+        n1.create_replication_slot("stolon_n2").await?;
+        n1.connect()
+            .await?
+            .batch_execute("create table t (i int primary key); insert into t values (1)")
+            .await?;
+        ensure!(
+            n1.shutdown_checkpoint().await?.is_none(),
+            "a running primary has no shutdown checkpoint"
+        );
+        let mut src = source(&n1, &repl());
+        src.application_name = Some("stolon_n2".into());
+        n2.base_backup(&BaseBackupOptions {
+            source: src,
+            slot: Some("stolon_n2".into()),
+            fast_checkpoint: true,
+            timeout: Some(Duration::from_secs(120)),
+        })
+        .await?;
+        n2.write_postgresql_conf(&standby_conf(&n2, p1, "stolon_n2"))
+            .await?;
+        n2.write_pg_hba_conf(&hba()).await?;
+        n2.set_recovery_mode(RecoveryMode::Standby).await?;
+        n2.start(&StartOptions::default()).await?;
+        n2.wait_ready(Duration::from_secs(60)).await?;
+        for i in 2..=50 {
+            insert(&n1, i).await?;
+        }
+        let system_id = n1.system_id().await?;
+
+        // Clean stop of the primary: its shutdown checkpoint is its last record.
+        n1.stop(StopMode::Fast).await?;
+        let checkpoint = n1
+            .shutdown_checkpoint()
+            .await?
+            .context("no shutdown checkpoint after a fast shutdown")?;
+        wait_until(
+            "standby beyond the shutdown checkpoint",
+            Duration::from_secs(60),
+            || async { Ok(n2.identify_system().await?.xlog_pos.0 > checkpoint) },
+        )
+        .await?;
+
+        // Promote: every committed row is there.
+        n2.promote().await?;
+        ensure!(rows(&n2).await? == (1..=50).collect::<Vec<_>>());
+        n2.create_replication_slot("stolon_n1").await?;
+        insert(&n2, 51).await?;
+
+        // The old primary follows the new timeline as it is: no rewind, no clone.
+        n1.write_postgresql_conf(&standby_conf(&n1, p2, "stolon_n1"))
+            .await?;
+        n1.set_recovery_mode(RecoveryMode::Standby).await?;
+        n1.start(&StartOptions::default()).await?;
+        n1.wait_ready(Duration::from_secs(60)).await?;
+        ensure!(n1.is_in_recovery().await?);
+        ensure!(n1.system_id().await? == system_id);
+        wait_until("n1 follows n2", Duration::from_secs(60), || async {
+            Ok(rows(&n1).await? == (1..=51).collect::<Vec<_>>())
+        })
+        .await?;
+        let id1 = n1.identify_system().await?;
+        ensure!(id1.timeline == 2, "{id1:?}");
+        wait_until("n1 streaming from n2", Duration::from_secs(30), || async {
+            let c = n2.connect().await?;
+            let r = c
+                .query_opt(
+                    "select 1 from pg_stat_replication where application_name = 'stolon_n1' \
+                     and state = 'streaming'",
+                    &[],
+                )
+                .await?;
+            Ok(r.is_some())
+        })
+        .await?;
+        n1.stop(StopMode::Fast).await?;
+        n2.stop_if_started(StopMode::Fast).await?;
+        Ok(())
+    })
+    .await
+}

@@ -91,6 +91,9 @@ pub trait Forwarding: Sync {
     fn set_read_only_destinations(&self, standbys: Vec<SocketAddr>, fallback: Option<SocketAddr>);
     /// A check succeeded.
     fn check_succeeded(&self) {}
+    /// Holds new read-write connections without a destination for at most `limit` each
+    /// (`None`: stop holding).
+    fn set_hold(&self, _limit: Option<std::time::Duration>) {}
 }
 
 /// Random info UIDs, one per publish.
@@ -168,6 +171,7 @@ async fn execute<F: Forwarding>(fwd: &F, action: Action) {
         Action::SetReadOnlyDestinations { standbys, fallback } => {
             fwd.set_read_only_destinations(standbys, fallback);
         }
+        Action::SetHold(limit) => fwd.set_hold(limit),
         Action::StopListening => fwd.stop_listening().await,
         Action::CheckSucceeded => fwd.check_succeeded(),
         Action::Log(line) => log(&line),
@@ -258,6 +262,10 @@ impl Forwarding for Forwarders {
 
     fn set_destination(&self, dest: Option<SocketAddr>) {
         self.primary.0.set_destination(dest);
+    }
+
+    fn set_hold(&self, limit: Option<std::time::Duration>) {
+        self.primary.0.set_hold(limit);
     }
 
     fn set_read_only_destinations(&self, standbys: Vec<SocketAddr>, fallback: Option<SocketAddr>) {

@@ -264,3 +264,75 @@ async fn unreachable_destination_closes_client() -> Result<()> {
     wait_active(&fwd, 0).await?;
     Ok(())
 }
+
+/// Waits (bounded) until `n` clients have been held.
+async fn wait_held(fwd: &Forwarder, n: u64) -> Result<()> {
+    for _ in 0..200 {
+        if fwd.stats().held == n {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("held clients {} never reached {n}", fwd.stats().held)
+}
+
+#[tokio::test]
+async fn held_clients_wait_and_go_to_the_next_destination() -> Result<()> {
+    let old = tagged_echo(1).await?;
+    let new = tagged_echo(2).await?;
+    let (fwd, proxy) = started(Some(old)).await?;
+    let (mut existing, tag) = connect_tagged(proxy).await?;
+    assert_eq!(tag, 1);
+    // The switchover: no destination, hold. The existing connection is closed.
+    fwd.set_destination(None);
+    fwd.set_hold(Some(Duration::from_secs(60)));
+    assert!(closed_by_peer(&mut existing).await);
+    // New clients are accepted and wait (no greeting yet, not closed).
+    let waiting: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(connect_tagged(proxy)))
+        .collect();
+    wait_held(&fwd, 3).await?;
+    assert_eq!(fwd.stats().refused, 0);
+    // The new master: held clients reach it.
+    fwd.set_destination(Some(new));
+    fwd.set_hold(None);
+    for w in waiting {
+        let (_, tag) = w.await??;
+        assert_eq!(tag, 2);
+    }
+    assert_eq!(fwd.stats().refused, 0);
+    assert_eq!(fwd.stats().hold_expired, 0);
+    fwd.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn held_clients_are_closed_when_holding_stops_without_a_destination() -> Result<()> {
+    let (fwd, proxy) = started(None).await?;
+    fwd.set_hold(Some(Duration::from_secs(60)));
+    let mut c = tokio::time::timeout(WAIT, TcpStream::connect(proxy))
+        .await
+        .context("connect timed out")??;
+    wait_held(&fwd, 1).await?;
+    fwd.set_hold(None);
+    assert!(closed_by_peer(&mut c).await);
+    assert_eq!(fwd.stats().hold_expired, 1);
+    // Not holding: refused at once, as before.
+    let mut c = TcpStream::connect(proxy).await?;
+    assert!(closed_by_peer(&mut c).await);
+    assert_eq!(fwd.stats().refused, 1);
+    fwd.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_held_client_is_closed_after_the_hold_limit() -> Result<()> {
+    let (fwd, proxy) = started(None).await?;
+    fwd.set_hold(Some(Duration::from_millis(300)));
+    let mut c = TcpStream::connect(proxy).await?;
+    assert!(closed_by_peer(&mut c).await);
+    assert_eq!(fwd.stats().held, 1);
+    assert_eq!(fwd.stats().hold_expired, 1);
+    fwd.shutdown().await;
+    Ok(())
+}

@@ -205,6 +205,11 @@ impl Sentinel {
             if matches!(ev, Event::ElectingNewMaster { .. }) {
                 self.metrics.failovers.inc();
             }
+            if let Event::Switchover { phase, .. } = ev
+                && !phase.in_progress()
+            {
+                self.metrics.switchover_ended(phase.as_str());
+            }
         }
         self.memory = decision.memory;
         self.wake_at = decision.wake_at.map(|t| self.origin + t);

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub master_changes: Family<Vec<(String, String)>, Counter>,
     /// 1 while the cluster is paused (`stolonctl pause`).
     pub paused: Gauge,
+    /// Planned switchovers that ended, by `outcome` (`completed`, `failed`).
+    pub switchovers: Family<Vec<(String, String)>, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -93,6 +95,12 @@ impl Metrics {
             "Set to 1 while the cluster is paused (no automatic failover)",
             paused.clone(),
         );
+        let switchovers = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "stolon_sentinel_switchovers",
+            "Planned switchovers that ended, by outcome (completed or failed)",
+            switchovers.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             last_check_success,
@@ -101,6 +109,7 @@ impl Metrics {
             failovers,
             master_changes,
             paused,
+            switchovers,
         }
     }
 
@@ -108,6 +117,13 @@ impl Metrics {
     pub fn master_changed(&self, reason: &str) {
         self.master_changes
             .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    /// Counts a switchover that ended with `outcome`.
+    pub fn switchover_ended(&self, outcome: &str) {
+        self.switchovers
+            .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
             .inc();
     }
 
@@ -173,6 +189,7 @@ mod tests {
         m.leader_count.inc();
         m.paused.set(1);
         m.master_changed("forced");
+        m.switchover_ended("completed");
         let text = m.render();
         for needle in [
             "stolon_cluster_identifier{cluster_name=\"c1\",component=\"sentinel\"} 1",
@@ -182,6 +199,7 @@ mod tests {
             "stolon_sentinel_failovers_total 0",
             "stolon_sentinel_paused 1",
             "stolon_sentinel_master_changes_total{reason=\"forced\"} 1",
+            "stolon_sentinel_switchovers_total{outcome=\"completed\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }

@@ -61,6 +61,7 @@ pub async fn run(
         Cmd::Pause(_) | Cmd::Resume(_) | Cmd::History(_) => {
             crate::operations::run(cmd, store, io).await
         }
+        Cmd::Switchover(a) => crate::switchover::run(a, store, io, env).await,
         Cmd::Init(a) => {
             if a.args.len() > 1 {
                 bail!("too many arguments");

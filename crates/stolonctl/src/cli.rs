@@ -62,6 +62,8 @@ pub enum Cmd {
     Resume(NoArgs),
     /// Display the last master changes (failovers and switchovers)
     History(HistoryArgs),
+    /// Move the master to a standby without losing a write (planned switchover)
+    Switchover(SwitchoverArgs),
 }
 
 /// A command that takes no argument.
@@ -78,6 +80,23 @@ pub struct HistoryArgs {
     /// output format (text or json)
     #[arg(short = 'f', long = "format", default_value = "")]
     pub format: String,
+}
+
+/// `switchover` (docs/switchover.md).
+#[derive(Debug, Args)]
+pub struct SwitchoverArgs {
+    /// keeper to promote (default: the best standby)
+    #[arg(long = "to", default_value = "")]
+    pub to: String,
+    /// longest time writes may pause before the switchover is rolled back
+    #[arg(long = "timeout", default_value = "30s")]
+    pub timeout: String,
+    /// don't ask for confirmation
+    #[arg(short = 'y', long = "yes")]
+    pub yes: bool,
+    /// None accepted.
+    #[arg(value_name = "ARGS", hide = true)]
+    pub args: Vec<String>,
 }
 
 /// `register` (Consul service registration; stolon-rs checks the flags and refuses).

@@ -13,4 +13,5 @@ pub mod json;
 pub mod operations;
 pub mod ops;
 pub mod status;
+pub mod switchover;
 pub mod tabwriter;

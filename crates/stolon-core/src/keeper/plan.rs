@@ -104,6 +104,7 @@ struct LocalView {
     applied: Option<PgConfig>,
     wait_sync: bool,
     in_sync_standbys: Option<Vec<String>>,
+    shutdown_checkpoint: Option<u64>,
 }
 
 impl LocalView {
@@ -118,6 +119,7 @@ impl LocalView {
             applied: memory.applied.clone(),
             wait_sync: memory.wait_sync_standbys_synced,
             in_sync_standbys: observed.in_sync_standbys.clone(),
+            shutdown_checkpoint: observed.shutdown_checkpoint,
         }
     }
 
@@ -583,6 +585,14 @@ fn init_source(
 /// promotion switches timeline), promote, keep the followers' slots.
 fn master(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) -> Phase {
     a.push(KeeperAction::Note(Note::RequestedRole("master")));
+    if asg
+        .cd
+        .switchover
+        .as_ref()
+        .is_some_and(|sw| sw.stops(&asg.db.uid))
+    {
+        return switchover_stop(a, v);
+    }
     let local = v.role();
     if local == LocalRole::Undefined {
         a.push(KeeperAction::Fail(PlanError::NotInitialized));
@@ -631,6 +641,46 @@ fn master(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) -> Phase {
     Phase::Continue
 }
 
+/// Step 9a: a planned switchover stops our primary (docs/switchover.md): a clean shutdown in
+/// fast mode, whose shutdown checkpoint the walsenders send to the standbys; it stays stopped
+/// while the switchover says so (the runtime reports the checkpoint's location).
+fn switchover_stop(a: &mut Actions, v: &mut LocalView) -> Phase {
+    if v.running {
+        a.push(KeeperAction::Note(Note::SwitchoverStopping));
+        a.push(KeeperAction::Stop);
+        v.running = false;
+        v.applied = None;
+    }
+    a.push(KeeperAction::Wait(WaitReason::SwitchoverStopped));
+    Phase::End
+}
+
+/// Whether our stopped primary may start as a standby of the followed DB without rewind or
+/// base backup: a switchover promoted that DB after our clean shutdown, and `pg_control` still
+/// records exactly the shutdown checkpoint the sentinel saw the target go beyond (so nothing
+/// ran on this data since, and the target's new timeline branches off after our last record).
+/// `Some(true)` once the switchover completed (the target has been promoted and has converged,
+/// so its replication slot for us exists: attaching earlier fails and PostgreSQL retries only
+/// after `wal_retrieve_retry_interval`); `Some(false)` while it is still being promoted (wait);
+/// `None` when this is no such case.
+fn switchover_rejoin(asg: &Assignment<'_>, v: &LocalView) -> Option<bool> {
+    use crate::model::SwitchoverPhase as P;
+    let sw = asg.cd.switchover.as_ref()?;
+    let followed = asg
+        .spec
+        .follow_config
+        .as_ref()
+        .filter(|f| f.kind == Some(FollowType::Internal))
+        .map(|f| f.db_uid.as_str());
+    let ours = !v.running
+        && matches!(sw.phase, P::Promoted | P::Completed)
+        && sw.old_master_db == asg.db.uid
+        && followed == Some(sw.target_db.as_str())
+        && sw.final_xlog_pos > 0
+        && v.shutdown_checkpoint == Some(sw.final_xlog_pos);
+    ours.then_some(sw.phase == P::Completed)
+}
+
 /// Step 10a: a fenced former master.
 ///
 /// The sentinel fences a replaced master by making its DB a standby that follows nothing (so
@@ -670,10 +720,17 @@ fn fenced(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) -> Phase {
 fn standby(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) -> Phase {
     a.push(KeeperAction::Note(Note::RequestedRole("standby")));
     match v.role() {
-        LocalRole::Master => {
-            a.push(KeeperAction::Fail(PlanError::MasterToStandby));
-            return Phase::End;
-        }
+        LocalRole::Master => match switchover_rejoin(asg, v) {
+            Some(true) => a.push(KeeperAction::Note(Note::SwitchoverRejoin)),
+            Some(false) => {
+                a.push(KeeperAction::Wait(WaitReason::SwitchoverStopped));
+                return Phase::End;
+            }
+            None => {
+                a.push(KeeperAction::Fail(PlanError::MasterToStandby));
+                return Phase::End;
+            }
+        },
         LocalRole::Undefined => {
             a.push(KeeperAction::Wait(WaitReason::LocalRoleNone));
             return Phase::End;

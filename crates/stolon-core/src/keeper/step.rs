@@ -245,6 +245,30 @@ fn clone(plan: &ResyncPlan) -> Vec<KeeperAction> {
     ]
 }
 
+/// True while a planned switchover keeps our DB `db_uid` stopped.
+pub fn switchover_stops(cd: Option<&ClusterData>, db_uid: &str) -> bool {
+    cd.and_then(|cd| cd.switchover.as_ref())
+        .is_some_and(|sw| sw.stops(db_uid))
+}
+
+/// What the keeper reports while a planned switchover keeps its primary stopped: the
+/// switchover's UID and the shutdown checkpoint `pg_control` records. `None` unless the
+/// clusterdata says the switchover stops our DB, PostgreSQL is not running and `pg_control`
+/// records a clean shutdown of a primary (docs/switchover.md §3).
+pub fn switchover_stop_report(
+    cd: Option<&ClusterData>,
+    db_uid: &str,
+    running: Option<bool>,
+    shutdown_checkpoint: Option<u64>,
+) -> Option<(String, u64)> {
+    let sw = cd?.switchover.as_ref().filter(|sw| sw.stops(db_uid))?;
+    if running != Some(false) {
+        return None;
+    }
+    let pos = shutdown_checkpoint.filter(|p| *p > 0)?;
+    Some((sw.uid.clone(), pos))
+}
+
 /// What the keeper reports about itself, besides its PostgreSQL state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeeperReport<'a> {

@@ -28,6 +28,7 @@ struct Observed {
     applied: Option<PgConfig>,
     wait_sync_standbys_synced: bool,
     in_sync_standbys: Option<Vec<String>>,
+    shutdown_checkpoint: Option<u64>,
 }
 
 impl Observed {
@@ -40,6 +41,7 @@ impl Observed {
                 system_id: self.system_id,
                 version: self.version,
                 in_sync_standbys: self.in_sync_standbys.clone(),
+                shutdown_checkpoint: self.shutdown_checkpoint,
             },
             KeeperMemory {
                 db_state: self.db_state.clone(),
@@ -1586,4 +1588,159 @@ fn no_keeper_info_until_the_cluster_uid_is_known() {
     assert_eq!(info.can_be_synchronous_replica, Some(false));
     assert_eq!(info.priority, Some(3));
     assert!(info.info_uid.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Planned switchover (docs/switchover.md)
+
+fn switchover(phase: crate::model::SwitchoverPhase) -> crate::model::Switchover {
+    let mut sw = crate::model::Switchover::request(
+        "sw1".into(),
+        "k2".into(),
+        crate::duration::GoDuration::from_secs(30),
+        crate::timestamp::Timestamp::zero(),
+    );
+    sw.phase = phase;
+    sw.old_master_db = "db1".into();
+    sw.target_db = "db2".into();
+    sw
+}
+
+#[test]
+fn switchover_stops_the_master_cleanly_and_keeps_it_stopped() {
+    use crate::model::SwitchoverPhase as P;
+    let mut c = cd(DbRole::Master, DbInitMode::None);
+    c.switchover = Some(switchover(P::Stopping));
+    let o = converged(&c, DbRole::Master);
+    let p = plan(Some(&c), &id(), &o);
+    assert_eq!(
+        p,
+        [
+            A::Note(Note::RequestedRole("master")),
+            A::Note(Note::SwitchoverStopping),
+            A::Stop,
+            A::Wait(WaitReason::SwitchoverStopped),
+        ]
+    );
+    // Stopped: it is not started again while the switchover says so.
+    let mut stopped = o.clone();
+    stopped.running = false;
+    let p = plan(Some(&c), &id(), &stopped);
+    assert_eq!(
+        p,
+        [
+            A::Note(Note::RequestedRole("master")),
+            A::Wait(WaitReason::SwitchoverStopped),
+        ]
+    );
+    // Rolled back: the master starts again as usual.
+    c.switchover = Some(switchover(P::Failed));
+    let p = plan(Some(&c), &id(), &stopped);
+    assert!(p.contains(&A::Start), "{p:?}");
+    // Another DB's switchover (or an earlier phase) leaves a running master alone.
+    for phase in [P::Requested, P::Holding] {
+        c.switchover = Some(switchover(phase));
+        let p = plan(Some(&c), &id(), &o);
+        assert!(!p.contains(&A::Stop), "{phase:?}: {p:?}");
+    }
+}
+
+#[test]
+fn switchover_old_master_rejoins_as_standby_without_rewind_only_at_its_recorded_checkpoint() {
+    use crate::model::SwitchoverPhase as P;
+    // After the promotion: db1 (ours) follows db2, the promoted target.
+    let mut c = cd(DbRole::Standby, DbInitMode::Resync);
+    let mut sw = switchover(P::Promoted);
+    sw.final_xlog_pos = 0x3000028;
+    c.switchover = Some(sw);
+    let mut stopped = converged(&c, DbRole::Master);
+    stopped.running = false;
+    stopped.applied = None;
+    stopped.shutdown_checkpoint = Some(0x3000028);
+    // While the target is being promoted (its slot for us may not exist yet): wait.
+    let p = plan(Some(&c), &id(), &stopped);
+    assert_eq!(
+        p,
+        [
+            A::Note(Note::RequestedRole("standby")),
+            A::Wait(WaitReason::SwitchoverStopped),
+        ]
+    );
+    c.switchover.as_mut().unwrap().phase = P::Completed;
+    let standby = cfg(&c, &stopped, false, standby_recovery());
+    let p = plan(Some(&c), &id(), &stopped);
+    assert_eq!(
+        p[..5],
+        [
+            A::Note(Note::RequestedRole("standby")),
+            A::Note(Note::SwitchoverRejoin),
+            A::WriteConfig(Box::new(standby)),
+            A::Start,
+            A::RefreshSlots { wanted: vec![] },
+        ],
+        "{p:?}"
+    );
+    assert!(
+        !p.iter()
+            .any(|a| matches!(a, A::Resync(_) | A::BaseBackup(_) | A::Fail(_))),
+        "{p:?}"
+    );
+
+    // pg_control records another checkpoint (the data ran since): never followed in place.
+    let mut moved = stopped.clone();
+    moved.shutdown_checkpoint = Some(0x3000100);
+    let p = plan(Some(&c), &id(), &moved);
+    assert_eq!(
+        p.last(),
+        Some(&A::Fail(PlanError::MasterToStandby)),
+        "{p:?}"
+    );
+    // Crashed rather than shut down cleanly: the same.
+    moved.shutdown_checkpoint = None;
+    let p = plan(Some(&c), &id(), &moved);
+    assert_eq!(
+        p.last(),
+        Some(&A::Fail(PlanError::MasterToStandby)),
+        "{p:?}"
+    );
+    // Still running as a primary: the same.
+    let mut running = stopped.clone();
+    running.running = true;
+    let p = plan(Some(&c), &id(), &running);
+    assert_eq!(
+        p.last(),
+        Some(&A::Fail(PlanError::MasterToStandby)),
+        "{p:?}"
+    );
+    // Without a switchover record: the same.
+    c.switchover = None;
+    let p = plan(Some(&c), &id(), &stopped);
+    assert_eq!(
+        p.last(),
+        Some(&A::Fail(PlanError::MasterToStandby)),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn switchover_stop_report_names_the_switchover_only_while_stopped_for_it() {
+    use crate::model::SwitchoverPhase as P;
+    let mut c = cd(DbRole::Master, DbInitMode::None);
+    c.switchover = Some(switchover(P::Stopping));
+    let report = |c: &ClusterData, running, ckpt| {
+        super::switchover_stop_report(Some(c), "db1", running, ckpt)
+    };
+    assert_eq!(
+        report(&c, Some(false), Some(0x5000)),
+        Some(("sw1".into(), 0x5000))
+    );
+    assert_eq!(report(&c, Some(true), Some(0x5000)), None);
+    assert_eq!(report(&c, None, Some(0x5000)), None);
+    assert_eq!(report(&c, Some(false), None), None);
+    assert_eq!(
+        super::switchover_stop_report(Some(&c), "db2", Some(false), Some(0x5000)),
+        None
+    );
+    c.switchover = Some(switchover(P::Holding));
+    assert_eq!(report(&c, Some(false), Some(0x5000)), None);
 }

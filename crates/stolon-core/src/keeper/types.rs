@@ -140,6 +140,9 @@ pub struct Observed {
     /// In-sync standbys (DB UIDs) reported by the running primary, when queried (`None` when
     /// not queried or the query failed: not in sync).
     pub in_sync_standbys: Option<Vec<String>>,
+    /// The location of the last checkpoint in `global/pg_control` when it records a clean
+    /// shutdown of a primary (`None` otherwise, or when unreadable).
+    pub shutdown_checkpoint: Option<u64>,
 }
 
 /// The local facts the plan decides on, all known (see [`Observed::known`]).
@@ -240,6 +243,9 @@ pub enum WaitReason {
     /// A check of the local instance failed: nothing is started, written or initialised until
     /// it answers.
     Unknown(Unknown),
+    /// PostgreSQL is stopped for a planned switchover; the sentinel promotes another DB or
+    /// rolls back.
+    SwitchoverStopped,
 }
 
 impl std::fmt::Display for WaitReason {
@@ -254,6 +260,9 @@ impl std::fmt::Display for WaitReason {
                 "our db boot UID is different than the cluster data one, waiting for it to be updated"
             }
             WaitReason::LocalRoleNone => "our db role is none",
+            WaitReason::SwitchoverStopped => {
+                "postgres stopped for a switchover, waiting for the sentinel to promote the target"
+            }
             WaitReason::Unknown(u) => {
                 return write!(f, "cannot tell {u}, not acting until it is known");
             }
@@ -377,6 +386,11 @@ pub enum Note {
     RewoundNotReady(String),
     /// The rewound instance is on a timeline branch the followed DB is not on: cloning instead.
     RewoundForked,
+    /// A planned switchover stops our primary cleanly.
+    SwitchoverStopping,
+    /// Our former primary, stopped cleanly at the position the new master has, follows it
+    /// without rewind or base backup.
+    SwitchoverRejoin,
 }
 
 impl Note {
@@ -442,6 +456,14 @@ impl std::fmt::Display for Note {
             Note::RewoundNotReady(e) => write!(
                 f,
                 "rewound instance not ready, resyncing with pg_basebackup: {e}"
+            ),
+            Note::SwitchoverStopping => write!(
+                f,
+                "switchover: stopping postgres cleanly (fast mode) so the target can take over"
+            ),
+            Note::SwitchoverRejoin => write!(
+                f,
+                "switchover: following the new master without rewind, it has our shutdown checkpoint"
             ),
             Note::RewoundForked => write!(
                 f,

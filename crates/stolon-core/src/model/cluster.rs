@@ -49,6 +49,9 @@ pub struct ClusterData {
         deserialize_with = "super::null_as_default"
     )]
     pub history: Vec<super::history::MasterChange>,
+    /// The last planned switchover (not in Stolon's format; docs/switchover.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<super::switchover::Switchover>,
 }
 
 /// Cluster phase.
@@ -437,6 +440,7 @@ impl ClusterData {
             dbs: BTreeMap::new(),
             proxy: Some(Proxy::default()),
             history: Vec::new(),
+            switchover: None,
         }
     }
 

@@ -110,6 +110,18 @@ pub struct PostgresState {
     /// Oldest WAL file in pg_wal.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub older_wal_file: String,
+    /// The planned switchover (its UID) this keeper stopped PostgreSQL for, while it stays
+    /// stopped for it. Not in Stolon's format; empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stopped_for_switchover: String,
+    /// With `stoppedForSwitchover`: the location of the shutdown checkpoint, the last WAL record
+    /// of the stopped primary. Not in Stolon's format; 0 otherwise.
+    #[serde(
+        rename = "shutdownCheckpoint",
+        default,
+        skip_serializing_if = "is_zero_u64"
+    )]
+    pub shutdown_checkpoint: u64,
 }
 
 /// What a sentinel publishes.

@@ -8,11 +8,13 @@ pub mod json;
 pub mod member;
 pub mod patch;
 pub mod spec;
+pub mod switchover;
 
 pub use cluster::*;
 pub use history::{MasterChange, MasterChangeReason};
 pub use member::*;
 pub use spec::*;
+pub use switchover::*;
 
 use serde::{Deserialize, Deserializer};
 

@@ -181,6 +181,10 @@ pub enum Action {
         /// Where to go when there is none.
         fallback: Option<SocketAddr>,
     },
+    /// Hold new read-write connections that have no destination (accept them and let them
+    /// wait, at most this long, for the next destination) during a planned switchover; `None`:
+    /// stop holding, and close the held ones unless a destination is set (then they go there).
+    SetHold(Option<Duration>),
     /// Close the listening sockets.
     StopListening,
     /// A check succeeded (for the last-success metric).
@@ -291,6 +295,8 @@ pub struct Memory {
     pub resync: bool,
     /// Listening.
     pub listening: bool,
+    /// Holding new connections (a planned switchover), and for how long each may wait.
+    pub hold: Option<Duration>,
     /// When the next periodic check is due.
     pub next_full_check: MonoInstant,
     /// The check in progress.
@@ -320,6 +326,7 @@ impl Memory {
             published: None,
             resync: true,
             listening: false,
+            hold: None,
             next_full_check: now,
             check: None,
             queued: None,
@@ -500,18 +507,36 @@ impl Machine<'_> {
         }
     }
 
-    /// Routes nowhere; logs `reason` when it changed (and `log` is set).
+    /// Routes nowhere; logs `reason` when it changed (and `log` is set). Held connections are
+    /// closed too.
     fn close(&mut self, reason: String, log: bool) {
+        self.close_holding(reason, log, None);
+    }
+
+    /// Routes nowhere, holding new connections for `hold` (or closing the held ones: `None`).
+    fn close_holding(&mut self, reason: String, log: bool, hold: Option<Duration>) {
+        // Holding starts before the destination goes, so no client falls in between.
+        if hold.is_some() {
+            self.set_hold(hold);
+        }
         if self.mem.primary.is_some() {
             self.mem.primary = None;
             self.actions.push(Action::SetDestination(None));
         }
+        self.set_hold(hold);
         self.set_read_only(Vec::new(), None);
         if self.mem.closed_reason.as_deref() != Some(reason.as_str()) {
             if log {
                 self.log(Log::NotProxying(reason.clone()));
             }
             self.mem.closed_reason = Some(reason);
+        }
+    }
+
+    fn set_hold(&mut self, hold: Option<Duration>) {
+        if self.mem.hold != hold {
+            self.mem.hold = hold;
+            self.actions.push(Action::SetHold(hold));
         }
     }
 
@@ -603,6 +628,14 @@ impl Machine<'_> {
 
     fn apply(&mut self, read: ClusterRead) {
         let revision = read.revision;
+        // A planned switchover has cleared the target: new connections wait for the new master
+        // instead of being refused (docs/switchover.md), for at most the switchover's timeout.
+        let hold = read
+            .data
+            .as_deref()
+            .and_then(|cd| cd.switchover.as_ref())
+            .filter(|sw| sw.holds_connections())
+            .map(|sw| sw.timeout.to_std());
         match route(read.data.as_deref(), &self.cfg.uid) {
             Route::NoClusterData => {
                 self.close(
@@ -624,7 +657,8 @@ impl Machine<'_> {
                     self.publish(revision, generation, timings, AfterPublish::NotEnabled);
                 }
                 Target::Closed(reason) => {
-                    self.close(reason.to_string(), true);
+                    let hold = hold.filter(|_| reason == ClosedReason::NoMaster);
+                    self.close_holding(reason.to_string(), true, hold);
                     self.publish(revision, generation, timings, AfterPublish::Acknowledge);
                 }
                 Target::Master { master, standbys } => {
@@ -787,6 +821,8 @@ impl Machine<'_> {
                     self.mem.primary = Some(master);
                     self.actions.push(Action::SetDestination(Some(master)));
                 }
+                // Held connections go to the new master.
+                self.set_hold(None);
                 if self.mem.closed_reason.take().is_some() {
                     self.log(Log::ProxyingTo(master));
                 }

@@ -827,3 +827,112 @@ mod property {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Holding connections during a planned switchover (docs/switchover.md)
+
+fn holding(generation: i64, master: &str, phase: SwitchoverPhase) -> ClusterData {
+    let mut c = cd(generation, master, &["p1"]);
+    let mut sw = Switchover::request(
+        "sw1".into(),
+        String::new(),
+        crate::duration::GoDuration::from_secs(20),
+        Timestamp::zero(),
+    );
+    sw.phase = phase;
+    c.switchover = Some(sw);
+    c
+}
+
+#[test]
+fn a_switchover_holds_new_connections_until_the_new_master_is_named() {
+    let mut r = Run::routed();
+    r.at(secs(1));
+    r.step(Observation::StoreChanged);
+    let reason = ClosedReason::NoMaster.to_string();
+    assert_eq!(
+        r.step(read(Some(holding(8, "", SwitchoverPhase::Holding)), "2")),
+        (
+            vec![
+                Action::SetHold(Some(secs(20))),
+                Action::SetDestination(None),
+                log(Log::NotProxying(reason))
+            ],
+            publish(8)
+        )
+    );
+    r.step(Observation::Published(Ok(())));
+    // Later phases with the target still cleared keep holding: no action.
+    r.at(secs(2));
+    r.step(Observation::StoreChanged);
+    assert_eq!(
+        r.step(read(Some(holding(8, "", SwitchoverPhase::Stopping)), "3")),
+        (vec![Action::CheckSucceeded], None)
+    );
+    // The new master: held connections go to it.
+    r.at(secs(3));
+    r.step(Observation::StoreChanged);
+    r.step(read(Some(holding(9, "m2", SwitchoverPhase::Promoted)), "4"));
+    assert_eq!(r.step(resolved(&[M2, S1])), (vec![], publish(9)));
+    assert_eq!(
+        r.step(Observation::Published(Ok(()))),
+        (
+            vec![
+                Action::SetDestination(Some(addr(M2))),
+                Action::SetHold(None),
+                log(Log::ProxyingTo(addr(M2))),
+                Action::CheckSucceeded
+            ],
+            None
+        )
+    );
+}
+
+#[test]
+fn a_failed_switchover_or_a_failover_does_not_hold() {
+    // Rolled back: routing nowhere refuses as usual.
+    let mut r = Run::routed();
+    r.at(secs(1));
+    r.step(Observation::StoreChanged);
+    let (actions, _) = r.step(read(Some(holding(8, "", SwitchoverPhase::Failed)), "2"));
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::SetHold(_))),
+        "{actions:?}"
+    );
+    // An ordinary failover (no switchover record): the same.
+    let mut r = Run::routed();
+    r.at(secs(1));
+    r.step(Observation::StoreChanged);
+    let (actions, _) = r.step(read(Some(cd(8, "", &["p1"])), "2"));
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::SetHold(_))),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn held_connections_are_closed_when_the_proxy_fails_closed() {
+    let mut r = Run::routed();
+    r.at(secs(1));
+    r.step(Observation::StoreChanged);
+    r.step(read(Some(holding(8, "", SwitchoverPhase::Holding)), "2"));
+    r.step(Observation::Published(Ok(())));
+    // The store goes away: proxyTimeout after the last good check everything is closed,
+    // held connections included.
+    let down = || Observation::Read(Err(ReadError::Unavailable("down".into())));
+    for t in [5, 10] {
+        r.at(secs(t));
+        r.step(Observation::Wake);
+        r.step(down());
+    }
+    r.at(secs(16));
+    let (actions, _) = r.step(Observation::Wake);
+    assert_eq!(
+        actions,
+        vec![
+            log(Log::TimedOut),
+            Action::SetHold(None),
+            Action::StopListening
+        ]
+    );
+}

@@ -151,6 +151,16 @@ pub fn decide(
         mem: &ctx_mem,
         now,
     };
+    super::switchover::advance(
+        &mut cd,
+        &ctx,
+        first_run,
+        &active_proxies,
+        input.proxies_info,
+        input.keepers_info,
+        input.now_wall,
+        &mut events,
+    );
     if let Err(e) = update_cluster(
         &mut cd,
         prev,

@@ -219,6 +219,24 @@ pub enum Event {
         /// Why.
         error: String,
     },
+    /// A planned switchover moved to `phase` (docs/switchover.md).
+    Switchover {
+        /// The phase it moved to.
+        phase: crate::model::SwitchoverPhase,
+        /// The target DB UID ("" before one is chosen).
+        db: String,
+        /// The request's UID and the phase's facts.
+        detail: String,
+    },
+    /// The old master of a switchover stopped cleanly; its final WAL position is recorded.
+    SwitchoverOldMasterStopped {
+        /// Old master DB UID.
+        db: String,
+        /// Its keeper.
+        keeper: String,
+        /// Its final WAL position.
+        final_xlog_pos: String,
+    },
 }
 
 impl Event {
@@ -266,6 +284,20 @@ impl Event {
             SyncStandbysChanged { .. } => "synchronousStandbys changed",
             CannotDecide { .. } => "cannot update cluster data",
             FailoverPaused { .. } => "cluster paused: not replacing the failed master",
+            Switchover { phase, .. } => {
+                use crate::model::SwitchoverPhase as P;
+                match phase {
+                    P::Requested => "switchover requested",
+                    P::Holding => "switchover accepted: proxies hold new connections",
+                    P::Stopping => "switchover: proxies fenced, stopping the old master",
+                    P::Promoted => "switchover: the target caught up, promoting it",
+                    P::Completed => "switchover completed: proxies route to the new master",
+                    P::Failed => "switchover failed, the old master stays",
+                }
+            }
+            SwitchoverOldMasterStopped { .. } => {
+                "switchover: the old master stopped, final position recorded"
+            }
         }
     }
 
@@ -294,7 +326,9 @@ impl Event {
             | AddingStandby { db, .. }
             | WaitingForSyncStandbys { db }
             | SyncStandbysChanged { db, .. }
-            | FailoverPaused { db, .. } => Some(db),
+            | FailoverPaused { db, .. }
+            | SwitchoverOldMasterStopped { db, .. } => Some(db),
+            Switchover { db, .. } if !db.is_empty() => Some(db),
             _ => None,
         }
     }
@@ -322,7 +356,8 @@ impl Event {
             | RemovingDbCannotSync { keeper, .. }
             | RemovingStandby { keeper, .. }
             | AddingStandby { keeper, .. }
-            | FailoverPaused { keeper, .. } => Some(keeper),
+            | FailoverPaused { keeper, .. }
+            | SwitchoverOldMasterStopped { keeper, .. } => Some(keeper),
             _ => None,
         }
     }
@@ -336,6 +371,10 @@ impl Event {
             UnexpectedDbUid { reported, .. } => Some(format!("reported={reported}")),
             NoEligibleMasters { reasons } => Some(reasons.clone()),
             EnabledProxiesChanged { proxies } => Some(format!("proxies=[{proxies}]")),
+            Switchover { detail, .. } => Some(detail.clone()),
+            SwitchoverOldMasterStopped { final_xlog_pos, .. } => {
+                Some(format!("final_xlog_pos={final_xlog_pos}"))
+            }
             SyncStandbysChanged {
                 previous, current, ..
             } => Some(format!("previous=[{previous}] current=[{current}]")),
@@ -356,6 +395,10 @@ impl Event {
             | NoKeepersForInitialMaster
             | ExistingKeeperNotAvailable { .. }
             | FailoverPaused { .. } => Severity::Warn,
+            Switchover {
+                phase: crate::model::SwitchoverPhase::Failed,
+                ..
+            } => Severity::Warn,
             _ => Severity::Info,
         }
     }

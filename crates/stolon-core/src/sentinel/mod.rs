@@ -4,8 +4,9 @@
 //!
 //! Owns: health over `failInterval`, convergence timeouts, initialisation (`new`, `existing`,
 //! `pitr`), failover to the most advanced eligible standby, fencing of the old master, the proxy
-//! handshake, standby placement, synchronous standbys, spec propagation, and the safety
-//! invariants ([`invariants`]). Must not: do IO, read a clock, draw random numbers, log.
+//! handshake, standby placement, synchronous standbys, spec propagation, the planned switchover
+//! ([`switchover`]), and the safety invariants ([`invariants`]). Must not: do IO, read a clock,
+//! draw random numbers, log.
 
 mod classify;
 mod decide;
@@ -15,13 +16,14 @@ pub mod invariants;
 mod memory;
 mod pause;
 pub mod priority;
+pub mod switchover;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod update;
 
 pub use classify::{
     DbKind, FAKE_STANDBY_NAME, NOT_INCREASING_XLOG_TIMES, Validity, db_kind,
-    is_different_timeline_branch, most_advanced_first, validity,
+    is_different_timeline_branch, keeper_of, most_advanced_first, validity,
 };
 pub use decide::{Chooser, DecideInput, Decision, FirstChoice, decide};
 pub use event::{Event, Severity};

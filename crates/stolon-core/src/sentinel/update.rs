@@ -308,6 +308,11 @@ fn normal(
         master_ok = false;
     }
 
+    // A master stopped by a planned switchover is not failed over (docs/switchover.md).
+    if !master_ok && super::switchover::master_stop_planned(cd, &cur_uid, ctx, now_wall) {
+        master_ok = true;
+    }
+
     // 3. Failover (none while paused, unless an operator forced the master's keeper failed).
     let mut wanted = cur_uid.clone();
     if !master_ok && super::pause::hold_failover(ctx.spec, events, &cur_uid, &cur_keeper) {
@@ -352,9 +357,14 @@ fn normal(
         }
     }
 
+    if let Some(target) = super::switchover::ready_to_promote(cd, ctx, &cur) {
+        wanted = target;
+    }
     if wanted != cur_uid {
         elect(cd, &cur, &wanted, ctx, events);
-        super::history::record_failover(cd, &cur, &wanted, events, now_wall);
+        if !super::switchover::after_promotion(cd, &cur_uid, &wanted, events, now_wall) {
+            super::history::record_failover(cd, &cur, &wanted, events, now_wall);
+        }
     } else {
         same_master(
             cd,
@@ -513,6 +523,7 @@ fn same_master(
         && ctx.convergence(&master, e.convergence_timeout.to_std()) == ConvergenceState::Converged;
 
     // Proxy handshake (invariant 2).
+    let snapshot = cd.switchover.clone();
     let proxy = cd.proxy.get_or_insert_with(Default::default);
     if proxy.spec.master_db_uid.is_empty() {
         let converged = active_proxies.iter().all(|uid| {
@@ -522,7 +533,7 @@ fn same_master(
         });
         if !converged {
             events.push(Event::WaitingForProxies);
-        } else if master_good {
+        } else if master_good && !super::switchover::blocks_routing(snapshot.as_ref(), master_uid) {
             proxy.spec.master_db_uid = master_uid.to_string();
             proxy.spec.enabled_proxies = active_proxies.to_vec();
             proxy.generation += 1;

@@ -7,7 +7,9 @@
 //! Semantics (those of Stolon's pollon library, extended for read-only routing):
 //! - a change of destination closes every connection proxied to an address no longer routed to,
 //!   at once; new connections go to the current destination;
-//! - with no destination, accepted client connections are closed immediately;
+//! - with no destination, accepted client connections are closed immediately, unless the
+//!   forwarder holds them ([`Forwarder::set_hold`], during a planned switchover): then they wait,
+//!   at most [`MAX_HELD`] of them and each for the hold's time, for the next destination;
 //! - the listening socket exists only between [`Forwarder::start_listening`] and
 //!   [`Forwarder::stop_listening`]; after the latter the port is really free.
 
@@ -34,6 +36,9 @@ pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
 
 /// Default time allowed for the upstream TCP connect.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most client connections held at once while there is no destination; more are closed.
+pub const MAX_HELD: usize = 1000;
 
 /// Pause after an accept error (e.g. out of file descriptors) before accepting again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -82,6 +87,10 @@ pub struct Stats {
     pub refused: u64,
     /// Proxied connections closed because their destination was withdrawn.
     pub closed_by_route_change: u64,
+    /// Client connections that were held (waiting for a destination) at some point.
+    pub held: u64,
+    /// Held connections closed because no destination came in time (or holding stopped).
+    pub hold_expired: u64,
     /// Proxied connections currently open (including those still connecting upstream).
     pub active: usize,
     /// Times the routed destinations changed.
@@ -111,6 +120,12 @@ struct Inner {
     active: AtomicUsize,
     route_changes: AtomicU64,
     listening_now: AtomicBool,
+    /// While `Some(limit)`, clients without a destination wait up to `limit` for one.
+    hold: tokio::sync::watch::Sender<Option<Duration>>,
+    /// Clients waiting now.
+    waiting: AtomicUsize,
+    held: AtomicU64,
+    hold_expired: AtomicU64,
 }
 
 /// A running accept loop.
@@ -149,6 +164,10 @@ impl Forwarder {
                 active: AtomicUsize::new(0),
                 route_changes: AtomicU64::new(0),
                 listening_now: AtomicBool::new(false),
+                hold: tokio::sync::watch::Sender::new(None),
+                waiting: AtomicUsize::new(0),
+                held: AtomicU64::new(0),
+                hold_expired: AtomicU64::new(0),
             }),
         }
     }
@@ -167,6 +186,20 @@ impl Forwarder {
             tracing::info!(listener = self.inner.name, destination = ?dest, "destination changed");
         }
         changed
+    }
+
+    /// Holds new connections that have no destination for at most `limit` each (`Some`), or
+    /// stops holding (`None`): every waiting client then goes to the destination in force, or
+    /// is closed when there is none.
+    pub fn set_hold(&self, limit: Option<Duration>) {
+        let changed = self.inner.hold.send_if_modified(|h| {
+            let changed = *h != limit;
+            *h = limit;
+            changed
+        });
+        if changed {
+            tracing::info!(listener = self.inner.name, hold = ?limit, "holding new connections changed");
+        }
     }
 
     /// Read-only routing: new connections are spread round-robin over `standbys`; when the list
@@ -250,6 +283,8 @@ impl Forwarder {
             accepted: self.inner.accepted.load(Ordering::Relaxed),
             refused: self.inner.refused.load(Ordering::Relaxed),
             closed_by_route_change: self.inner.closed_by_route_change.load(Ordering::Relaxed),
+            held: self.inner.held.load(Ordering::Relaxed),
+            hold_expired: self.inner.hold_expired.load(Ordering::Relaxed),
             active: self.inner.active.load(Ordering::Relaxed),
             route_changes: self.inner.route_changes.load(Ordering::Relaxed),
             listening: self.inner.listening_now.load(Ordering::Relaxed),
@@ -259,6 +294,7 @@ impl Forwarder {
     /// Stops listening, closes every connection and waits until all connection tasks ended.
     pub async fn shutdown(&self) {
         self.stop_listening().await;
+        self.set_hold(None);
         self.inner.routing().clear();
         self.inner.connections.close();
         self.inner.connections.wait().await;
@@ -272,15 +308,66 @@ impl Inner {
         self.routing.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends a freshly accepted client to the current destination, or closes it.
+    /// Sends a freshly accepted client to the current destination, holds it while the
+    /// forwarder holds, or closes it.
     fn dispatch(self: &Arc<Self>, client: TcpStream, peer: SocketAddr) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         let Some(pick) = self.routing().pick() else {
+            let limit = *self.hold.borrow();
+            if let Some(limit) = limit
+                && self.waiting.fetch_add(1, Ordering::Relaxed) < MAX_HELD
+            {
+                self.held.fetch_add(1, Ordering::Relaxed);
+                let inner = Arc::clone(self);
+                self.connections.spawn(async move {
+                    let pick = inner.wait_for_destination(limit).await;
+                    inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                    match pick {
+                        Some(pick) => inner.proxy(client, peer, pick),
+                        None => {
+                            inner.hold_expired.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(listener = inner.name, %peer, "held client got no destination: closing it");
+                        }
+                    }
+                });
+                return;
+            }
+            if limit.is_some() {
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
             self.refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(listener = self.name, %peer, "no destination: closing client");
             drop(client);
             return;
         };
+        self.proxy(client, peer, pick);
+    }
+
+    /// Waits (at most `limit`) until a destination is set or holding stops; the destination
+    /// then in force, if any.
+    async fn wait_for_destination(&self, limit: Duration) -> Option<routing::Pick> {
+        let mut rx = self.hold.subscribe();
+        let wait = async {
+            loop {
+                if let Some(pick) = self.routing().pick() {
+                    return Some(pick);
+                }
+                if rx.borrow_and_update().is_none() {
+                    return None;
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        match tokio::time::timeout(limit, wait).await {
+            Ok(pick) => pick.or_else(|| self.routing().pick()),
+            Err(_) => self.routing().pick(),
+        }
+    }
+
+    /// Proxies `client` to `pick`.
+    fn proxy(self: &Arc<Self>, client: TcpStream, peer: SocketAddr, pick: routing::Pick) {
         if let Err(e) = conn::configure_socket(&client, &self.params.keepalive) {
             tracing::debug!(listener = self.name, %peer, error = %e, "cannot set client socket options");
         }
