@@ -7,7 +7,8 @@ use std::time::Duration;
 use pretty_assertions::assert_eq;
 use stolon_core::duration::GoDuration;
 use stolon_core::model::{
-    ClusterData, ClusterPhase, DbRole, FollowConfig, FollowType, Switchover, SwitchoverPhase,
+    ClusterData, ClusterPhase, DbRole, FollowConfig, FollowType, MasterChangeReason, Switchover,
+    SwitchoverPhase,
 };
 use stolon_core::sentinel::switchover::switchover_target;
 use stolon_core::sentinel::testing::{ClusterFixture, db_uid};
@@ -213,6 +214,20 @@ fn switchover_async_goes_through_every_phase_and_the_old_master_follows_the_targ
         Some(String::new())
     );
     assert!(switchover_events(&d).contains(&"switchover: the target caught up, promoting it"));
+    // The change enters the history as a switchover, with the position the old master stopped
+    // at; the write pause is not known yet.
+    let entry = next.history.last().expect("a history entry");
+    assert_eq!(entry.reason, MasterChangeReason::Switchover);
+    assert_eq!(
+        (
+            entry.old_master_db_uid.as_str(),
+            entry.new_master_db_uid.as_str()
+        ),
+        (db_uid("k1").as_str(), db_uid("k2").as_str())
+    );
+    assert_eq!(entry.old_master_xlog_pos, 0x2000);
+    assert_eq!(entry.write_pause, None);
+    assert_eq!(next.history.len(), before.history.len() + 1);
 
     // The target converges (the fixture's keepers apply at once): proxies route to it, then
     // the switchover completes.
@@ -232,6 +247,14 @@ fn switchover_async_goes_through_every_phase_and_the_old_master_follows_the_targ
         f.cd.proxy.as_ref().map(|p| p.spec.master_db_uid.clone()),
         Some(db_uid("k2"))
     );
+    // Completed: the entry gets the write pause, from the proxies' cleared target (the start)
+    // to the target routed (the end), on the sentinel's wall clock.
+    let s = sw(&f);
+    let pause = s.end_time.unix_nanos() - s.start_time.unix_nanos();
+    assert!(pause > 0);
+    let entry = f.cd.history.last().expect("a history entry");
+    assert_eq!(entry.reason, MasterChangeReason::Switchover);
+    assert_eq!(entry.write_pause, Some(GoDuration(pause as i64)));
 
     // The old master runs again as a standby of the target; it is kept, not recreated.
     runs_again(&mut f, "k1");
