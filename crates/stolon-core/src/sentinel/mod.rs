@@ -12,6 +12,7 @@ mod decide;
 mod event;
 pub mod invariants;
 mod memory;
+mod syncloss;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod update;
