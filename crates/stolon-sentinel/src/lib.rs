@@ -31,6 +31,33 @@ const DEFAULT_SLEEP: Duration = Duration::from_secs(5);
 /// Pause before campaigning again after an election error.
 const ELECTION_RETRY: Duration = Duration::from_secs(2);
 
+/// Shortest and longest sentinel election lease TTL.
+const ELECTION_TTL_MIN: Duration = Duration::from_secs(4);
+const ELECTION_TTL_MAX: Duration = Duration::from_secs(20);
+
+/// The election lease TTL for a `sleepInterval`: four intervals, between 4 s and 20 s. The
+/// default sleepInterval (5 s) keeps Stolon's 20 s; shorter intervals make a lost leader
+/// replaced sooner (about the TTL after it died). The leader refreshes its lease every third of
+/// the TTL and steps down after three quarters of it without a refresh, so even the shortest
+/// TTL leaves it two refresh attempts before it gives up.
+pub fn election_ttl(sleep_interval: Duration) -> Duration {
+    sleep_interval
+        .saturating_mul(4)
+        .clamp(ELECTION_TTL_MIN, ELECTION_TTL_MAX)
+}
+
+/// The resync period a clusterdata read gives (`None`: no usable clusterdata).
+fn sleep_of(read: &stolon_store::ClusterDataRead) -> Option<Duration> {
+    let cd = read.data.as_ref()?;
+    let spec = cd.check_usable().ok()?;
+    Some(
+        spec.effective()
+            .sleep_interval
+            .to_std()
+            .max(Duration::from_millis(100)),
+    )
+}
+
 /// A new random UID in Stolon's form (8 hex characters).
 pub fn random_uid() -> String {
     uid_from_bytes(rand::random::<[u8; 4]>())
@@ -281,6 +308,18 @@ pub async fn run(
     tracing::info!(uid = %cfg.uid, "sentinel uid");
     let uid = cfg.uid.clone();
     let mut changes = store.changes();
+    // The election lease follows the cluster's sleepInterval: read it once before campaigning
+    // (on any error the default interval's TTL is used until a check reads it).
+    let mut sleep = DEFAULT_SLEEP;
+    if let Ok(read) = store.get_cluster_data().await
+        && let Some(d) = sleep_of(&read)
+    {
+        sleep = d;
+    }
+    let mut ttl = election_ttl(sleep);
+    if election.set_ttl(ttl) {
+        tracing::info!(ttl = ?ttl, "election lease TTL");
+    }
     let Some(mut leader_rx) = campaign(&election, &uid, &cancel).await else {
         return Ok(());
     };
@@ -290,7 +329,7 @@ pub async fn run(
         metrics,
         origin: Instant::now(),
         memory: SentinelMemory::default(),
-        sleep: DEFAULT_SLEEP,
+        sleep,
         last_info_publish: None,
         cd_errors: Default::default(),
         wake_at: None,
@@ -313,6 +352,20 @@ pub async fn run(
         changes.borrow_and_update();
         tracing::debug!(woke_by, leader, "check");
         s.check(leader).await;
+        // sleepInterval changed: the next lease gets the new TTL. A candidate that does not
+        // lead campaigns again at once to take it; the leader keeps its lease until it loses it.
+        if election_ttl(s.sleep) != ttl {
+            ttl = election_ttl(s.sleep);
+            if election.set_ttl(ttl) {
+                tracing::info!(ttl = ?ttl, "election lease TTL changed");
+                if !leader {
+                    match campaign(&election, &uid, &cancel).await {
+                        Some(rx) => leader_rx = rx,
+                        None => break,
+                    }
+                }
+            }
+        }
 
         // A decision time already past (a check that failed before deciding leaves the old one)
         // must not wake us at once, or a failing store would make the leader spin; the resync
@@ -355,4 +408,21 @@ pub async fn run(
     }
     tracing::info!("sentinel stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod election_ttl_tests {
+    use super::*;
+
+    #[test]
+    fn election_ttl_is_four_sleep_intervals_between_4_and_20_seconds() {
+        let s = Duration::from_secs;
+        // Stolon's default interval keeps Stolon's 20 s.
+        assert_eq!(election_ttl(s(5)), s(20));
+        assert_eq!(election_ttl(s(2)), s(8));
+        assert_eq!(election_ttl(s(1)), s(4));
+        assert_eq!(election_ttl(Duration::from_millis(100)), s(4));
+        assert_eq!(election_ttl(s(30)), s(20));
+        assert_eq!(election_ttl(Duration::MAX), s(20));
+    }
 }

@@ -612,6 +612,10 @@ impl Election for EtcdElection {
     async fn resign(&self) -> Result<(), StoreError> {
         self.inner.resign().await
     }
+    fn set_ttl(&self, ttl: Duration) -> bool {
+        self.inner.set_ttl(ttl);
+        true
+    }
 }
 
 #[cfg(test)]
@@ -650,6 +654,10 @@ mod tests {
         );
         assert_eq!(
             attempt_deadline(S5, Duration::from_millis(500), 3, 2),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            attempt_deadline(S5, Duration::from_millis(500), 3, 3),
             Duration::from_millis(4500)
         );
         // Little or nothing left: still the first round's deadline.

@@ -118,6 +118,13 @@ pub trait Election: Send + Sync + 'static {
 
     /// Stops campaigning and gives up leadership (deletes our election key).
     async fn resign(&self) -> Result<(), StoreError>;
+
+    /// Sets the lease TTL of the next [`Election::campaign`] (a running campaign keeps its
+    /// lease). Returns false when the backend has no such setting (its TTL is configured
+    /// otherwise, e.g. the Kubernetes lock's lease duration).
+    fn set_ttl(&self, _ttl: Duration) -> bool {
+        false
+    }
 }
 
 /// Connects to the configured store: etcd v3 (the store and its sentinel election share the

@@ -512,6 +512,10 @@ impl Election for MemElection {
     async fn resign(&self) -> Result<(), StoreError> {
         self.inner.resign().await
     }
+    fn set_ttl(&self, ttl: Duration) -> bool {
+        self.inner.set_ttl(ttl);
+        true
+    }
 }
 
 #[cfg(test)]

@@ -224,6 +224,10 @@ impl Election for UnreliableElection {
         self.faults.gate("resign").await?;
         self.inner.resign().await
     }
+
+    fn set_ttl(&self, ttl: std::time::Duration) -> bool {
+        self.inner.set_ttl(ttl)
+    }
 }
 
 #[cfg(test)]
