@@ -1,13 +1,14 @@
 //! Named decision scenarios for faster recovery from partial faults: a synchronous standby the
-//! master reports as no longer in sync (docs/architecture.md §6.7). Each asserts the whole next
-//! clusterdata, built from the previous one plus the expected changes.
+//! master reports as no longer in sync (docs/architecture.md §6.7), and a new leader judging
+//! keepers that were already silent before it took over (§6.1).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pretty_assertions::assert_eq;
 use stolon_core::model::{ClusterData, DbSpec};
 use stolon_core::sentinel::testing::{ClusterFixture, db_uid};
-use stolon_core::sentinel::{Decision, Event, validate_invariants};
+use stolon_core::sentinel::{Decision, Event, memory_at_takeover, validate_invariants};
 use stolon_core::timestamp::Timestamp;
 
 const HALF: Duration = Duration::from_millis(500);
@@ -224,4 +225,122 @@ fn after_a_sync_loss_only_the_standby_known_in_sync_is_electable() {
         }
     }
     assert_eq!(elected, Some(db_uid("k2")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leader takeover
+
+/// A fast cluster (failInterval 3 s) whose leader just changed: the new leader's memory comes
+/// from the ages of the keepers' infos.
+fn taken_over(ages: &[(&str, u64)]) -> ClusterFixture {
+    let mut f = ClusterFixture::new()
+        .fast()
+        .master("k1")
+        .standby("k2")
+        .proxy("p1");
+    let ages: BTreeMap<String, Duration> = ages
+        .iter()
+        .map(|(k, secs)| (k.to_string(), Duration::from_secs(*secs)))
+        .collect();
+    f.memory = memory_at_takeover(&f.keepers_info, &ages, f.now_mono);
+    f
+}
+
+/// Steps `step` at a time with `silent` keepers silent until an election; returns the virtual
+/// time it took (`None`: none within 30 s).
+fn time_to_election(f: &mut ClusterFixture, silent: &[&str], step: Duration) -> Option<Duration> {
+    let mut waited = Duration::ZERO;
+    while waited <= Duration::from_secs(30) {
+        let before = f.cd.clone();
+        let d = f.decide();
+        if let Some(next) = &d.next {
+            validate_invariants(Some(&before), next).expect("invariants hold");
+        }
+        let elected = d
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::ElectingNewMaster { .. }));
+        f.apply(&d);
+        if elected {
+            return Some(waited);
+        }
+        f.tick(step, silent);
+        waited += step;
+    }
+    None
+}
+
+#[test]
+fn takeover_fails_a_master_silent_longer_than_fail_interval_at_once() {
+    // k1's info was written at least 10 s ago: the old leader would have failed it already.
+    let mut f = taken_over(&[("k1", 10), ("k2", 0)]);
+    let before = f.cd.clone();
+    let d = f.decide();
+    assert!(
+        d.events.contains(&Event::MasterDbFailed {
+            db: db_uid("k1"),
+            keeper: "k1".into()
+        }),
+        "events {:?}",
+        d.events
+    );
+    assert!(d.events.contains(&Event::ElectingNewMaster {
+        db: db_uid("k2"),
+        keeper: "k2".into()
+    }));
+    let next = next_of(&d);
+    validate_invariants(Some(&before), &next).expect("invariants hold");
+    assert_eq!(
+        next.cluster.as_ref().map(|c| c.status.master.clone()),
+        Some(db_uid("k2"))
+    );
+    assert_eq!(
+        next.proxy.as_ref().map(|p| p.spec.master_db_uid.clone()),
+        Some(String::new())
+    );
+    assert!(!next.keepers["k1"].status.healthy);
+    assert!(next.keepers["k2"].status.healthy);
+}
+
+#[test]
+fn takeover_keeps_keepers_that_published_recently() {
+    let mut f = taken_over(&[("k1", 0), ("k2", 1)]);
+    let d = f.decide();
+    assert_eq!(d.next, None, "events {:?}", d.events);
+    f.apply(&d);
+    // And they stay healthy while they publish.
+    for _ in 0..10 {
+        let (_, d) = step(&mut f);
+        assert!(
+            !d.events.iter().any(|e| matches!(
+                e,
+                Event::KeeperUnhealthy { .. } | Event::MasterDbFailed { .. }
+            )),
+            "events {:?}",
+            d.events
+        );
+    }
+}
+
+#[test]
+fn takeover_counts_only_the_rest_of_fail_interval() {
+    // k1 has been silent for at least 2 s of its 3 s: it fails after about one more second of
+    // silence, not three.
+    let mut f = taken_over(&[("k1", 2), ("k2", 0)]);
+    let took = time_to_election(&mut f, &["k1"], Duration::from_millis(250));
+    let took = took.expect("an election");
+    assert!(
+        took > Duration::ZERO && took < Duration::from_secs(3),
+        "election after {took:?}"
+    );
+}
+
+#[test]
+fn takeover_without_ages_judges_keepers_from_the_takeover() {
+    // No age known (a backend that cannot tell): the clocks start at the takeover, as a new
+    // leader always did: the silent master fails a whole failInterval later.
+    let mut f = taken_over(&[]);
+    let took = time_to_election(&mut f, &["k1"], Duration::from_millis(250));
+    let took = took.expect("an election");
+    assert!(took >= Duration::from_secs(3), "election after {took:?}");
 }

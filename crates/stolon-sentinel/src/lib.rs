@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use stolon_core::model::{ClusterData, SentinelInfo};
 use stolon_core::sentinel::{
-    DecideInput, Event, SentinelMemory, Severity, decide, validate_invariants,
+    DecideInput, Event, SentinelMemory, Severity, decide, memory_at_takeover, validate_invariants,
 };
 use stolon_core::timestamp::Timestamp;
 use stolon_core::uid::{UidSource, uid_from_bytes};
@@ -127,6 +127,9 @@ struct Sentinel {
     /// Failed clusterdata reads (logged once per change, retried with a bounded backoff).
     cd_errors: stolon_store::repeat::Repeated,
     wake_at: Option<Instant>,
+    /// Leadership was just gained: the next check seeds the memory from the ages of the
+    /// keepers' infos (stolon_core::sentinel::memory_at_takeover).
+    takeover: bool,
 }
 
 impl Sentinel {
@@ -212,6 +215,19 @@ impl Sentinel {
                 return;
             }
         };
+        if std::mem::take(&mut self.takeover) {
+            match self.store.keeper_info_ages().await {
+                Ok(ages) if !ages.is_empty() => {
+                    let now = Instant::now().duration_since(self.origin);
+                    tracing::info!(?ages, "keeper info ages at takeover");
+                    self.memory = memory_at_takeover(&keepers, &ages, now);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read keeper info ages, judging keepers from now")
+                }
+            }
+        }
         let now = Instant::now();
         let input = DecideInput {
             cluster_data: read.data.as_ref(),
@@ -315,6 +331,13 @@ pub async fn run(
         && let Some(d) = sleep_of(&read)
     {
         sleep = d;
+    } else if let Some(d) = cfg
+        .initial_spec
+        .as_ref()
+        .and_then(|spec| spec.sleep_interval)
+    {
+        // No clusterdata yet: the cluster this sentinel will create.
+        sleep = d.to_std().max(Duration::from_millis(100));
     }
     let mut ttl = election_ttl(sleep);
     if election.set_ttl(ttl) {
@@ -333,6 +356,7 @@ pub async fn run(
         last_info_publish: None,
         cd_errors: Default::default(),
         wake_at: None,
+        takeover: false,
     };
     let mut was_leader = false;
     // What ended the last wait, logged with each check (debug) so a late reaction can be traced
@@ -343,6 +367,7 @@ pub async fn run(
         if leader && !was_leader {
             tracing::info!("sentinel leadership acquired");
             s.memory = SentinelMemory::default();
+            s.takeover = true;
             s.metrics.leader_count.inc();
         } else if !leader && was_leader {
             tracing::info!("sentinel leadership lost");
@@ -352,17 +377,17 @@ pub async fn run(
         changes.borrow_and_update();
         tracing::debug!(woke_by, leader, "check");
         s.check(leader).await;
-        // sleepInterval changed: the next lease gets the new TTL. A candidate that does not
-        // lead campaigns again at once to take it; the leader keeps its lease until it loses it.
+        // sleepInterval changed: campaign again with a lease of the new TTL. The leader steps
+        // down for it (before its key goes, as on any resignation), and the next leader, which
+        // may be this sentinel again, takes over with the keepers' info ages: a leader must
+        // never keep a lease longer than the interval asks for.
         if election_ttl(s.sleep) != ttl {
             ttl = election_ttl(s.sleep);
             if election.set_ttl(ttl) {
-                tracing::info!(ttl = ?ttl, "election lease TTL changed");
-                if !leader {
-                    match campaign(&election, &uid, &cancel).await {
-                        Some(rx) => leader_rx = rx,
-                        None => break,
-                    }
+                tracing::info!(ttl = ?ttl, leader, "election lease TTL changed, campaigning again");
+                match campaign(&election, &uid, &cancel).await {
+                    Some(rx) => leader_rx = rx,
+                    None => break,
                 }
             }
         }

@@ -698,6 +698,23 @@ impl World {
             .then_some(m)
     }
 
+    /// The index of the sentinel leading now, if any.
+    pub async fn leader_sentinel(&self) -> Option<usize> {
+        let leader = self
+            .kv
+            .store(PREFIX, CLUSTER)
+            .election()
+            .leader()
+            .await
+            .ok()??;
+        leader
+            .strip_prefix("sentinel")?
+            .split('-')
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// Whether keeper `i`'s PostgreSQL runs as a primary.
     pub fn is_primary(&self, i: usize) -> bool {
         PgView::of(&self.keepers[i].pg.state()).is_primary()

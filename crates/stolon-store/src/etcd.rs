@@ -477,6 +477,33 @@ impl KvBackend for EtcdBackend {
     fn changes(&self) -> watch::Receiver<u64> {
         self.tx.subscribe()
     }
+
+    async fn lease_ages(&self, prefix: &str) -> Result<Vec<(String, Duration)>, StoreError> {
+        let resp = self
+            .pool
+            .call("list", |mut c| async move {
+                let opts = GetOptions::new().with_prefix().with_keys_only();
+                c.get(prefix, Some(opts)).await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            let lease = kv.lease();
+            if lease == 0 {
+                continue;
+            }
+            let ttl = self
+                .pool
+                .call("lease time-to-live", |mut c| async move {
+                    c.lease_time_to_live(lease, None).await
+                })
+                .await?;
+            if let Some(age) = crate::kv::lease_age(ttl.granted_ttl(), ttl.ttl()) {
+                out.push((String::from_utf8_lossy(kv.key()).into_owned(), age));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Options of [`connect_with`] beyond the flags.
@@ -570,6 +597,11 @@ impl Store for EtcdStore {
         &self,
     ) -> Result<std::collections::BTreeMap<String, KeeperInfo>, StoreError> {
         self.inner.get_keepers_info().await
+    }
+    async fn keeper_info_ages(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Duration>, StoreError> {
+        self.inner.keeper_info_ages().await
     }
     async fn put_sentinel_info(
         &self,

@@ -13,6 +13,7 @@ mod event;
 pub mod invariants;
 mod memory;
 mod syncloss;
+mod takeover;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod update;
@@ -25,3 +26,4 @@ pub use decide::{Chooser, DecideInput, Decision, FirstChoice, decide};
 pub use event::{Event, Severity};
 pub use invariants::{InvariantViolation, validate_handshake, validate_invariants};
 pub use memory::{Convergence, InfoHistory, MonoInstant, SentinelMemory};
+pub use takeover::memory_at_takeover;
