@@ -125,7 +125,11 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
         move_leader_to(c, m).await?;
         c.wait_converged(RECOVERY_LIMIT).await?;
     }
-    let standby = (m + 1) % c.nodes.len();
+    // The standby to cut: the synchronous one when there is one (its loss stalls commits).
+    let standby = match c.sync_standby().await {
+        Ok(Some(s)) if s != m => s,
+        _ => (m + 1) % c.nodes.len(),
+    };
     let fail = Duration::from_secs(c.cfg.fail_interval_s);
     let epoch = Instant::now();
     let targets = Targets(c.nodes.iter().map(|n| n.proxy_addr()).collect());
