@@ -125,10 +125,12 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
         move_leader_to(c, m).await?;
         c.wait_converged(RECOVERY_LIMIT).await?;
     }
-    // The standby to cut: the synchronous one when there is one (its loss stalls commits).
-    let standby = match c.sync_standby().await {
+    let standby = (m + 1) % c.nodes.len();
+    // The standby `standby-cut` cuts: the synchronous one when there is one (its loss stalls
+    // commits).
+    let cut_standby = match c.sync_standby().await {
         Ok(Some(s)) if s != m => s,
-        _ => (m + 1) % c.nodes.len(),
+        _ => standby,
     };
     let fail = Duration::from_secs(c.cfg.fail_interval_s);
     let epoch = Instant::now();
@@ -158,7 +160,7 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
             c.topo.heal()?;
         }
         Fault::StandbyCut => {
-            c.topo.cut_from_peers(standby)?;
+            c.topo.cut_from_peers(cut_standby)?;
             tokio::time::sleep(hold).await;
             c.topo.heal()?;
         }
