@@ -126,6 +126,12 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
         c.wait_converged(RECOVERY_LIMIT).await?;
     }
     let standby = (m + 1) % c.nodes.len();
+    // The standby `standby-cut` cuts: the synchronous one when there is one (its loss stalls
+    // commits).
+    let cut_standby = match c.sync_standby().await {
+        Ok(Some(s)) if s != m => s,
+        _ => standby,
+    };
     let fail = Duration::from_secs(c.cfg.fail_interval_s);
     let epoch = Instant::now();
     let targets = Targets(c.nodes.iter().map(|n| n.proxy_addr()).collect());
@@ -154,7 +160,7 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
             c.topo.heal()?;
         }
         Fault::StandbyCut => {
-            c.topo.cut_from_peers(standby)?;
+            c.topo.cut_from_peers(cut_standby)?;
             tokio::time::sleep(hold).await;
             c.topo.heal()?;
         }

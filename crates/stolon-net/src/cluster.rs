@@ -93,6 +93,8 @@ impl NetConfig {
                 "log_destination": "stderr",
                 "logging_collector": "false",
                 "wal_keep_size": "256MB",
+                // The master notices a cut-off synchronous standby within this (docs/deployment.md).
+                "wal_sender_timeout": "2s",
             },
         })
     }
@@ -529,6 +531,26 @@ impl NetCluster {
             .iter()
             .position(|n| n.keeper_uid() == uid)
             .with_context(|| format!("master on unknown keeper {uid:?}"))
+    }
+
+    /// The host index of the first synchronous standby the master lists, if any.
+    pub async fn sync_standby(&self) -> Result<Option<usize>> {
+        let cd = self.cd().await?;
+        let Some(first) = cd
+            .master_db()
+            .and_then(|m| m.spec.as_ref())
+            .and_then(|s| s.synchronous_standbys.as_ref())
+            .and_then(|l| l.first().cloned())
+        else {
+            return Ok(None);
+        };
+        let uid = cd
+            .dbs
+            .get(&first)
+            .and_then(|db| db.spec.as_ref())
+            .map(|s| s.keeper_uid.clone())
+            .unwrap_or_default();
+        Ok(self.nodes.iter().position(|n| n.keeper_uid() == uid))
     }
 
     /// The host index of the leader sentinel.

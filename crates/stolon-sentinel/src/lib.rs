@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use stolon_core::model::{ClusterData, SentinelInfo};
 use stolon_core::sentinel::{
-    DecideInput, Event, SentinelMemory, Severity, decide, validate_invariants,
+    DecideInput, Event, SentinelMemory, Severity, decide, memory_at_takeover, validate_invariants,
 };
 use stolon_core::timestamp::Timestamp;
 use stolon_core::uid::{UidSource, uid_from_bytes};
@@ -30,6 +30,33 @@ const MIN_TTL: Duration = Duration::from_secs(20);
 const DEFAULT_SLEEP: Duration = Duration::from_secs(5);
 /// Pause before campaigning again after an election error.
 const ELECTION_RETRY: Duration = Duration::from_secs(2);
+
+/// Shortest and longest sentinel election lease TTL.
+const ELECTION_TTL_MIN: Duration = Duration::from_secs(4);
+const ELECTION_TTL_MAX: Duration = Duration::from_secs(20);
+
+/// The election lease TTL for a `sleepInterval`: four intervals, between 4 s and 20 s. The
+/// default sleepInterval (5 s) keeps Stolon's 20 s; shorter intervals make a lost leader
+/// replaced sooner (about the TTL after it died). The leader refreshes its lease every third of
+/// the TTL and steps down after three quarters of it without a refresh, so even the shortest
+/// TTL leaves it two refresh attempts before it gives up.
+pub fn election_ttl(sleep_interval: Duration) -> Duration {
+    sleep_interval
+        .saturating_mul(4)
+        .clamp(ELECTION_TTL_MIN, ELECTION_TTL_MAX)
+}
+
+/// The resync period a clusterdata read gives (`None`: no usable clusterdata).
+fn sleep_of(read: &stolon_store::ClusterDataRead) -> Option<Duration> {
+    let cd = read.data.as_ref()?;
+    let spec = cd.check_usable().ok()?;
+    Some(
+        spec.effective()
+            .sleep_interval
+            .to_std()
+            .max(Duration::from_millis(100)),
+    )
+}
 
 /// A new random UID in Stolon's form (8 hex characters).
 pub fn random_uid() -> String {
@@ -100,6 +127,9 @@ struct Sentinel {
     /// Failed clusterdata reads (logged once per change, retried with a bounded backoff).
     cd_errors: stolon_store::repeat::Repeated,
     wake_at: Option<Instant>,
+    /// Leadership was just gained: the next check seeds the memory from the ages of the
+    /// keepers' infos (stolon_core::sentinel::memory_at_takeover).
+    takeover: bool,
 }
 
 impl Sentinel {
@@ -186,6 +216,19 @@ impl Sentinel {
                 return;
             }
         };
+        if std::mem::take(&mut self.takeover) {
+            match self.store.keeper_info_ages().await {
+                Ok(ages) if !ages.is_empty() => {
+                    let now = Instant::now().duration_since(self.origin);
+                    tracing::info!(?ages, "keeper info ages at takeover");
+                    self.memory = memory_at_takeover(&keepers, &ages, now);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read keeper info ages, judging keepers from now")
+                }
+            }
+        }
         let now = Instant::now();
         let input = DecideInput {
             cluster_data: read.data.as_ref(),
@@ -292,6 +335,25 @@ pub async fn run(
     tracing::info!(uid = %cfg.uid, "sentinel uid");
     let uid = cfg.uid.clone();
     let mut changes = store.changes();
+    // The election lease follows the cluster's sleepInterval: read it once before campaigning
+    // (on any error the default interval's TTL is used until a check reads it).
+    let mut sleep = DEFAULT_SLEEP;
+    if let Ok(read) = store.get_cluster_data().await
+        && let Some(d) = sleep_of(&read)
+    {
+        sleep = d;
+    } else if let Some(d) = cfg
+        .initial_spec
+        .as_ref()
+        .and_then(|spec| spec.sleep_interval)
+    {
+        // No clusterdata yet: the cluster this sentinel will create.
+        sleep = d.to_std().max(Duration::from_millis(100));
+    }
+    let mut ttl = election_ttl(sleep);
+    if election.set_ttl(ttl) {
+        tracing::info!(ttl = ?ttl, "election lease TTL");
+    }
     let Some(mut leader_rx) = campaign(&election, &uid, &cancel).await else {
         return Ok(());
     };
@@ -301,10 +363,11 @@ pub async fn run(
         metrics,
         origin: Instant::now(),
         memory: SentinelMemory::default(),
-        sleep: DEFAULT_SLEEP,
+        sleep,
         last_info_publish: None,
         cd_errors: Default::default(),
         wake_at: None,
+        takeover: false,
     };
     let mut was_leader = false;
     // What ended the last wait, logged with each check (debug) so a late reaction can be traced
@@ -315,6 +378,7 @@ pub async fn run(
         if leader && !was_leader {
             tracing::info!("sentinel leadership acquired");
             s.memory = SentinelMemory::default();
+            s.takeover = true;
             s.metrics.leader_count.inc();
         } else if !leader && was_leader {
             tracing::info!("sentinel leadership lost");
@@ -324,6 +388,20 @@ pub async fn run(
         changes.borrow_and_update();
         tracing::debug!(woke_by, leader, "check");
         s.check(leader).await;
+        // sleepInterval changed: campaign again with a lease of the new TTL. The leader steps
+        // down for it (before its key goes, as on any resignation), and the next leader, which
+        // may be this sentinel again, takes over with the keepers' info ages: a leader must
+        // never keep a lease longer than the interval asks for.
+        if election_ttl(s.sleep) != ttl {
+            ttl = election_ttl(s.sleep);
+            if election.set_ttl(ttl) {
+                tracing::info!(ttl = ?ttl, leader, "election lease TTL changed, campaigning again");
+                match campaign(&election, &uid, &cancel).await {
+                    Some(rx) => leader_rx = rx,
+                    None => break,
+                }
+            }
+        }
 
         // A decision time already past (a check that failed before deciding leaves the old one)
         // must not wake us at once, or a failing store would make the leader spin; the resync
@@ -366,4 +444,21 @@ pub async fn run(
     }
     tracing::info!("sentinel stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod election_ttl_tests {
+    use super::*;
+
+    #[test]
+    fn election_ttl_is_four_sleep_intervals_between_4_and_20_seconds() {
+        let s = Duration::from_secs;
+        // Stolon's default interval keeps Stolon's 20 s.
+        assert_eq!(election_ttl(s(5)), s(20));
+        assert_eq!(election_ttl(s(2)), s(8));
+        assert_eq!(election_ttl(s(1)), s(4));
+        assert_eq!(election_ttl(Duration::from_millis(100)), s(4));
+        assert_eq!(election_ttl(s(30)), s(20));
+        assert_eq!(election_ttl(Duration::MAX), s(20));
+    }
 }

@@ -186,7 +186,8 @@ pub struct Stream {
 }
 
 /// One replication step over `pgs` (advertised at `addrs`, index-aligned):
-/// - every running standby whose `primary_conninfo` names a running, compatible instance catches
+/// - every running standby whose `primary_conninfo` names a running, compatible instance (and
+///   whose replication is not `cut`) catches
 ///   up towards that instance's position at the end of the previous step (`prev_lsn`), at most
 ///   `rate` bytes, and takes over its timeline and history;
 /// - every running instance's `file_settings` become its configuration file;
@@ -200,11 +201,12 @@ pub fn replicate(
     prev_lsn: &[u64],
     rate: u64,
     source: Option<usize>,
+    cut: &[bool],
 ) -> Vec<Stream> {
     let views: Vec<PgView> = pgs.iter().map(|p| PgView::of(&p.state())).collect();
     let mut streams = Vec::new();
     for (i, v) in views.iter().enumerate() {
-        if !v.running || !v.in_recovery {
+        if !v.running || !v.in_recovery || cut.get(i).copied().unwrap_or(false) {
             continue;
         }
         let Some((host, port, app)) = v.upstream() else {

@@ -169,6 +169,10 @@ pub enum Fault {
     KillSentinel(usize),
     /// The sentinel process starts again (new UID, new election).
     RestartSentinel(usize),
+    /// The keeper's PostgreSQL loses (`true`) or regains (`false`) its replication connection
+    /// to its upstream, while the keeper still reaches the store (a network cut between the two
+    /// database hosts only).
+    CutReplication(usize, bool),
 }
 
 /// A broken invariant (or an unreached goal in a scenario), with what led to it.
@@ -305,6 +309,7 @@ pub struct World {
     db_generations: BTreeMap<String, i64>,
     last_routes: Vec<Option<(String, String)>>,
     last_primaries: Vec<bool>,
+    replication_cut: Vec<bool>,
     stats: Stats,
 }
 
@@ -365,6 +370,7 @@ impl World {
             db_generations: BTreeMap::new(),
             last_routes: vec![None; cfg.proxies],
             last_primaries: vec![false; cfg.keepers],
+            replication_cut: vec![false; cfg.keepers],
             stats: Stats::default(),
             cfg,
         };
@@ -561,6 +567,13 @@ impl World {
                     self.spawn_sentinel(i);
                 }
             }
+            Fault::CutReplication(i, cut) => {
+                self.replication_cut[i] = cut;
+                self.event(format!(
+                    "FAULT replication of keeper{i} {}",
+                    if cut { "CUT" } else { "restored" }
+                ));
+            }
         }
     }
 
@@ -603,6 +616,14 @@ impl World {
                 let c = self.random_component();
                 let k = 1 + self.rng.below(5);
                 self.inject(Fault::StoreFailNext(c, k));
+            }
+            90..=94 => {
+                let i = self.rng.below(n) as usize;
+                if !self.replication_cut[i] {
+                    self.inject(Fault::CutReplication(i, true));
+                    let d = secs(&mut self.rng, 2, 20);
+                    self.schedule(d, Fault::CutReplication(i, false));
+                }
             }
             _ => {
                 let i = self.rng.below(self.cfg.sentinels as u64) as usize;
@@ -675,6 +696,23 @@ impl World {
         (0..self.proxies.len())
             .all(|p| self.routed_keeper(p) == Some(m))
             .then_some(m)
+    }
+
+    /// The index of the sentinel leading now, if any.
+    pub async fn leader_sentinel(&self) -> Option<usize> {
+        let leader = self
+            .kv
+            .store(PREFIX, CLUSTER)
+            .election()
+            .leader()
+            .await
+            .ok()??;
+        leader
+            .strip_prefix("sentinel")?
+            .split('-')
+            .next()?
+            .parse()
+            .ok()
     }
 
     /// Whether keeper `i`'s PostgreSQL runs as a primary.
@@ -770,6 +808,7 @@ impl World {
             &self.prev_lsn,
             self.cfg.replication_rate,
             source,
+            &self.replication_cut,
         );
         let views: Vec<PgView> = pgs.iter().map(|p| PgView::of(&p.state())).collect();
         self.settle_writes(&views, &streams);

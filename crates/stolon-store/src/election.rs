@@ -36,7 +36,7 @@ struct Campaign {
 pub(crate) struct LeaseElection<B: KvBackend> {
     backend: Arc<B>,
     layout: KeyLayout,
-    ttl: Duration,
+    ttl: Mutex<Duration>,
     campaign: Mutex<Option<Campaign>>,
 }
 
@@ -45,9 +45,14 @@ impl<B: KvBackend> LeaseElection<B> {
         LeaseElection {
             backend,
             layout,
-            ttl: ttl.max(Duration::from_secs(1)),
+            ttl: Mutex::new(ttl.max(Duration::from_secs(1))),
             campaign: Mutex::new(None),
         }
+    }
+
+    /// Sets the lease TTL of the next campaign (at least 1 s).
+    pub fn set_ttl(&self, ttl: Duration) {
+        *self.ttl.lock().expect("ttl lock poisoned") = ttl.max(Duration::from_secs(1));
     }
 
     pub async fn campaign(&self, candidate: &str) -> Result<watch::Receiver<bool>, StoreError> {
@@ -59,7 +64,7 @@ impl<B: KvBackend> LeaseElection<B> {
         let task = tokio::spawn(run_campaign(
             self.backend.clone(),
             self.layout.clone(),
-            self.ttl,
+            *self.ttl.lock().expect("ttl lock poisoned"),
             candidate.to_string(),
             tx.clone(),
             lease.clone(),

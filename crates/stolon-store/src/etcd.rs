@@ -3,12 +3,18 @@
 //! Endpoint failover: the store keeps one etcd client per endpoint (each on its own HTTP/2
 //! connection) and sends every request to the endpoint that last answered. When a request
 //! fails with a transport-level error (connection refused or reset, `Unavailable`, "no leader"
-//! under `require-leader`) or does not answer within `--store-timeout`, the same request is
+//! under `require-leader`) or does not answer within its attempt deadline, the same request is
 //! tried on the next endpoint; every endpoint is tried at least once, and failed rounds are
 //! repeated (short pauses) until the store timeout has elapsed, which rides out an etcd leader
-//! election. So one dead endpoint of three never fails a request; a frozen one costs one
-//! timeout before the others are tried. A request takes at most about
-//! `max(store timeout, endpoints x store timeout)`, the latter only when endpoints hang.
+//! election. The attempt deadline is short in the first round over the endpoints (1 s, or the
+//! store timeout when that is shorter) and doubles each later round, capped by what is
+//! left of the store timeout (but never below the first round's); with a single endpoint the
+//! one attempt gets the whole store timeout. So one dead or partitioned endpoint of three costs a request at most one short
+//! attempt deadline (1 s at the default 5 s store timeout), well within a proxy's timeout, and
+//! the requests after it go straight to the endpoint that answered; a cluster that is merely
+//! slow still gets the whole store timeout in the later rounds. HTTP/2 keepalive pings with a
+//! ping timeout of two attempt deadlines also close a connection to a member that stopped
+//! answering, which ends (and re-establishes elsewhere) the change watch running on it.
 //!
 //! Compare-and-swap is a transaction on the key's mod revision (create revision 0 when the key
 //! must be absent). Infos get a fresh lease per write; the lease the key had before is revoked
@@ -38,8 +44,10 @@ use crate::{ClusterDataRead, Election, Revision, Store};
 use stolon_core::model::{ClusterData, KeeperInfo, ProxyInfo, SentinelInfo};
 
 /// HTTP/2 keepalive ping interval on store connections (etcd refuses pings more often than
-/// every 5 s by default); the ping timeout is the store timeout.
+/// every 5 s by default); the ping timeout is two attempt deadlines.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Bound of the attempt deadline of the first round over the endpoints.
+const ATTEMPT_MAX: Duration = Duration::from_secs(1);
 /// Pause between failed rounds over all endpoints.
 const ROUND_PAUSE_MIN: Duration = Duration::from_millis(50);
 const ROUND_PAUSE_MAX: Duration = Duration::from_millis(500);
@@ -129,7 +137,7 @@ impl EndpointPool {
                 .map_err(|e| StoreError::Config(format!("endpoint {ep:?}: {e}")))?
                 .connect_timeout(cfg.timeout)
                 .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(cfg.timeout)
+                .keep_alive_timeout(first_attempt_deadline(cfg.timeout) * 2)
                 .keep_alive_while_idle(false);
             let channel = endpoint.connect_with_connector_lazy(connector);
             let client = Client::from_channel(
@@ -148,11 +156,12 @@ impl EndpointPool {
     }
 
     /// Runs `op` on the current endpoint, moving on to the next ones on transport failures,
-    /// "no leader" answers and timeouts. Each try is bounded by the store timeout. Every
-    /// endpoint is tried at least once; while the store timeout has not elapsed, failed rounds
-    /// are repeated after a short pause (this rides out an etcd leader election after the leader
-    /// died). So a request takes at most about `max(store timeout, endpoints x store timeout)`,
-    /// the latter only when endpoints hang instead of failing.
+    /// "no leader" answers and attempt deadlines. Every endpoint is tried at least once; while
+    /// the store timeout has not elapsed, failed rounds are repeated after a short pause (this
+    /// rides out an etcd leader election after the leader died). Each attempt is bounded by
+    /// [`attempt_deadline`], so a request takes at most about the store timeout plus one
+    /// first-round attempt deadline (a little more when every endpoint hangs and the store
+    /// timeout is shorter than a round).
     async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
     where
         F: Fn(Client) -> Fut,
@@ -167,13 +176,7 @@ impl EndpointPool {
         let mut last;
         loop {
             let (name, client) = &self.clients[idx];
-            let budget = if tries < n {
-                self.timeout
-            } else {
-                self.timeout
-                    .saturating_sub(started.elapsed())
-                    .max(ROUND_PAUSE_MIN)
-            };
+            let budget = attempt_deadline(self.timeout, started.elapsed(), n, tries / n);
             match tokio::time::timeout(budget, op(client.clone())).await {
                 Ok(Ok(v)) => {
                     if idx != first {
@@ -190,7 +193,7 @@ impl EndpointPool {
                     Failure::Fatal(err) => return Err(with_endpoint(err, name)),
                 },
                 Err(_) => {
-                    tracing::debug!(endpoint = %name, "store: {what} timed out, trying next endpoint");
+                    tracing::debug!(endpoint = %name, deadline = ?budget, "store: {what} timed out, trying next endpoint");
                     last = StoreError::Timeout(self.timeout);
                 }
             }
@@ -208,6 +211,37 @@ impl EndpointPool {
             }
         }
     }
+}
+
+/// The attempt deadline of the first round over several endpoints: the store timeout, at most
+/// [`ATTEMPT_MAX`]. (Shorter store timeouts keep their whole value per attempt: a round over
+/// the endpoints then lasts long enough for etcd to elect a new leader when the old one hangs.)
+fn first_attempt_deadline(timeout: Duration) -> Duration {
+    timeout.min(ATTEMPT_MAX)
+}
+
+/// The deadline of one attempt in round `round` (0-based) over `endpoints` endpoints, `elapsed`
+/// into a request whose budget is `timeout`. With one endpoint there is nowhere else to go: the
+/// attempt gets whatever is left (at least [`ROUND_PAUSE_MIN`]). With several, the first
+/// round's deadline is [`first_attempt_deadline`] and it doubles each later round, capped by
+/// what is left but never below the first round's (a round started late still gives each
+/// endpoint a fair try, e.g. while etcd elects a new leader).
+fn attempt_deadline(
+    timeout: Duration,
+    elapsed: Duration,
+    endpoints: usize,
+    round: usize,
+) -> Duration {
+    let left = timeout.saturating_sub(elapsed);
+    if endpoints <= 1 {
+        return left.max(ROUND_PAUSE_MIN);
+    }
+    let first = first_attempt_deadline(timeout);
+    if round == 0 {
+        return first;
+    }
+    let factor = 1u32 << round.min(16);
+    first.saturating_mul(factor).min(left.max(first))
 }
 
 fn with_endpoint(e: StoreError, endpoint: &str) -> StoreError {
@@ -443,6 +477,33 @@ impl KvBackend for EtcdBackend {
     fn changes(&self) -> watch::Receiver<u64> {
         self.tx.subscribe()
     }
+
+    async fn lease_ages(&self, prefix: &str) -> Result<Vec<(String, Duration)>, StoreError> {
+        let resp = self
+            .pool
+            .call("list", |mut c| async move {
+                let opts = GetOptions::new().with_prefix().with_keys_only();
+                c.get(prefix, Some(opts)).await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            let lease = kv.lease();
+            if lease == 0 {
+                continue;
+            }
+            let ttl = self
+                .pool
+                .call("lease time-to-live", |mut c| async move {
+                    c.lease_time_to_live(lease, None).await
+                })
+                .await?;
+            if let Some(age) = crate::kv::lease_age(ttl.granted_ttl(), ttl.ttl()) {
+                out.push((String::from_utf8_lossy(kv.key()).into_owned(), age));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Options of [`connect_with`] beyond the flags.
@@ -537,6 +598,11 @@ impl Store for EtcdStore {
     ) -> Result<std::collections::BTreeMap<String, KeeperInfo>, StoreError> {
         self.inner.get_keepers_info().await
     }
+    async fn keeper_info_ages(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Duration>, StoreError> {
+        self.inner.keeper_info_ages().await
+    }
     async fn put_sentinel_info(
         &self,
         info: &SentinelInfo,
@@ -577,5 +643,77 @@ impl Election for EtcdElection {
     }
     async fn resign(&self) -> Result<(), StoreError> {
         self.inner.resign().await
+    }
+    fn set_ttl(&self, ttl: Duration) -> bool {
+        self.inner.set_ttl(ttl);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S5: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn first_round_attempts_are_short_with_several_endpoints() {
+        // Default store timeout: 1 s per attempt, whatever has elapsed.
+        assert_eq!(
+            attempt_deadline(S5, Duration::ZERO, 3, 0),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            attempt_deadline(S5, Duration::from_secs(2), 3, 0),
+            Duration::from_secs(1)
+        );
+        // A store timeout under 1 s: the whole of it.
+        assert_eq!(
+            attempt_deadline(Duration::from_millis(400), Duration::ZERO, 2, 0),
+            Duration::from_millis(400)
+        );
+    }
+
+    #[test]
+    fn later_rounds_double_up_to_what_is_left() {
+        assert_eq!(
+            attempt_deadline(S5, Duration::from_millis(3100), 3, 1),
+            Duration::from_millis(1900)
+        );
+        assert_eq!(
+            attempt_deadline(S5, Duration::from_millis(500), 3, 1),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            attempt_deadline(S5, Duration::from_millis(500), 3, 2),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            attempt_deadline(S5, Duration::from_millis(500), 3, 3),
+            Duration::from_millis(4500)
+        );
+        // Little or nothing left: still the first round's deadline.
+        assert_eq!(
+            attempt_deadline(S5, Duration::from_millis(4500), 3, 1),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            attempt_deadline(S5, Duration::from_secs(6), 3, 3),
+            Duration::from_secs(1)
+        );
+        // Huge round numbers do not overflow.
+        assert_eq!(
+            attempt_deadline(S5, Duration::from_secs(1), 3, 100),
+            Duration::from_secs(4)
+        );
+    }
+
+    #[test]
+    fn a_single_endpoint_gets_the_whole_timeout() {
+        assert_eq!(attempt_deadline(S5, Duration::ZERO, 1, 0), S5);
+        assert_eq!(
+            attempt_deadline(S5, Duration::from_secs(2), 1, 1),
+            Duration::from_secs(3)
+        );
     }
 }

@@ -50,6 +50,20 @@ pub(crate) trait KvBackend: Send + Sync + 'static {
     async fn revoke(&self, lease: i64) -> Result<(), StoreError>;
     /// Change counter for everything under the cluster prefix.
     fn changes(&self) -> watch::Receiver<u64>;
+    /// For each key under `prefix` bound to a lease: a lower bound of how long ago that lease
+    /// was granted or last refreshed, measured by the store itself (no clock of ours involved).
+    async fn lease_ages(&self, prefix: &str) -> Result<Vec<(String, Duration)>, StoreError>;
+}
+
+/// The lower bound of a lease's age from the store's whole-second answer: granted `granted`
+/// seconds, `remaining` left (the lease expires in under `remaining + 1` s). `None` for a lease
+/// that is gone.
+pub(crate) fn lease_age(granted: i64, remaining: i64) -> Option<Duration> {
+    if remaining < 0 || granted <= 0 {
+        return None;
+    }
+    let secs = granted.saturating_sub(remaining).saturating_sub(1).max(0);
+    Some(Duration::from_secs(secs.unsigned_abs()))
 }
 
 /// The domain store over a [`KvBackend`].
@@ -204,6 +218,19 @@ impl<B: KvBackend> Store for KvStore<B> {
             Some(lease) => self.backend.revoke(lease).await,
             None => Ok(()),
         }
+    }
+
+    // Every publish writes the info under a fresh lease: its age is the info's.
+    async fn keeper_info_ages(&self) -> Result<BTreeMap<String, Duration>, StoreError> {
+        let prefix = self.layout.keepers_info_dir();
+        let ages = self.backend.lease_ages(&prefix).await?;
+        Ok(ages
+            .into_iter()
+            .filter_map(|(key, age)| {
+                let uid = key.strip_prefix(&prefix)?.trim_start_matches('/');
+                (!uid.is_empty()).then(|| (uid.to_string(), age))
+            })
+            .collect())
     }
 
     async fn get_keepers_info(&self) -> Result<BTreeMap<String, KeeperInfo>, StoreError> {

@@ -75,6 +75,14 @@ pub trait Store: Send + Sync + 'static {
     async fn put_keeper_info(&self, info: &KeeperInfo, ttl: Duration) -> Result<(), StoreError>;
     /// All live keeper infos by keeper UID. Undecodable entries are skipped with a warning.
     async fn get_keepers_info(&self) -> Result<BTreeMap<String, KeeperInfo>, StoreError>;
+    /// For each keeper whose info is in the store: a lower bound of how long ago it published
+    /// it, measured by the store from the info's lease (no clock of ours, so no clock
+    /// synchronisation is trusted). A sentinel that takes over leadership uses it to judge
+    /// keepers that were already silent before. Default: nothing known (every keeper is then
+    /// judged from when the new leader first looks).
+    async fn keeper_info_ages(&self) -> Result<BTreeMap<String, Duration>, StoreError> {
+        Ok(BTreeMap::new())
+    }
     /// Withdraws the keeper info this store published for `uid` (a keeper stopping cleanly), so
     /// the sentinel stops seeing it at once instead of after its TTL. Nothing published: no-op.
     async fn delete_keeper_info(&self, uid: &str) -> Result<(), StoreError>;
@@ -118,6 +126,13 @@ pub trait Election: Send + Sync + 'static {
 
     /// Stops campaigning and gives up leadership (deletes our election key).
     async fn resign(&self) -> Result<(), StoreError>;
+
+    /// Sets the lease TTL of the next [`Election::campaign`] (a running campaign keeps its
+    /// lease). Returns false when the backend has no such setting (its TTL is configured
+    /// otherwise, e.g. the Kubernetes lock's lease duration).
+    fn set_ttl(&self, _ttl: Duration) -> bool {
+        false
+    }
 }
 
 /// Connects to the configured store: etcd v3 (the store and its sentinel election share the

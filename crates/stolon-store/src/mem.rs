@@ -406,6 +406,28 @@ impl KvBackend for MemBackend {
         self.kv.ensure_reaper();
         self.tx.subscribe()
     }
+
+    async fn lease_ages(&self, prefix: &str) -> Result<Vec<(String, Duration)>, StoreError> {
+        let st = self.kv.begin()?;
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (key, e) in st.kvs.range(prefix.to_string()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let Some(lease) = e.lease.and_then(|id| st.leases.get(&id)) else {
+                continue;
+            };
+            // Whole seconds, as etcd answers.
+            let granted = i64::try_from(lease.ttl.as_secs()).unwrap_or(i64::MAX);
+            let remaining = i64::try_from(lease.deadline.saturating_duration_since(now).as_secs())
+                .unwrap_or(i64::MAX);
+            if let Some(age) = crate::kv::lease_age(granted, remaining) {
+                out.push((key.clone(), age));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// In-memory [`Store`] for one cluster.
@@ -474,6 +496,11 @@ impl Store for MemStore {
     async fn get_keepers_info(&self) -> Result<BTreeMap<String, KeeperInfo>, StoreError> {
         self.inner.get_keepers_info().await
     }
+    async fn keeper_info_ages(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Duration>, StoreError> {
+        self.inner.keeper_info_ages().await
+    }
     async fn put_sentinel_info(
         &self,
         info: &SentinelInfo,
@@ -511,6 +538,10 @@ impl Election for MemElection {
     }
     async fn resign(&self) -> Result<(), StoreError> {
         self.inner.resign().await
+    }
+    fn set_ttl(&self, ttl: Duration) -> bool {
+        self.inner.set_ttl(ttl);
+        true
     }
 }
 

@@ -157,6 +157,13 @@ impl Store for Unreliable {
         self.inner.get_keepers_info().await
     }
 
+    async fn keeper_info_ages(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Duration>, StoreError> {
+        self.faults.gate("keeper_info_ages").await?;
+        self.inner.keeper_info_ages().await
+    }
+
     async fn delete_keeper_info(&self, uid: &str) -> Result<(), StoreError> {
         self.faults.gate("delete_keeper_info").await?;
         self.inner.delete_keeper_info(uid).await
@@ -223,6 +230,10 @@ impl Election for UnreliableElection {
     async fn resign(&self) -> Result<(), StoreError> {
         self.faults.gate("resign").await?;
         self.inner.resign().await
+    }
+
+    fn set_ttl(&self, ttl: std::time::Duration) -> bool {
+        self.inner.set_ttl(ttl)
     }
 }
 

@@ -170,6 +170,65 @@ async fn frozen_member_is_skipped() {
         .expect("healthy after resume");
 }
 
+/// A member that stops answering without closing its connections (frozen: what a partition
+/// looks like from the client) while it is the endpoint in use, at the default 5 s store
+/// timeout: every read and CAS write still succeeds, and none waits out the store timeout on
+/// the dead member (one short attempt deadline, then the next endpoint). The bound asserted
+/// is the store timeout itself, which the client used to spend whole on the frozen member.
+#[tokio::test]
+async fn frozen_member_costs_less_than_the_store_timeout() {
+    let etcd = EtcdServer::start_cluster_async(3)
+        .await
+        .expect("3-member etcd");
+    let cfg = etcd.store_config("black-hole");
+    assert_eq!(cfg.timeout, Duration::from_secs(5));
+    let store = store_for(&cfg).await;
+    let mut rev = store
+        .put_cluster_data(&sample_cluster_data("init"), None)
+        .await
+        .expect("write");
+    // Member 0 answered the write, so it is the endpoint in use.
+    etcd.pause_member(0).expect("pause");
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let started = Instant::now();
+        let read = store
+            .get_cluster_data()
+            .await
+            .unwrap_or_else(|e| panic!("read {i} failed: {e}"));
+        assert_eq!(read.revision.as_ref(), Some(&rev), "read {i}");
+        let read_took = started.elapsed();
+        let started = Instant::now();
+        rev = store
+            .put_cluster_data(&sample_cluster_data(&format!("w{i}")), Some(&rev))
+            .await
+            .unwrap_or_else(|e| panic!("CAS write {i} failed: {e}"));
+        let write_took = started.elapsed();
+        for took in [read_took, write_took] {
+            assert!(
+                took < cfg.timeout,
+                "request {i} took {took:?}, the whole store timeout"
+            );
+            slowest = slowest.max(took);
+        }
+    }
+    eprintln!("slowest request with member 0 frozen: {slowest:?}");
+
+    // A fresh store whose first endpoint is the frozen one.
+    let fresh = store_for(&cfg).await;
+    let started = Instant::now();
+    let read = fresh.get_cluster_data().await.expect("fresh read");
+    let took = started.elapsed();
+    assert_eq!(read.revision.as_ref(), Some(&rev));
+    assert!(took < cfg.timeout, "fresh store's first read took {took:?}");
+    eprintln!("fresh store's first read with member 0 frozen: {took:?}");
+
+    etcd.resume_member(0).expect("resume");
+    etcd.wait_healthy_async(Duration::from_secs(30))
+        .await
+        .expect("healthy after resume");
+}
+
 /// The Kubernetes backend is not built yet; the error says so.
 #[tokio::test]
 async fn kubernetes_backend_not_built_yet() {

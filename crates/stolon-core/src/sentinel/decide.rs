@@ -199,6 +199,8 @@ pub fn decide(
         }
     }
 
+    super::syncloss::remember_losses(&mut mem, prev, &cd, &spec, now);
+
     // Forget timers of objects that no longer exist.
     mem.keeper_error_since
         .retain(|k, _| cd.keepers.contains_key(k));

@@ -27,6 +27,9 @@ pub struct SentinelMemory {
     pub db_not_increasing_xlog: BTreeMap<String, u32>,
     /// Last proxy info seen per proxy UID.
     pub proxy_infos: BTreeMap<String, InfoHistory>,
+    /// Synchronous standbys the master stopped reporting in sync, and since when: not chosen
+    /// as new synchronous standbys for `failInterval` after (syncloss.rs).
+    pub sync_lost: BTreeMap<String, MonoInstant>,
     /// When the previous decision was made (`None` before the first).
     pub last_decision: Option<MonoInstant>,
 }

@@ -17,6 +17,8 @@ mod memory;
 mod pause;
 pub mod priority;
 pub mod switchover;
+mod syncloss;
+mod takeover;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod update;
@@ -29,3 +31,4 @@ pub use decide::{Chooser, DecideInput, Decision, FirstChoice, decide};
 pub use event::{Event, Severity};
 pub use invariants::{InvariantViolation, validate_handshake, validate_invariants};
 pub use memory::{Convergence, InfoHistory, MonoInstant, SentinelMemory};
+pub use takeover::memory_at_takeover;

@@ -797,11 +797,13 @@ fn sync_standbys(cd: &mut ClusterData, master_uid: &str, ctx: &Ctx<'_>, events: 
             db: master_uid.to_string(),
         });
     } else {
-        // 4. Compute the new set.
+        // 4. Compute the new set. Standbys the master reports as no longer in sync are
+        // replaced at once, without waiting for their keepers to fail (syncloss.rs).
+        let lost = super::syncloss::lost_sync_standbys(ctx, cd, &master, &status);
         let exists = |u: &String| cd.dbs.contains_key(u);
         let mut set: Vec<String> = spec_list
             .iter()
-            .filter(|u| exists(u))
+            .filter(|u| exists(u) && !lost.contains(*u))
             .filter(|u| {
                 cd.dbs
                     .get(*u)
@@ -814,9 +816,15 @@ fn sync_standbys(cd: &mut ClusterData, master_uid: &str, ctx: &Ctx<'_>, events: 
             dbs.sort_by(|a, b| most_advanced_first(a, b));
             set = dbs.into_iter().take(max).map(|d| d.uid.clone()).collect();
         }
+        // After a loss, enough standbys still known in sync: drop the lost ones first (commits
+        // resume at once) and grow the set again in a later round.
+        let shrink_only = !lost.is_empty() && set.len() >= min.max(1);
         for db in ctx.best_standbys(cd, &master, false) {
-            if set.len() >= max {
+            if set.len() >= max || shrink_only {
                 break;
+            }
+            if lost.contains(&db.uid) || super::syncloss::recently_lost(ctx, &db.uid) {
+                continue;
             }
             let can_sync = cd
                 .keepers

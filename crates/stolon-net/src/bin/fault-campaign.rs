@@ -1,33 +1,54 @@
-//! Runs a fault campaign on the multi-host harness: `fault-campaign [--cycles N] [--async]`.
-//! A cycle is one fault (the eight faults in turn); prints a table row per cycle, the per-fault
+//! Runs a fault campaign on the multi-host harness:
+//! `fault-campaign [--cycles N] [--async] [--faults NAME,NAME...]`.
+//! A cycle is one fault (the eight faults in turn, or those named, by their table names);
+//! prints a table row per cycle, the per-fault
 //! summary table and one summary line. Exits non-zero if a cycle lost an acknowledged write
 //! with synchronous replication, saw a split brain, or did not converge.
 
 use std::process::ExitCode;
 
-use stolon_net::campaign::{self, ALL, TABLE_HEADER};
+use stolon_net::campaign::{self, ALL, Fault, TABLE_HEADER};
 use stolon_net::cluster::{NetCluster, NetConfig};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: fault-campaign [--cycles N] [--async]");
+    eprintln!("usage: fault-campaign [--cycles N] [--async] [--faults NAME,NAME...]");
     ExitCode::from(2)
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mut cycles = ALL.len();
+    let mut cycles = None;
     let mut synchronous = true;
+    let mut faults: Vec<Fault> = ALL.to_vec();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--cycles" => match args.next().and_then(|v| v.parse().ok()) {
-                Some(n) if n > 0 => cycles = n,
+                Some(n) if n > 0 => cycles = Some(n),
                 _ => {
                     eprintln!("fault-campaign: --cycles needs a positive number");
                     return usage();
                 }
             },
             "--async" => synchronous = false,
+            "--faults" => {
+                let names = args.next().unwrap_or_default();
+                let mut chosen = Vec::new();
+                for name in names.split(',').filter(|n| !n.is_empty()) {
+                    match ALL.iter().find(|f| f.name() == name) {
+                        Some(f) => chosen.push(*f),
+                        None => {
+                            eprintln!("fault-campaign: unknown fault {name:?}");
+                            return usage();
+                        }
+                    }
+                }
+                if chosen.is_empty() {
+                    eprintln!("fault-campaign: --faults needs at least one fault name");
+                    return usage();
+                }
+                faults = chosen;
+            }
             "-h" | "--help" => return usage(),
             other => {
                 eprintln!("fault-campaign: unknown argument {other:?}");
@@ -35,6 +56,7 @@ async fn main() -> ExitCode {
             }
         }
     }
+    let cycles = cycles.unwrap_or(faults.len());
     let cfg = NetConfig::fast(synchronous);
     println!(
         "campaign: {cycles} cycles, {}",
@@ -64,7 +86,7 @@ async fn main() -> ExitCode {
         }
     };
     for i in 0..cycles {
-        let fault = ALL[i % ALL.len()];
+        let fault = faults[i % faults.len()];
         let base = (i as i64 + 1) * 100_000_000_000;
         let r = tokio::select! {
             r = campaign::run_cycle(&mut c, fault, base) => r,

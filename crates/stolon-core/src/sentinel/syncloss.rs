@@ -1,0 +1,103 @@
+//! Synchronous standbys the master reports as no longer in sync (docs/architecture.md §6.7).
+//!
+//! A synchronous standby whose host is cut off keeps its keeper healthy in the sentinel's eyes
+//! until `failInterval` has passed without a report from it, and every commit on the master
+//! waits for it all that time. The master sees the loss first: its walsender for that standby
+//! ends (`wal_sender_timeout`, or at once when the connection breaks) and the standby leaves
+//! the in-sync list the master's keeper reports. This rule acts on that report: a standby known
+//! to be in sync that the master's current report no longer lists is replaced at once, through
+//! the usual two-step change (so a standby known in sync stays listed until its replacement is
+//! reported in sync), and only standbys the master reports in sync ever become electable.
+//!
+//! A lost standby is remembered (in the leader's memory) for `failInterval`, and not chosen as
+//! a new synchronous standby meanwhile: to the master it looks like any asynchronous standby,
+//! and listing one that cannot stream would stall commits again. After `failInterval` its
+//! keeper has failed if the standby's host is really cut off, or it is a candidate again.
+//!
+//! Pure. The master's report counts only when it is this round's: the master's keeper has a
+//! fresh info and its DB reported a healthy state (a leader's first round, a silent keeper or
+//! an unhealthy report leave no report to act on, and nothing is replaced).
+
+use std::collections::BTreeSet;
+
+use crate::model::{ClusterData, Db, EffectiveSpec};
+
+use super::classify::{Ctx, keeper_of};
+use super::memory::{MonoInstant, SentinelMemory};
+
+/// The standbys in `known_in_sync` that the master's report of this round does not list as in
+/// sync; empty when this round has no fresh, healthy report from the master.
+pub(crate) fn lost_sync_standbys(
+    ctx: &Ctx<'_>,
+    cd: &ClusterData,
+    master: &Db,
+    known_in_sync: &[String],
+) -> BTreeSet<String> {
+    if !master_report_is_current(ctx, cd, master) {
+        return BTreeSet::new();
+    }
+    known_in_sync
+        .iter()
+        .filter(|u| !master.status.cur_synchronous_standbys.contains(u))
+        .cloned()
+        .collect()
+}
+
+/// Whether `master`'s in-sync list in its status was reported this round: its keeper's info is
+/// fresh (proof of life seen by this leader) and its DB is not in error.
+fn master_report_is_current(ctx: &Ctx<'_>, cd: &ClusterData, master: &Db) -> bool {
+    let keeper = keeper_of(master);
+    let seen = ctx.mem.keeper_infos.get(keeper).is_some_and(|h| h.seen);
+    let keeper_fresh = !ctx.mem.keeper_error_since.contains_key(keeper);
+    let db_ok = !ctx.mem.db_error_since.contains_key(&master.uid) && master.status.healthy;
+    let keeper_healthy = cd.keepers.get(keeper).is_some_and(|k| k.status.healthy);
+    seen && keeper_fresh && db_ok && keeper_healthy
+}
+
+/// Whether `uid` was lost as a synchronous standby less than `failInterval` ago.
+pub(crate) fn recently_lost(ctx: &Ctx<'_>, uid: &str) -> bool {
+    ctx.mem
+        .sync_lost
+        .get(uid)
+        .is_some_and(|t| ctx.now.saturating_sub(*t) <= ctx.spec.fail_interval.to_std())
+}
+
+/// After a decision: remembers the standbys the master `prev` knew in sync that its current
+/// report in `cd` no longer lists, and forgets those reported in sync again, gone, or lost
+/// longer than `failInterval` ago.
+pub(crate) fn remember_losses(
+    mem: &mut SentinelMemory,
+    prev: &ClusterData,
+    cd: &ClusterData,
+    spec: &EffectiveSpec,
+    now: MonoInstant,
+) {
+    let fail = spec.fail_interval.to_std();
+    let lost = match cd.master_db() {
+        Some(master) => {
+            let known = prev
+                .dbs
+                .get(&master.uid)
+                .and_then(|db| db.status.synchronous_standbys.clone())
+                .unwrap_or_default();
+            let view = mem.clone();
+            let ctx = Ctx {
+                spec,
+                mem: &view,
+                now,
+            };
+            if master_report_is_current(&ctx, cd, master) {
+                for u in &master.status.cur_synchronous_standbys {
+                    mem.sync_lost.remove(u);
+                }
+            }
+            lost_sync_standbys(&ctx, cd, master, &known)
+        }
+        None => BTreeSet::new(),
+    };
+    for u in lost {
+        mem.sync_lost.entry(u).or_insert(now);
+    }
+    mem.sync_lost
+        .retain(|u, t| cd.dbs.contains_key(u) && now.saturating_sub(*t) <= fail);
+}
