@@ -6,23 +6,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pretty_assertions::assert_eq;
-use stolon_core::model::{ClusterData, DbSpec};
+use stolon_core::model::ClusterData;
 use stolon_core::sentinel::testing::{ClusterFixture, db_uid};
 use stolon_core::sentinel::{Decision, Event, memory_at_takeover, validate_invariants};
 use stolon_core::timestamp::Timestamp;
 
+mod common;
+use common::{next_of, spec_mut};
+
 const HALF: Duration = Duration::from_millis(500);
-
-fn next_of(d: &Decision) -> ClusterData {
-    d.next.clone().expect("a clusterdata write")
-}
-
-fn spec_mut<'a>(cd: &'a mut ClusterData, keeper: &str) -> &'a mut DbSpec {
-    cd.dbs
-        .get_mut(&db_uid(keeper))
-        .and_then(|d| d.spec.as_mut())
-        .expect("db spec")
-}
 
 /// `before` with the master `k1`'s synchronous list set to `list` (a spec change: generation
 /// bump) and its known-in-sync status set to `status`.

@@ -3,124 +3,20 @@
 //! on) and pause (no automatic failover). Each election scenario asserts the whole next
 //! clusterdata.
 
-use std::time::Duration;
-
 use pretty_assertions::assert_eq;
-use stolon_core::model::{
-    ClusterData, DbRole, DbSpec, FollowType, KeeperInfo, MasterChange, MasterChangeReason,
-};
+use stolon_core::model::{ClusterData, DbRole, KeeperInfo, MasterChange, MasterChangeReason};
 use stolon_core::sentinel::priority::{
     DEFAULT_KEEPER_PRIORITY, initial_master_candidates, rank_new_masters,
 };
 use stolon_core::sentinel::testing::{ClusterFixture, db_uid};
-use stolon_core::sentinel::{Decision, Event, validate_invariants};
+use stolon_core::sentinel::{Decision, Event};
 use stolon_core::timestamp::Timestamp;
 
-const SEC: Duration = Duration::from_secs(1);
-
-/// Ticks one second at a time (keepers in `silent` do not republish) until a decision carries an
-/// event matching `pred`; returns the clusterdata before that decision and the decision.
-fn until(
-    f: &mut ClusterFixture,
-    silent: &[&str],
-    pred: impl Fn(&Event) -> bool,
-) -> (ClusterData, Decision) {
-    for _ in 0..60 {
-        f.tick(SEC, silent);
-        let before = f.cd.clone();
-        let d = f.decide();
-        if let Some(next) = &d.next {
-            validate_invariants(Some(&before), next).expect("invariants hold");
-        }
-        let hit = d.events.iter().any(&pred);
-        f.apply(&d);
-        if hit {
-            return (before, d);
-        }
-    }
-    panic!("event never happened; last events: {:?}", f.decide().events);
-}
+mod common;
+use common::*;
 
 fn is_election(e: &Event) -> bool {
     matches!(e, Event::ElectingNewMaster { .. })
-}
-
-fn spec_mut<'a>(cd: &'a mut ClusterData, keeper: &str) -> &'a mut DbSpec {
-    cd.dbs
-        .get_mut(&db_uid(keeper))
-        .and_then(|d| d.spec.as_mut())
-        .expect("db spec")
-}
-
-/// The whole clusterdata expected right after an asynchronous election of `new`'s DB replacing
-/// the failed `old` (the keepers in `alive` refreshed).
-fn expect_async_election(
-    before: &ClusterData,
-    now: Timestamp,
-    old: &str,
-    new: &str,
-    alive: &[&str],
-) -> ClusterData {
-    let mut expected = before.clone();
-    for k in alive {
-        let k = expected.keepers.get_mut(*k).expect("keeper");
-        k.status.last_healthy_time = now;
-        k.change_time = now;
-    }
-    let k = expected.keepers.get_mut(old).expect("old keeper");
-    k.status.healthy = false;
-    k.change_time = now;
-    let old_db = expected.dbs.get_mut(&db_uid(old)).expect("db");
-    old_db.status.healthy = false;
-    old_db.change_time = now;
-    old_db.generation += 1;
-    let s = spec_mut(&mut expected, old);
-    s.role = Some(DbRole::Standby);
-    s.follow_config = None;
-    s.followers = Some(vec![]);
-    let m = db_uid(new);
-    let followers: Vec<String> = expected
-        .dbs
-        .values()
-        .filter(|db| {
-            db.uid != m
-                && db
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.follow_config.as_ref())
-                    .is_some_and(|f| f.kind == Some(FollowType::Internal))
-        })
-        .map(|db| db.uid.clone())
-        .collect();
-    let new_db = expected.dbs.get_mut(&m).expect("db");
-    new_db.change_time = now;
-    new_db.generation += 1;
-    let s = spec_mut(&mut expected, new);
-    s.role = Some(DbRole::Master);
-    s.follow_config = None;
-    s.followers = Some(followers);
-    let c = expected.cluster.as_mut().expect("cluster");
-    c.status.master = db_uid(new);
-    c.change_time = now;
-    let p = expected.proxy.as_mut().expect("proxy");
-    if !p.spec.master_db_uid.is_empty() {
-        p.spec.master_db_uid = String::new();
-        p.generation += 1;
-        p.change_time = now;
-    }
-    let old_pos = expected.dbs[&db_uid(old)].status.xlog_pos;
-    expected.history.push(MasterChange {
-        time: now,
-        reason: MasterChangeReason::Failed,
-        old_master_db_uid: db_uid(old),
-        old_master_keeper_uid: old.into(),
-        new_master_db_uid: db_uid(new),
-        new_master_keeper_uid: new.into(),
-        old_master_xlog_pos: old_pos,
-        write_pause: None,
-    });
-    expected.change_time = now;
-    expected
 }
 
 fn reasons_of(d: &Decision) -> String {
@@ -422,10 +318,6 @@ fn keeper_info_priority_is_optional_in_json() {
     let info: KeeperInfo =
         stolon_core::model::json::from_str(r#"{"uid":"k1","priority":0}"#).expect("json");
     assert_eq!(info.priority, Some(0));
-}
-
-fn next_of(d: &Decision) -> ClusterData {
-    d.next.clone().expect("a clusterdata write")
 }
 
 fn set_paused(f: &mut ClusterFixture, paused: Option<bool>) {
