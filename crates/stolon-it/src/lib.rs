@@ -8,6 +8,7 @@
 //! - [`pg`]: SQL helpers (through the proxy or on a keeper's instance).
 //! - [`docker`]: containers of the project's image on a private network of a Docker engine.
 
+pub mod bench;
 pub mod bins;
 pub mod cluster;
 pub mod docker;

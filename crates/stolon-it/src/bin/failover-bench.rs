@@ -222,35 +222,13 @@ async fn one_run(cfg: &Config) -> Result<RunResult> {
     })
 }
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    let n = v.len();
-    if n == 0 {
-        Duration::ZERO
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .map(|v| v.parse().context("RUNS must be a number"))
-        .transpose()?
-        .unwrap_or(5);
-    let only: Option<Vec<String>> = std::env::var("CONFIGS")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    let runs = stolon_it::bench::runs_from_env(5)?;
+    let only = stolon_it::bench::configs_from_env();
     let mut summary = Vec::new();
     for cfg in configs() {
-        if only
-            .as_ref()
-            .is_some_and(|o| !o.iter().any(|n| n == cfg.name))
-        {
+        if !stolon_it::bench::selected(&only, cfg.name) {
             continue;
         }
         let mut downtimes = Vec::new();
@@ -278,7 +256,7 @@ async fn main() -> Result<()> {
             }
         }
         let max = downtimes.iter().max().copied().unwrap_or_default();
-        let med = median(&mut downtimes);
+        let med = stolon_it::bench::median(&mut downtimes);
         summary.push(format!(
             "{:<14} runs {:>2} ok {:>2} failed {:>2}  median {:>6.2} s  max {:>6.2} s  \
              acknowledged {:>6}  lost acknowledged {}",

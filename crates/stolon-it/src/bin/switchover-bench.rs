@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use stolon_it::{Cluster, ClusterConfig, pg};
 use tokio::sync::Mutex;
@@ -214,45 +214,20 @@ async fn run_config(cfg: &Config, runs: usize) -> Result<(Vec<Switch>, usize, us
     Ok((switches, acked, lost))
 }
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    let n = v.len();
-    if n == 0 {
-        Duration::ZERO
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .map(|v| v.parse().context("RUNS must be a number"))
-        .transpose()?
-        .unwrap_or(5);
-    if runs == 0 || runs > 100 {
-        bail!("RUNS must be between 1 and 100");
-    }
-    let only: Option<Vec<String>> = std::env::var("CONFIGS")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    let runs = stolon_it::bench::runs_from_env(5)?;
+    let only = stolon_it::bench::configs_from_env();
     let mut summary = Vec::new();
     for cfg in configs() {
-        if only
-            .as_ref()
-            .is_some_and(|o| !o.iter().any(|n| n == cfg.name))
-        {
+        if !stolon_it::bench::selected(&only, cfg.name) {
             continue;
         }
         match run_config(&cfg, runs).await {
             Ok((switches, acked, lost)) => {
                 let mut pauses: Vec<Duration> = switches.iter().map(|s| s.pause).collect();
                 let max = pauses.iter().max().copied().unwrap_or_default();
-                let med = median(&mut pauses);
+                let med = stolon_it::bench::median(&mut pauses);
                 let refused: usize = switches.iter().map(|s| s.refused).sum();
                 summary.push(format!(
                     "{:<14} switchovers {:>2}  write pause median {:>6.3} s  max {:>6.3} s  \
