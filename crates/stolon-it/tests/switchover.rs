@@ -62,6 +62,21 @@ async fn writer(port: u16, first: i64, stop: Arc<AtomicBool>, out: Arc<Mutex<Wri
     }
 }
 
+/// The acknowledged ids (from 1000 on) missing on the server at `port`.
+async fn lost_writes(port: u16, acked: &[(i64, Instant)]) -> Result<Vec<i64>> {
+    let rows = pg::query_rows(port, "select id::text from table01 where id >= 1000").await?;
+    let present: std::collections::BTreeSet<i64> = rows
+        .iter()
+        .filter_map(|r| r.first().cloned().flatten())
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    Ok(acked
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !present.contains(id))
+        .collect())
+}
+
 async fn system_id(port: u16) -> Result<String> {
     pg::query_value(
         port,
@@ -124,22 +139,7 @@ async fn switchover(sync: bool) -> Result<()> {
         "too few writes after the switchover"
     );
     // Zero acknowledged writes lost: every acked id is on the new master.
-    let rows = pg::query_rows(
-        c.keepers[s].pg_port,
-        "select id::text from table01 where id >= 1000",
-    )
-    .await?;
-    let present: std::collections::BTreeSet<i64> = rows
-        .iter()
-        .filter_map(|r| r.first().cloned().flatten())
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let lost: Vec<i64> = w
-        .acked
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| !present.contains(id))
-        .collect();
+    let lost = lost_writes(c.keepers[s].pg_port, &w.acked).await?;
     ensure!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
     // Connection attempts through the proxy: every attempt made once the proxy holds is held
     // and then served by the new master. The one limit (docs/switchover.md): a connection that
@@ -314,22 +314,7 @@ async fn leader_killed_at(marker: &str) -> Result<()> {
     }
     ensure!(writable == 1, "{writable} writable primaries");
     let w = writes.lock().await;
-    let rows = pg::query_rows(
-        c.keepers[want].pg_port,
-        "select id::text from table01 where id >= 1000",
-    )
-    .await?;
-    let present: std::collections::BTreeSet<i64> = rows
-        .iter()
-        .filter_map(|r| r.first().cloned().flatten())
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let lost: Vec<i64> = w
-        .acked
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| !present.contains(id))
-        .collect();
+    let lost = lost_writes(c.keepers[want].pg_port, &w.acked).await?;
     ensure!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
     eprintln!(
         "leader killed at {marker:?}: outcome {} ({}), {} acked, 0 lost",
