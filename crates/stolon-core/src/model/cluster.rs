@@ -326,6 +326,10 @@ pub struct DbStatus {
     /// Advertised port (a string, as in Stolon).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub port: String,
+    /// Where the DB's keeper answers failsafe requests (copied from its report; empty: it does
+    /// not). Not a Stolon field.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub failsafe_address: String,
     /// System identifier (JSON key `systemdID`, sic).
     #[serde(
         rename = "systemdID",

@@ -78,6 +78,10 @@ pub struct PostgresState {
     /// Advertised port.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub port: String,
+    /// Where the keeper answers failsafe acknowledgement and confirmation requests (`host:port`
+    /// of its HTTP listener; empty: it does not). Not a Stolon field.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub failsafe_address: String,
     /// All state queries succeeded.
     #[serde(default, skip_serializing_if = "is_false")]
     pub healthy: bool,

@@ -490,6 +490,7 @@ fn update_keepers_status<'a>(
                     }
                     db.status.listen_address = ps.listen_address.clone();
                     db.status.port = ps.port.clone();
+                    db.status.failsafe_address = ps.failsafe_address.clone();
                     db.status.current_generation = ps.generation;
                     if ps.healthy {
                         error = false;
