@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use stolon_core::failsafe::wire::{self, AuthError, Envelope, Kind, NONCE_LEN, Secret};
+use stolon_core::failsafe::wire::{
+    self, AckRequestMsg, AnswerMsg, AuthError, ConfirmRequestMsg, Envelope, Kind, NONCE_LEN, Secret,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Where a keeper answers acknowledgement requests (from the master's keeper).
@@ -169,6 +171,87 @@ pub fn answer<Req: DeserializeOwned, Ans: Serialize>(
     let req: Req = wire::open(secret, req_kind, None, &env)?;
     let ans = decide(req);
     wire::seal(secret, ans_kind, &env.nonce, &ans)
+}
+
+/// How a keeper answers failsafe requests once they are authenticated: the keeper's HTTP routes
+/// call it, and so does an in-process [`Transport`] (the simulation). Each answer is decided by
+/// the pure rule on the keeper's own clock.
+pub trait Responder: Send + Sync {
+    /// Answers the master's keeper asking for an acknowledgement.
+    fn ack(&self, req: &AckRequestMsg) -> AnswerMsg;
+    /// Answers a proxy asking for a confirmation.
+    fn confirm(&self, req: &ConfirmRequestMsg) -> AnswerMsg;
+}
+
+/// How failsafe requests reach a keeper at an address (a [`Responder`] there).
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync {
+    /// Asks the keeper at `addr` to acknowledge, within `deadline`.
+    async fn ack(
+        &self,
+        addr: &str,
+        req: &AckRequestMsg,
+        deadline: Duration,
+    ) -> Result<AnswerMsg, CallError>;
+    /// Asks the keeper at `addr` to confirm, within `deadline`.
+    async fn confirm(
+        &self,
+        addr: &str,
+        req: &ConfirmRequestMsg,
+        deadline: Duration,
+    ) -> Result<AnswerMsg, CallError>;
+}
+
+/// The daemons' transport: authenticated HTTP requests to the keepers' listeners.
+#[derive(Debug, Clone)]
+pub struct HttpTransport {
+    secret: Secret,
+}
+
+impl HttpTransport {
+    /// A transport sealing every request with `secret`.
+    pub fn new(secret: Secret) -> HttpTransport {
+        HttpTransport { secret }
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for HttpTransport {
+    async fn ack(
+        &self,
+        addr: &str,
+        req: &AckRequestMsg,
+        deadline: Duration,
+    ) -> Result<AnswerMsg, CallError> {
+        call(
+            addr,
+            ACK_PATH,
+            &self.secret,
+            Kind::AckRequest,
+            Kind::AckAnswer,
+            req,
+            deadline,
+        )
+        .await
+    }
+
+    async fn confirm(
+        &self,
+        addr: &str,
+        req: &ConfirmRequestMsg,
+        deadline: Duration,
+    ) -> Result<AnswerMsg, CallError> {
+        call(
+            addr,
+            CONFIRM_PATH,
+            &self.secret,
+            Kind::ConfirmRequest,
+            Kind::ConfirmAnswer,
+            req,
+            deadline,
+        )
+        .await
+    }
 }
 
 #[cfg(test)]
