@@ -364,6 +364,7 @@ impl Keeper {
             wake,
             self.now(),
             self.sleep_interval,
+            None,
         );
         self.memory = step.memory;
         debug!(actions = ?step.actions, "plan");

@@ -253,12 +253,16 @@ impl Assignment<'_> {
 /// The ordered actions that converge the local instance to the DB the clusterdata assigns to
 /// this keeper. `cd` is `None` when the store holds no clusterdata. A failed check of the
 /// local instance ([`Probe::Unknown`]) ends the plan before anything is started, written,
-/// initialised or cloned.
+/// initialised or cloned. `promise_left` is what is left of this keeper's failsafe promise
+/// (docs/failsafe.md, zero when there is none): while it is not zero, a standby assigned the
+/// master role is not promoted, and the plan ends waiting for it
+/// ([`WaitReason::FailsafePromise`]).
 pub fn plan(
     cd: Option<&ClusterData>,
     id: &KeeperIdentity,
     observed: &Observed,
     memory: &KeeperMemory,
+    promise_left: Duration,
 ) -> Vec<KeeperAction> {
     let mut a = Actions::new();
     let Some(asg) = assignment(&mut a, cd, id, observed) else {
@@ -284,7 +288,7 @@ pub fn plan(
     }
     // 8.-10. the role.
     let phase = match asg.spec.role {
-        Some(DbRole::Master) => master(&mut a, &asg, &mut v),
+        Some(DbRole::Master) => master(&mut a, &asg, &mut v, promise_left),
         Some(DbRole::Standby) if asg.spec.follow_config.is_none() => fenced(&mut a, &asg, &mut v),
         Some(DbRole::Standby) => standby(&mut a, &asg, &mut v),
         None => unreachable_role(&mut a, &asg),
@@ -582,8 +586,15 @@ fn init_source(
 }
 
 /// Step 9: the master role: start (as a standby first when the data is a standby's, so the
-/// promotion switches timeline), promote, keep the followers' slots.
-fn master(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) -> Phase {
+/// promotion switches timeline), promote, keep the followers' slots. In failsafe mode a
+/// promotion waits until the keeper's last promise not to promote is over: the pass starts the
+/// standby if needed and ends there, so nothing is recorded as converged before the promotion.
+fn master(
+    a: &mut Actions,
+    asg: &Assignment<'_>,
+    v: &mut LocalView,
+    promise_left: Duration,
+) -> Phase {
     a.push(KeeperAction::Note(Note::RequestedRole("master")));
     if asg
         .cd
@@ -623,6 +634,12 @@ fn master(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) -> Phase {
         v.applied = Some(cfg);
     }
     if local == LocalRole::Standby {
+        if !promise_left.is_zero() {
+            a.push(KeeperAction::Wait(WaitReason::FailsafePromise {
+                remaining: promise_left,
+            }));
+            return Phase::End;
+        }
         a.push(KeeperAction::Promote);
         let applied = v.applied.as_ref();
         let cfg = PgConfig {

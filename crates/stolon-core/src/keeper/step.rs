@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use crate::failsafe::{Promise, may_promote};
 use crate::model::ClusterData;
 use crate::sentinel::MonoInstant;
 
@@ -77,7 +78,11 @@ pub fn keeper_state_update(
 
 /// One pass: the memory brought up to date with the observation (a stopped instance runs no
 /// configuration of ours any more), the plan, and when the next timer pass is due (one
-/// `sleep_interval` after the last timer pass, however many store changes come in between).
+/// `sleep_interval` after the last timer pass, however many store changes come in between, or
+/// earlier: when a promotion waits for the failsafe `promise`, the moment it is over).
+/// `promise` is the keeper's failsafe promise not to promote (docs/failsafe.md; `None` when
+/// it has none), on the same clock as `now`.
+#[allow(clippy::too_many_arguments)]
 pub fn step(
     cd: Option<&ClusterData>,
     id: &KeeperIdentity,
@@ -86,17 +91,35 @@ pub fn step(
     wake: Wake,
     now: MonoInstant,
     sleep_interval: Duration,
+    promise: Option<Promise>,
 ) -> Step {
     if observed.running == Probe::Known(false) {
         memory.applied = None;
     }
     memory.just_promoted = false;
-    let actions = plan(cd, id, observed, &memory);
-    let wake_at = memory.woke(wake, now, sleep_interval);
+    let left = promise_left(promise, now);
+    let actions = plan(cd, id, observed, &memory, left);
+    let mut wake_at = memory.woke(wake, now, sleep_interval);
+    if actions
+        .iter()
+        .any(|a| matches!(a, KeeperAction::Wait(WaitReason::FailsafePromise { .. })))
+    {
+        wake_at = wake_at.min(now.saturating_add(left));
+        memory.next_tick = Some(wake_at);
+    }
     Step {
         actions,
         memory,
         wake_at,
+    }
+}
+
+/// What is left at `now` of a failsafe promise not to promote (zero once it is over, or without
+/// one): a promotion waits while it is not zero ([`may_promote`]).
+pub fn promise_left(promise: Option<Promise>, now: MonoInstant) -> Duration {
+    match promise.map(|p| may_promote(p, now)) {
+        Some(Err(at)) => at.saturating_sub(now),
+        Some(Ok(())) | None => Duration::ZERO,
     }
 }
 

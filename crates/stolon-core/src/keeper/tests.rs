@@ -56,7 +56,7 @@ impl Observed {
 /// The plan for a scenario.
 fn plan(cd: Option<&ClusterData>, id: &KeeperIdentity, o: &Observed) -> Vec<KeeperAction> {
     let (observed, memory) = o.split();
-    super::plan(cd, id, &observed, &memory)
+    super::plan(cd, id, &observed, &memory, Duration::ZERO)
 }
 
 const BOOT: &str = "boot-1";
@@ -713,6 +713,153 @@ fn stopped_standby_assigned_master_starts_as_standby_then_promotes() {
     assert_eq!(after.recovery, RecoveryOptions::none());
 }
 
+/// Failsafe mode: a keeper whose DB is elected while its promise not to promote (given to the
+/// former master's keeper) still runs keeps its standby as it is, says how long it waits, and
+/// wakes when the promise is over.
+#[test]
+fn elected_with_a_live_failsafe_promise_waits_to_promote() {
+    let c = cd(DbRole::Master, DbInitMode::New);
+    let (observed, memory) = converged(&c, DbRole::Standby).split();
+    let si = Duration::from_secs(5);
+    let now = Duration::from_secs(100);
+    let promise = crate::failsafe::Promise {
+        until: Duration::from_secs(103),
+    };
+    let s = step(
+        Some(&c),
+        &id(),
+        &observed,
+        memory,
+        Wake::Tick,
+        now,
+        si,
+        Some(promise),
+    );
+    assert_eq!(
+        s.actions,
+        vec![
+            A::Note(Note::RequestedRole("master")),
+            A::Wait(WaitReason::FailsafePromise {
+                remaining: Duration::from_secs(3),
+            }),
+        ]
+    );
+    assert!(!s.actions.contains(&A::Promote));
+    // The next pass comes when the promise is over, not a whole sleep interval later.
+    assert_eq!(s.wake_at, Duration::from_secs(103));
+    assert_eq!(s.memory.next_tick, Some(Duration::from_secs(103)));
+    assert!(
+        WaitReason::FailsafePromise {
+            remaining: Duration::from_millis(2500)
+        }
+        .to_string()
+        .contains("2.500s"),
+    );
+
+    // A stopped standby is started as a standby, and still not promoted.
+    let mut stopped = converged(&c, DbRole::Standby);
+    stopped.running = false;
+    stopped.applied = None;
+    let (observed, memory) = stopped.split();
+    let s = step(
+        Some(&c),
+        &id(),
+        &observed,
+        memory,
+        Wake::Tick,
+        now,
+        si,
+        Some(promise),
+    );
+    assert_eq!(s.actions[2..].to_vec()[..2], [A::Start, wait_ready()]);
+    assert_eq!(
+        s.actions.last(),
+        Some(&A::Wait(WaitReason::FailsafePromise {
+            remaining: Duration::from_secs(3),
+        }))
+    );
+    assert!(!s.actions.contains(&A::Promote));
+}
+
+/// Failsafe mode: once the promise is over, the elected keeper promotes exactly as without it.
+#[test]
+fn elected_after_the_failsafe_promise_is_over_promotes() {
+    let c = cd(DbRole::Master, DbInitMode::New);
+    let o = converged(&c, DbRole::Standby);
+    let (observed, memory) = o.split();
+    let si = Duration::from_secs(5);
+    let promise = crate::failsafe::Promise {
+        until: Duration::from_secs(103),
+    };
+    for now in [Duration::from_secs(103), Duration::from_secs(200)] {
+        let s = step(
+            Some(&c),
+            &id(),
+            &observed,
+            memory.clone(),
+            Wake::Tick,
+            now,
+            si,
+            Some(promise),
+        );
+        assert!(s.actions.contains(&A::Promote), "{now:?}: {:?}", s.actions);
+        assert_eq!(s.actions, plan(Some(&c), &id(), &o));
+        assert_eq!(s.wake_at, now + si);
+    }
+}
+
+/// Without failsafe mode there is no promise: the elected keeper promotes at once, as always.
+#[test]
+fn elected_without_failsafe_promotes_at_once() {
+    let c = cd(DbRole::Master, DbInitMode::New);
+    let o = converged(&c, DbRole::Standby);
+    let (observed, memory) = o.split();
+    let now = Duration::from_secs(1);
+    let s = step(
+        Some(&c),
+        &id(),
+        &observed,
+        memory,
+        Wake::Tick,
+        now,
+        Duration::from_secs(5),
+        None,
+    );
+    assert_eq!(
+        s.actions[..2],
+        [A::Note(Note::RequestedRole("master")), A::Promote]
+    );
+    assert_eq!(promise_left(None, now), Duration::ZERO);
+}
+
+/// The promise only holds back a promotion: a master already running as one, and a standby,
+/// plan exactly as without it.
+#[test]
+fn a_failsafe_promise_changes_nothing_but_a_promotion() {
+    let promise = Some(crate::failsafe::Promise {
+        until: Duration::from_secs(1000),
+    });
+    let now = Duration::from_secs(1);
+    for (c, role) in [
+        (cd(DbRole::Master, DbInitMode::None), DbRole::Master),
+        (cd(DbRole::Standby, DbInitMode::Resync), DbRole::Standby),
+    ] {
+        let o = converged(&c, role);
+        let (observed, memory) = o.split();
+        let s = step(
+            Some(&c),
+            &id(),
+            &observed,
+            memory,
+            Wake::Tick,
+            now,
+            Duration::from_secs(5),
+            promise,
+        );
+        assert_eq!(s.actions, plan(Some(&c), &id(), &o), "{role:?}");
+    }
+}
+
 #[test]
 fn master_never_demoted_in_place() {
     let c = cd(DbRole::Standby, DbInitMode::Resync);
@@ -1158,7 +1305,7 @@ fn a_failed_is_initialized_check_yields_no_start_write_or_init() {
         assert!(plan(Some(&c), &id(), &o).iter().any(acts), "{name} acts");
         let (mut observed, memory) = o.split();
         observed.initialized = Probe::Unknown;
-        let p = super::plan(Some(&c), &id(), &observed, &memory);
+        let p = super::plan(Some(&c), &id(), &observed, &memory, Duration::ZERO);
         assert!(!p.iter().any(acts), "{name}: {p:?}");
         assert_eq!(
             p,
@@ -1173,7 +1320,7 @@ fn a_failed_is_running_check_yields_no_start_write_or_init() {
     for (name, c, o) in acting_scenarios() {
         let (mut observed, memory) = o.split();
         observed.running = Probe::Unknown;
-        let p = super::plan(Some(&c), &id(), &observed, &memory);
+        let p = super::plan(Some(&c), &id(), &observed, &memory, Duration::ZERO);
         assert!(!p.iter().any(acts), "{name}: {p:?}");
         assert_eq!(
             p,
@@ -1190,7 +1337,7 @@ fn a_failed_standby_signal_check_on_initialised_data_yields_nothing() {
     let c = cd(DbRole::Standby, DbInitMode::None);
     let (mut observed, memory) = converged(&c, DbRole::Standby).split();
     observed.standby_signal = Probe::Unknown;
-    let p = super::plan(Some(&c), &id(), &observed, &memory);
+    let p = super::plan(Some(&c), &id(), &observed, &memory, Duration::ZERO);
     assert_eq!(
         p,
         vec![A::Wait(WaitReason::Unknown(Unknown::StandbySignal))]
@@ -1200,7 +1347,7 @@ fn a_failed_standby_signal_check_on_initialised_data_yields_nothing() {
     observed.standby_signal = Probe::Unknown;
     let c = cd(DbRole::Master, DbInitMode::New);
     assert_eq!(
-        super::plan(Some(&c), &id(), &observed, &memory),
+        super::plan(Some(&c), &id(), &observed, &memory, Duration::ZERO),
         plan(Some(&c), &id(), &empty())
     );
 }
@@ -1213,7 +1360,7 @@ fn a_failed_is_running_check_does_not_stop_an_unassigned_keeper() {
         converged(&cd(DbRole::Master, DbInitMode::None), DbRole::Master).split();
     observed.running = Probe::Unknown;
     assert_eq!(
-        super::plan(Some(&c), &id(), &observed, &memory),
+        super::plan(Some(&c), &id(), &observed, &memory, Duration::ZERO),
         vec![A::Wait(WaitReason::NoDbAssigned)]
     );
 }
@@ -1235,6 +1382,7 @@ fn step_forgets_the_applied_config_of_a_stopped_instance_only() {
         Wake::Tick,
         now,
         si,
+        None,
     );
     assert_eq!(s.memory.applied, memory.applied);
     assert_eq!(s.actions, plan(Some(&c), &id(), &o));
@@ -1249,6 +1397,7 @@ fn step_forgets_the_applied_config_of_a_stopped_instance_only() {
         Wake::Tick,
         now,
         si,
+        None,
     );
     assert_eq!(s.memory.applied, None);
     assert!(s.actions.contains(&A::Start));
@@ -1263,6 +1412,7 @@ fn step_forgets_the_applied_config_of_a_stopped_instance_only() {
         Wake::Tick,
         now,
         si,
+        None,
     );
     assert_eq!(s.memory.applied, memory.applied);
 }
@@ -1273,7 +1423,7 @@ fn step_wakes_one_interval_after_the_last_tick() {
     let (observed, memory) = converged(&c, DbRole::Master).split();
     let si = Duration::from_secs(5);
     let at = |s: u64| Duration::from_secs(s);
-    let run = |m: KeeperMemory, wake, now| step(Some(&c), &id(), &observed, m, wake, now, si);
+    let run = |m: KeeperMemory, wake, now| step(Some(&c), &id(), &observed, m, wake, now, si, None);
     let first = run(memory, Wake::Tick, at(10));
     assert_eq!(first.wake_at, at(15));
     // Store changes in between do not push the tick back.

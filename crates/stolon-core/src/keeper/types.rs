@@ -246,6 +246,12 @@ pub enum WaitReason {
     /// PostgreSQL is stopped for a planned switchover; the sentinel promotes another DB or
     /// rolls back.
     SwitchoverStopped,
+    /// Our DB was elected master, but this keeper acknowledged the former master in failsafe
+    /// mode and promised not to promote for a while (docs/failsafe.md): what is left of it.
+    FailsafePromise {
+        /// What is left of the promise at this pass.
+        remaining: Duration,
+    },
 }
 
 impl std::fmt::Display for WaitReason {
@@ -265,6 +271,13 @@ impl std::fmt::Display for WaitReason {
             }
             WaitReason::Unknown(u) => {
                 return write!(f, "cannot tell {u}, not acting until it is known");
+            }
+            WaitReason::FailsafePromise { remaining } => {
+                return write!(
+                    f,
+                    "our db was elected master; not promoting for another {:.3}s, until the failsafe promise given to the former master's keeper is over",
+                    remaining.as_secs_f64()
+                );
             }
         })
     }
