@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use stolon_core::failsafe::wire::Secret;
 use stolon_core::pgconf::AuthMethod;
 use stolon_store::{CommonArgs, StoreConfig};
 
@@ -79,6 +80,9 @@ pub struct Cli {
     /// enable debug logging (deprecated, use --log-level=debug instead)
     #[arg(long = "debug", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub debug: bool,
+    /// file holding the cluster's shared failsafe secret (at least 16 bytes, the same for every keeper and proxy). With it the keeper answers failsafe acknowledgement and confirmation requests on its --metrics-listen-address listener (required then) and asks the other keepers for acknowledgements while it runs the master (docs/failsafe.md)
+    #[arg(long = "failsafe-secret-file", default_value = "")]
+    pub failsafe_secret_file: String,
     /// enable color in log output (default if attached to a terminal)
     #[arg(long = "log-color", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub log_color: bool,
@@ -147,6 +151,9 @@ pub struct KeeperConfig {
     pub disable_data_dir_locking: bool,
     /// `--metrics-listen-address` (None = disabled).
     pub metrics_listen_address: Option<String>,
+    /// The shared secret read from `--failsafe-secret-file` (None = the keeper takes no part in
+    /// failsafe mode). Its `Debug` output never shows it.
+    pub failsafe_secret: Option<Secret>,
     /// Effective log level.
     pub log_level: String,
 }
@@ -183,6 +190,7 @@ impl KeeperConfig {
             priority: 1,
             disable_data_dir_locking: false,
             metrics_listen_address: None,
+            failsafe_secret: None,
             log_level: "info".into(),
         }
     }
@@ -495,6 +503,18 @@ impl Cli {
                 "keeper uid {uid:?} not valid. It can contain only lower-case letters, numbers and the underscore character"
             ));
         }
+        let failsafe_secret = if self.failsafe_secret_file.is_empty() {
+            None
+        } else {
+            let secret = stolon_failsafe::load_secret(Path::new(&self.failsafe_secret_file))
+                .map_err(ConfigError)?;
+            if self.common.metrics_listen_address.is_empty() {
+                return fail(
+                    "--failsafe-secret-file needs --metrics-listen-address: the keeper answers failsafe requests on that listener",
+                );
+            }
+            Some(secret)
+        };
         let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
         let pw =
             |auth: AuthMethod, p: String| (auth != AuthMethod::Trust && !p.is_empty()).then_some(p);
@@ -522,6 +542,7 @@ impl Cli {
             priority: self.priority,
             disable_data_dir_locking: self.disable_data_dir_locking,
             metrics_listen_address: opt(&self.common.metrics_listen_address),
+            failsafe_secret,
             log_level,
         })
     }
@@ -715,6 +736,44 @@ mod tests {
             e.0,
             "do not support different auth methods when utilizing superuser for replication."
         );
+    }
+
+    #[test]
+    fn failsafe_secret_file() {
+        let d = tempfile::tempdir().unwrap();
+        let pw = ["--pg-su-password=a", "--pg-repl-password=b"];
+        let (c, _) = check(d.path(), &pw).unwrap();
+        assert!(c.failsafe_secret.is_none());
+        let file = d.path().join("failsafe");
+        let flag = format!("--failsafe-secret-file={}", file.display());
+        let listen = "--metrics-listen-address=127.0.0.1:0";
+        let e = check(d.path(), &[pw[0], pw[1], &flag, listen]).unwrap_err();
+        assert!(
+            e.0.starts_with(&format!("failsafe secret file {}: ", file.display())),
+            "{e}"
+        );
+        std::fs::write(&file, "short secret\n").unwrap();
+        let e = check(d.path(), &[pw[0], pw[1], &flag, listen]).unwrap_err();
+        assert_eq!(
+            e.0,
+            format!(
+                "failsafe secret file {}: the secret is 12 bytes long; it must be at least 16",
+                file.display()
+            )
+        );
+        assert!(!e.0.contains("short secret"));
+        std::fs::write(&file, "a long enough failsafe secret\n").unwrap();
+        let e = check(d.path(), &[pw[0], pw[1], &flag]).unwrap_err();
+        assert_eq!(
+            e.0,
+            "--failsafe-secret-file needs --metrics-listen-address: the keeper answers failsafe requests on that listener"
+        );
+        let (c, _) = check(d.path(), &[pw[0], pw[1], &flag, listen]).unwrap();
+        assert_eq!(
+            c.failsafe_secret,
+            Some(Secret::from_file_contents(b"a long enough failsafe secret").unwrap())
+        );
+        assert!(!format!("{c:?}").contains("long enough"));
     }
 
     #[test]

@@ -143,13 +143,47 @@ async fn run(cfg: stolon_keeper::KeeperConfig) -> i32 {
             cancel.cancel();
         });
     }
-    let keeper = match Keeper::new(cfg, store, pg, m.clone(), ks, boot_uuid) {
+    let failsafe_secret = cfg.failsafe_secret.clone();
+    // Reported as where this keeper answers failsafe requests: the host it advertises for
+    // PostgreSQL and the port its HTTP listener is bound to.
+    let failsafe_address = match (&failsafe_secret, &metrics_listener) {
+        (Some(_), Some(l)) => match l.local_addr() {
+            Ok(a) => Some(host_port(&cfg.pg_advertise_address, a.port())),
+            Err(e) => fatal(format!("metrics http server error: {e}")),
+        },
+        _ => None,
+    };
+    let mut keeper = match Keeper::new(cfg, store, pg, m.clone(), ks, boot_uuid) {
         Ok(k) => k,
         Err(e) => fatal(format!("failed to load db state: {e}")),
     };
+    if let (Some(secret), Some(address)) = (&failsafe_secret, failsafe_address) {
+        info!(address = %address, "failsafe requests answered on the metrics listener");
+        let transport = Arc::new(stolon_failsafe::HttpTransport::new(secret.clone()));
+        keeper = keeper.with_failsafe(transport, address);
+    }
+    let routes = match (failsafe_secret, keeper.failsafe_responder()) {
+        (Some(secret), Some(responder)) => Some(metrics::FailsafeRoutes { secret, responder }),
+        _ => None,
+    };
     if let Some(l) = metrics_listener {
-        tokio::spawn(metrics::serve(l, m, keeper.health(), cancel.clone()));
+        tokio::spawn(metrics::serve(
+            l,
+            m,
+            keeper.health(),
+            routes,
+            cancel.clone(),
+        ));
     }
     keeper.run(cancel).await;
     0
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }

@@ -1,19 +1,24 @@
 //! The keeper's Prometheus metrics (docs/architecture.md §10) and the tiny HTTP server that
 //! serves them on `--metrics-listen-address` (`GET /metrics`), with the health checks of
-//! [`crate::health`].
+//! [`crate::health`] and, with a failsafe secret, the failsafe routes (`POST /failsafe/ack`,
+//! `POST /failsafe/confirm`, docs/failsafe.md).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{StatusCode, Uri};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use stolon_core::failsafe::wire::{AckRequestMsg, AuthError, ConfirmRequestMsg, Kind, Secret};
+use stolon_failsafe::{ACK_PATH, CONFIRM_PATH, MAX_BODY_BYTES, Responder};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -153,15 +158,95 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Serves `GET /metrics` and the health checks of [`crate::health`] (any method; a `HEAD`
-/// answer has no body) on `listener` until `cancel`.
+/// What the failsafe routes need: the cluster's shared secret and the keeper's answers.
+#[derive(Clone)]
+pub struct FailsafeRoutes {
+    /// Authenticates requests and seals answers.
+    pub secret: Secret,
+    /// The keeper's answers.
+    pub responder: Arc<dyn Responder>,
+}
+
+impl std::fmt::Debug for FailsafeRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailsafeRoutes")
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Answers one failsafe request body: 200 with the sealed answer; 401 (and a warning naming
+/// only the kind of problem, never the body) when it is malformed or not authenticated; 404
+/// when the keeper has no failsafe secret.
+fn failsafe_answer(routes: Option<&FailsafeRoutes>, confirm: bool, body: &[u8]) -> Response {
+    let Some(r) = routes else {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    };
+    let sealed = if confirm {
+        stolon_failsafe::answer(
+            &r.secret,
+            Kind::ConfirmRequest,
+            Kind::ConfirmAnswer,
+            body,
+            |req: ConfirmRequestMsg| r.responder.confirm(&req),
+        )
+    } else {
+        stolon_failsafe::answer(
+            &r.secret,
+            Kind::AckRequest,
+            Kind::AckAnswer,
+            body,
+            |req: AckRequestMsg| r.responder.ack(&req),
+        )
+    };
+    let what = if confirm {
+        "confirmation"
+    } else {
+        "acknowledgement"
+    };
+    match sealed
+        .and_then(|env| serde_json::to_vec(&env).map_err(|e| AuthError::Malformed(e.to_string())))
+    {
+        Ok(json) => (StatusCode::OK, [(CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => {
+            let why = match e {
+                AuthError::Malformed(_) => "malformed",
+                AuthError::BadMac => "not authenticated",
+                AuthError::NonceMismatch => "answer to another request",
+            };
+            tracing::warn!("failsafe {what} request refused: {why}");
+            (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response()
+        }
+    }
+}
+
+/// Serves `GET /metrics`, the failsafe routes (`POST`, authenticated with `failsafe`'s secret;
+/// 404 without it) and the health checks of [`crate::health`] (any method; a `HEAD` answer has
+/// no body) on `listener` until `cancel`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
     health: watch::Receiver<HealthSnapshot>,
+    failsafe: Option<FailsafeRoutes>,
     cancel: CancellationToken,
 ) {
+    let (ack_routes, confirm_routes) = (failsafe.clone(), failsafe);
     let app = Router::new()
+        .route(
+            ACK_PATH,
+            post(move |body: Bytes| {
+                let r = ack_routes.clone();
+                async move { failsafe_answer(r.as_ref(), false, &body) }
+            }),
+        )
+        .route(
+            CONFIRM_PATH,
+            post(move |body: Bytes| {
+                let r = confirm_routes.clone();
+                async move { failsafe_answer(r.as_ref(), true, &body) }
+            }),
+        )
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route(
             "/metrics",
             get(move || {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use stolon_core::keeper::{
     self, KeeperAction, KeeperIdentity, KeeperLocalState, KeeperMemory, MonoInstant, Observed,
-    Outcome, PgConfig, Probe, ResyncPlan, RolesPlan, Wake,
+    Outcome, PgConfig, Probe, ResyncPlan, RolesPlan, WaitReason, Wake,
 };
 use stolon_core::model::{ClusterData, PostgresBinaryVersion, PostgresState, TimelineHistory};
 use stolon_core::pgconf::{self, RecoveryMode as CoreRecoveryMode};
@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::KeeperConfig;
+use crate::failsafe::{FailsafeState, LocalPg};
 use crate::health::{self, HealthSnapshot};
 use crate::metrics::{Metrics, unix_now};
 use crate::publisher::Publisher;
@@ -90,6 +91,18 @@ pub struct Keeper {
     publisher: Option<Publisher>,
     /// The last pass's observation, for the HTTP health checks.
     health: watch::Sender<HealthSnapshot>,
+    /// Failsafe mode's keeper side, when the keeper takes part in it.
+    failsafe: Option<Failsafe>,
+    /// The wait for the failsafe promise before a promotion was logged (once per wait).
+    promise_wait_logged: bool,
+}
+
+/// The keeper's part in failsafe mode: its state, how its requests reach the other keepers, and
+/// the address it reports.
+struct Failsafe {
+    state: Arc<FailsafeState>,
+    transport: Arc<dyn stolon_failsafe::Transport>,
+    address: String,
 }
 
 impl Keeper {
@@ -125,7 +138,34 @@ impl Keeper {
             last_cd: None,
             publisher: None,
             health,
+            failsafe: None,
+            promise_wait_logged: false,
         })
+    }
+
+    /// Makes this keeper take part in failsafe mode (docs/failsafe.md): it keeps its promise
+    /// not to promote, answers through [`Keeper::failsafe_responder`], asks the other keepers
+    /// for acknowledgements through `transport` while it runs the master, and reports `address`
+    /// (`host:port`, where its responder is reached) in its PostgreSQL state.
+    pub fn with_failsafe(
+        mut self,
+        transport: Arc<dyn stolon_failsafe::Transport>,
+        address: String,
+    ) -> Self {
+        self.failsafe = Some(Failsafe {
+            state: Arc::new(FailsafeState::new(&self.keeper_state.uid, self.epoch)),
+            transport,
+            address,
+        });
+        self
+    }
+
+    /// The keeper's answers to authenticated failsafe requests (`None` unless
+    /// [`Keeper::with_failsafe`]): the HTTP routes call it, and so may an in-process transport.
+    pub fn failsafe_responder(&self) -> Option<Arc<dyn stolon_failsafe::Responder>> {
+        self.failsafe
+            .as_ref()
+            .map(|f| f.state.clone() as Arc<dyn stolon_failsafe::Responder>)
     }
 
     /// The snapshots the HTTP health checks answer from, refreshed after every pass.
@@ -182,6 +222,13 @@ impl Keeper {
             error!("failed to stop postgres at startup: {e}");
         }
         self.publisher = Some(Publisher::spawn(self.store.clone(), self.sleep_interval));
+        let acks = self.failsafe.as_ref().map(|f| {
+            tokio::spawn(crate::failsafe::run_acks(
+                f.state.clone(),
+                f.transport.clone(),
+                cancel.clone(),
+            ))
+        });
         let mut changes = self.store.changes();
         let mut exits = self.pg.exits();
         let mut wake = Wake::Tick;
@@ -210,6 +257,11 @@ impl Keeper {
                 }
                 _ = tokio::time::sleep_until(next_tick) => wake = Wake::Tick,
             }
+        }
+        if let Some(acks) = acks
+            && let Err(e) = acks.await
+        {
+            warn!("failsafe acknowledgement task ended abnormally: {e}");
         }
         self.metrics.shutdown_seconds.set(unix_now());
         info!("stopping stolon keeper");
@@ -262,6 +314,11 @@ impl Keeper {
         }
         self.last_revision = read.revision.clone();
         self.last_cd = read.data.clone();
+        // Before any step: from now on an acknowledgement is answered from this clusterdata
+        // (an elected keeper refuses them), and the step reads the promise as it stands then.
+        if let Some(f) = &self.failsafe {
+            f.state.set_clusterdata(read.data.clone());
+        }
         let cd = read.data;
         match &cd {
             Some(cd) if cd.check_usable().is_ok() => {
@@ -297,10 +354,32 @@ impl Keeper {
                 }
             }
         }
+        if self.failsafe.is_some() {
+            // The pass may have changed what runs; the next one is up to a sleep interval away.
+            let observed = self.observe_role().await;
+            if let Some(f) = &self.failsafe {
+                f.state.set_local(LocalPg::of(&observed));
+            }
+        }
         self.update_pg_state().await;
         self.publish();
         let (now, si) = (self.now(), self.sleep_interval);
         self.memory.woke(Wake::Replan, now, si)
+    }
+
+    /// The checks that tell the local role: initialised, standby signal, running.
+    async fn observe_role(&self) -> Observed {
+        Observed {
+            initialized: Probe::from_result(self.pg.is_initialized().await),
+            standby_signal: Probe::from_result(
+                self.pg
+                    .recovery_mode()
+                    .await
+                    .map(|m| m == RecoveryMode::Standby),
+            ),
+            running: Probe::from_result(self.pg.is_running().await),
+            ..Observed::default()
+        }
     }
 
     async fn observe(&mut self, cd: Option<&ClusterData>) -> Observed {
@@ -346,6 +425,9 @@ impl Keeper {
         if let Ok(k) = observed.known() {
             Metrics::set_role(&self.metrics.local_role, k.role().as_str());
         }
+        if let Some(f) = &self.failsafe {
+            f.state.set_local(LocalPg::of(&observed));
+        }
         if let Some(role) = keeper::target_role(cd, uid) {
             Metrics::set_role(&self.metrics.target_role, role.as_str());
         }
@@ -364,9 +446,16 @@ impl Keeper {
             wake,
             self.now(),
             self.sleep_interval,
-            None,
+            self.failsafe.as_ref().and_then(|f| f.state.promise()),
         );
         self.memory = step.memory;
+        if !step
+            .actions
+            .iter()
+            .any(|a| matches!(a, KeeperAction::Wait(WaitReason::FailsafePromise { .. })))
+        {
+            self.promise_wait_logged = false;
+        }
         debug!(actions = ?step.actions, "plan");
         let mut queue = VecDeque::from(step.actions);
         while let Some(action) = queue.pop_front() {
@@ -435,7 +524,19 @@ impl Keeper {
     async fn execute(&mut self, action: &KeeperAction) -> Result<(Flow, Outcome), ExecError> {
         use KeeperAction as A;
         let done = Ok((Flow::Continue, Outcome::Done));
+        if let Some(f) = &self.failsafe
+            && may_make_a_primary(action)
+        {
+            // Until observed again, the local PostgreSQL may be a primary.
+            f.state.set_local(LocalPg::Unknown);
+        }
         match action {
+            A::Wait(r @ WaitReason::FailsafePromise { .. }) => {
+                if !std::mem::replace(&mut self.promise_wait_logged, true) {
+                    info!("{r}");
+                }
+                return Ok((Flow::Stop, Outcome::Done));
+            }
             A::Wait(r) => {
                 info!("{r}");
                 return Ok((Flow::Stop, Outcome::Done));
@@ -695,6 +796,11 @@ impl Keeper {
             generation: self.memory.db_state.generation,
             listen_address: self.cfg.pg_advertise_address.clone(),
             port: self.cfg.pg_advertise_port.clone(),
+            failsafe_address: self
+                .failsafe
+                .as_ref()
+                .map(|f| f.address.clone())
+                .unwrap_or_default(),
             ..Default::default()
         };
         // Not initialised, or unknown: reported unhealthy, with no position.
@@ -816,6 +922,18 @@ enum Flow {
     Continue,
     Stop,
     Replan,
+}
+
+/// Whether an action may leave a primary behind (a standby promoted, data without a standby
+/// signal written or started, new data).
+fn may_make_a_primary(action: &KeeperAction) -> bool {
+    use KeeperAction as A;
+    match action {
+        A::Promote | A::InitDb(_) | A::RestoreData { .. } | A::Rewind(_) | A::BaseBackup(_) => true,
+        A::WriteConfig(c) => c.recovery.mode != CoreRecoveryMode::Standby,
+        A::StartTmpMerged(c) => c.recovery.mode != CoreRecoveryMode::Standby,
+        _ => false,
+    }
 }
 
 fn map_mode(m: CoreRecoveryMode) -> RecoveryMode {
