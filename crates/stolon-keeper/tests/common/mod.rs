@@ -182,8 +182,20 @@ impl World {
     /// appears in clusterdata (written), its first info is awaited and its boot UUID recorded.
     /// Returns the process and its PostgreSQL port; no DB is assigned yet.
     pub async fn join_keeper(&self, cd: &mut ClusterData, uid: &str) -> (KeeperProc, u16) {
+        self.join_keeper_with(cd, uid, &[]).await
+    }
+
+    /// [`World::join_keeper`] with extra flags.
+    pub async fn join_keeper_with(
+        &self,
+        cd: &mut ClusterData,
+        uid: &str,
+        extra_args: &[String],
+    ) -> (KeeperProc, u16) {
         let port = free();
-        let k = self.spawn_keeper(uid, &self.keeper_args(uid, port));
+        let mut args = self.keeper_args(uid, port);
+        args.extend(extra_args.iter().cloned());
+        let k = self.spawn_keeper(uid, &args);
         cd.keepers.insert(
             uid.into(),
             stolon_core::model::Keeper {
@@ -219,6 +231,7 @@ impl World {
                 db.status.current_generation = ps.generation;
                 db.status.listen_address = ps.listen_address.clone();
                 db.status.port = ps.port.clone();
+                db.status.failsafe_address = ps.failsafe_address.clone();
                 db.status.system_id = ps.system_id.clone();
                 db.status.timeline_id = ps.timeline_id;
                 db.status.xlog_pos = ps.xlog_pos;
