@@ -525,9 +525,10 @@ impl Keeper {
         use KeeperAction as A;
         let done = Ok((Flow::Continue, Outcome::Done));
         if let Some(f) = &self.failsafe
-            && may_make_a_primary(action)
+            && changes_the_local_role(action)
         {
-            // Until observed again, the local PostgreSQL may be a primary.
+            // Until observed again, the local PostgreSQL may be a primary, or no longer run as
+            // one.
             f.state.set_local(LocalPg::Unknown);
         }
         match action {
@@ -924,12 +925,20 @@ enum Flow {
     Replan,
 }
 
-/// Whether an action may leave a primary behind (a standby promoted, data without a standby
-/// signal written or started, new data).
-fn may_make_a_primary(action: &KeeperAction) -> bool {
+/// Whether an action may change what the local PostgreSQL is, as failsafe mode sees it: leave a
+/// primary behind (a standby promoted, data without a standby signal written or started, new
+/// data) or stop a primary.
+fn changes_the_local_role(action: &KeeperAction) -> bool {
     use KeeperAction as A;
     match action {
-        A::Promote | A::InitDb(_) | A::RestoreData { .. } | A::Rewind(_) | A::BaseBackup(_) => true,
+        A::Promote
+        | A::InitDb(_)
+        | A::RestoreData { .. }
+        | A::Rewind(_)
+        | A::BaseBackup(_)
+        | A::Stop
+        | A::Restart
+        | A::RemoveData => true,
         A::WriteConfig(c) => c.recovery.mode != CoreRecoveryMode::Standby,
         A::StartTmpMerged(c) => c.recovery.mode != CoreRecoveryMode::Standby,
         _ => false,
