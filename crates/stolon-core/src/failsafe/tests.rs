@@ -254,11 +254,7 @@ fn failsafe_rules_are_validated_only_when_it_is_on() {
     );
     spec.proxy_timeout = Some(GoDuration::from_secs(3));
     spec.proxy_check_interval = Some(GoDuration::from_secs(1));
-    // Valid timers; the keepers' and proxies' side is not built yet, so the mode is refused.
-    assert_eq!(
-        spec.validate().map_err(|e| e.0),
-        Err("failsafeMode is not supported yet by this version".to_string())
-    );
+    assert_eq!(spec.validate(), Ok(()));
     spec.failsafe_mode = Some(false);
     assert_eq!(spec.validate(), Ok(()));
 }

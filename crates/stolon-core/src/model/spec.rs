@@ -494,9 +494,6 @@ impl ClusterSpec {
         }
         if e.failsafe_mode {
             crate::failsafe::Timers::from_spec(&e)?;
-            // The rule and its timers exist (crate::failsafe), the keepers' and proxies' endpoints
-            // do not yet: refuse rather than accept a mode that would change nothing.
-            return err("failsafeMode is not supported yet by this version");
         }
         if e.max_standbys < 1 {
             return err("maxStandbys must be at least 1");
