@@ -149,7 +149,8 @@ pub async fn drive<F: Forwarding>(
 }
 
 /// [`drive`], with the failsafe confirmation requests sent through `failsafe` (`None`: the
-/// proxy asks for none, and fences at `proxyTimeout` whatever the clusterdata says).
+/// proxy asks for none, and fences at `proxyTimeout` whatever the clusterdata says). The
+/// machine's `confirmations` setting follows whether a transport is given.
 pub async fn drive_with_failsafe<F: Forwarding>(
     cfg: &Config,
     store: Arc<dyn Store>,
