@@ -710,8 +710,8 @@ impl Machine<'_> {
     /// Asks the master's keeper for a confirmation when one is due.
     fn ask_confirmation(&mut self) {
         let now = self.now;
-        // A read that hangs fails no check: ask anyway once only half of what a confirmation
-        // may cover is left of `proxyTimeout`.
+        // A read that hangs fails no check: ask anyway once no more than a confirmation's
+        // lifetime is left before `proxyTimeout` expires.
         let hanging = self.mem.fresh_since.saturating_add(self.mem.proxy_timeout);
         let Some(f) = &mut self.mem.failsafe else {
             return;
