@@ -72,6 +72,11 @@ pub struct ProxyArgs {
     /// where read-only connections go when no standby qualifies: "primary" or "refuse"
     #[arg(long = "read-only-fallback", default_value = "primary")]
     pub read_only_fallback: String,
+    /// file holding the cluster's failsafe secret. With it, while failsafeMode is on and the
+    /// store cannot be read, the proxy keeps routing to the master as long as that master's keeper
+    /// confirms it. Empty: no confirmations, the proxy fences at proxyTimeout
+    #[arg(long = "failsafe-secret-file", default_value = "")]
+    pub failsafe_secret_file: String,
     /// enable colored log output (default: when stderr is a terminal)
     #[arg(long = "log-color", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub log_color: Option<bool>,
@@ -344,6 +349,7 @@ mod tests {
             "STPROXY_TCP_KEEPALIVE_COUNT",
             "STPROXY_TCP_KEEPALIVE_INTERVAL",
             "STPROXY_READ_ONLY_PORT",
+            "STPROXY_FAILSAFE_SECRET_FILE",
             "STPROXY_CLUSTER_NAME",
             "STPROXY_STORE_ENDPOINTS",
         ] {

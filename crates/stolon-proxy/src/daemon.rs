@@ -3,6 +3,11 @@
 //! forwarding engine exactly as the machine's steps say, calling the machine with the current
 //! monotonic time after every result, store change and wake-up. Every decision (when to check,
 //! when to publish, where to route, the `proxyTimeout` fencing) is the machine's.
+//!
+//! Failsafe mode: the machine's confirmation requests go through a [`Transport`] (authenticated
+//! HTTP to the master's keeper in the daemon, an in-process one in a simulation), each in its own
+//! task bounded by the request's deadline, beside the check loop and the forwarding engine; the
+//! answer comes back to the machine with the instant the request was sent.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,11 +15,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use stolon_core::failsafe::wire::ConfirmRequestMsg;
 use stolon_core::proxy::machine::{
-    self, Action, ClusterRead, Config, Fallback, Log, Memory, Observation, ReadError, Request,
+    self, Action, ClusterRead, Config, ConfirmAnswer, Fallback, Log, Memory, Observation,
+    ReadError, Request,
 };
 use stolon_core::proxy::{Destination, proxy_info};
 use stolon_core::uid::{UidSource, uid_from_bytes};
+use stolon_failsafe::Transport;
 use stolon_store::{Store, StoreError};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -31,7 +39,7 @@ pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(15);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Process-level inputs of the daemon that are not flags.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// This proxy's UID (random per process start in Stolon).
     pub uid: String,
@@ -39,15 +47,30 @@ pub struct RunOptions {
     pub initial_check_interval: Duration,
     /// `proxyTimeout` until clusterdata says otherwise.
     pub initial_proxy_timeout: Duration,
+    /// How failsafe confirmation requests reach the keepers (`None`: this proxy has no failsafe
+    /// secret, and fences at `proxyTimeout` whatever the clusterdata says).
+    pub failsafe: Option<Arc<dyn Transport>>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("uid", &self.uid)
+            .field("initial_check_interval", &self.initial_check_interval)
+            .field("initial_proxy_timeout", &self.initial_proxy_timeout)
+            .field("failsafe", &self.failsafe.is_some())
+            .finish()
+    }
 }
 
 impl RunOptions {
-    /// Options with Stolon's default timings.
+    /// Options with Stolon's default timings, without failsafe confirmations.
     pub fn new(uid: String) -> Self {
         Self {
             uid,
             initial_check_interval: DEFAULT_CHECK_INTERVAL,
             initial_proxy_timeout: DEFAULT_PROXY_TIMEOUT,
+            failsafe: None,
         }
     }
 }
@@ -94,6 +117,10 @@ pub trait Forwarding: Sync {
     /// Holds new read-write connections without a destination for at most `limit` each
     /// (`None`: stop holding).
     fn set_hold(&self, _limit: Option<std::time::Duration>) {}
+    /// The proxy starts (`true`) or stops routing on a failsafe confirmation.
+    fn routing_on_confirmation(&self, _on: bool) {}
+    /// A failsafe confirmation request got this answer.
+    fn confirmation_answered(&self, _answer: &ConfirmAnswer) {}
 }
 
 /// Random info UIDs, one per publish.
@@ -109,8 +136,8 @@ impl UidSource for RandomUids {
 /// The IO a step asked for, in flight.
 type InFlight<'a> = Pin<Box<dyn Future<Output = Observation> + Send + 'a>>;
 
-/// Runs the check machine `cfg` over `store` and `fwd` until `cancel` is cancelled. Every
-/// branch here executes what a step returned.
+/// Runs the check machine `cfg` over `store` and `fwd` until `cancel` is cancelled, without
+/// failsafe confirmations. Every branch here executes what a step returned.
 pub async fn drive<F: Forwarding>(
     cfg: &Config,
     store: Arc<dyn Store>,
@@ -118,6 +145,26 @@ pub async fn drive<F: Forwarding>(
     info_uids: &mut (dyn UidSource + Send),
     cancel: &CancellationToken,
 ) {
+    drive_with_failsafe(cfg, store, None, fwd, info_uids, cancel).await;
+}
+
+/// [`drive`], with the failsafe confirmation requests sent through `failsafe` (`None`: the
+/// proxy asks for none, and fences at `proxyTimeout` whatever the clusterdata says). The
+/// machine's `confirmations` setting follows whether a transport is given.
+pub async fn drive_with_failsafe<F: Forwarding>(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    failsafe: Option<Arc<dyn Transport>>,
+    fwd: &F,
+    info_uids: &mut (dyn UidSource + Send),
+    cancel: &CancellationToken,
+) {
+    let cfg = &Config {
+        confirmations: failsafe.is_some(),
+        ..cfg.clone()
+    };
+    // Confirmation requests in flight; dropped (aborted) when the loop ends.
+    let mut confirmations: tokio::task::JoinSet<Observation> = tokio::task::JoinSet::new();
     let origin = Instant::now();
     let mut memory = Memory::new(cfg, Duration::ZERO);
     let mut obs = Observation::Wake;
@@ -129,7 +176,26 @@ pub async fn drive<F: Forwarding>(
         let d = machine::step(cfg, obs, memory, origin.elapsed());
         memory = d.memory;
         for action in d.actions {
-            execute(fwd, action).await;
+            match action {
+                Action::AskConfirmation {
+                    address,
+                    master_db,
+                    deadline,
+                } => {
+                    if let Some(transport) = &failsafe {
+                        // Taken before the request leaves: the confirmation counts from here.
+                        let sent_at = origin.elapsed();
+                        confirmations.spawn(ask_confirmation(
+                            transport.clone(),
+                            address,
+                            master_db,
+                            deadline,
+                            sent_at,
+                        ));
+                    }
+                }
+                other => execute(fwd, other).await,
+            }
         }
         if let Some(request) = d.request {
             in_flight = Some(start(request, &store, fwd, &cfg.uid, info_uids));
@@ -145,6 +211,14 @@ pub async fn drive<F: Forwarding>(
                         None => std::future::pending().await,
                     }
                 }, if in_flight.is_some() => break (true, o),
+                done = confirmations.join_next(), if !confirmations.is_empty() => {
+                    if let Some(Ok(answer)) = done {
+                        if let Observation::Confirmation { answer: a, .. } = &answer {
+                            fwd.confirmation_answered(a);
+                        }
+                        break (false, answer);
+                    }
+                }
                 _ = sleep_until(wake_at.unwrap_or(origin)), if wake_at.is_some() => {
                     break (false, Observation::Wake);
                 }
@@ -174,7 +248,44 @@ async fn execute<F: Forwarding>(fwd: &F, action: Action) {
         Action::SetHold(limit) => fwd.set_hold(limit),
         Action::StopListening => fwd.stop_listening().await,
         Action::CheckSucceeded => fwd.check_succeeded(),
+        Action::RoutingOnConfirmation(on) => fwd.routing_on_confirmation(on),
+        // Sent by the loop itself (it owns the transport).
+        Action::AskConfirmation { .. } => {}
         Action::Log(line) => log(&line),
+    }
+}
+
+/// Asks the keeper at `address` to confirm `master_db`, within `deadline` whatever the
+/// transport does; the answer as the machine's observation.
+async fn ask_confirmation(
+    transport: Arc<dyn Transport>,
+    address: String,
+    master_db: String,
+    deadline: Duration,
+    sent_at: Duration,
+) -> Observation {
+    let req = ConfirmRequestMsg {
+        master_db: master_db.clone(),
+    };
+    let answer =
+        match tokio::time::timeout(deadline, transport.confirm(&address, &req, deadline)).await {
+            Err(_) => {
+                ConfirmAnswer::Failed(format!("failsafe request to {address}: no answer in time"))
+            }
+            Ok(Err(e)) => ConfirmAnswer::Failed(e.to_string()),
+            Ok(Ok(a)) => match a.granted() {
+                Some(lifetime) => ConfirmAnswer::Granted(lifetime),
+                None => ConfirmAnswer::Refused(
+                    a.refused
+                        .unwrap_or_else(|| "no reason given".to_string())
+                        .replace(['\n', '\r'], " "),
+                ),
+            },
+        };
+    Observation::Confirmation {
+        master_db,
+        sent_at,
+        answer,
     }
 }
 
@@ -186,6 +297,17 @@ fn log(line: &Log) {
         Log::TimedOut => tracing::warn!("proxy check timed out: closing all connections"),
         Log::PublishFailed(error) => tracing::warn!(%error, "failed to update proxyInfo"),
         Log::SkippingStandby { host, error } => tracing::warn!(%host, %error, "skipping standby"),
+        Log::RoutingOnConfirmation { master_db, master } => tracing::warn!(
+            %master_db,
+            %master,
+            "store unreachable for proxyTimeout: routing on the master keeper's failsafe confirmation"
+        ),
+        Log::StoppedRoutingOnConfirmation(reason) => {
+            tracing::info!(%reason, "stopped routing on failsafe confirmations");
+        }
+        Log::ConfirmationFailed(error) => {
+            tracing::warn!(%error, "no failsafe confirmation");
+        }
     }
 }
 
@@ -277,6 +399,14 @@ impl Forwarding for Forwarders {
     fn check_succeeded(&self) {
         self.metrics.check_succeeded();
     }
+
+    fn routing_on_confirmation(&self, on: bool) {
+        self.metrics.set_routing_on_confirmation(on);
+    }
+
+    fn confirmation_answered(&self, answer: &ConfirmAnswer) {
+        self.metrics.confirmation_answered(answer);
+    }
 }
 
 /// Runs the proxy until `cancel` is cancelled, then closes every connection and listener.
@@ -331,7 +461,15 @@ pub async fn run(
         read_only,
         metrics,
     };
-    drive(&machine, store, &fwd, &mut RandomUids, &cancel).await;
+    drive_with_failsafe(
+        &machine,
+        store,
+        opts.failsafe,
+        &fwd,
+        &mut RandomUids,
+        &cancel,
+    )
+    .await;
     tracing::info!("stopping");
     fwd.primary.0.shutdown().await;
     if let Some((ro, _)) = &fwd.read_only {

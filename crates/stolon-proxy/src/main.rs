@@ -2,8 +2,11 @@
 //! to the store and run the proxy daemon until SIGINT or SIGTERM. Bad flags are one line on
 //! stderr and exit code 1.
 
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use stolon_failsafe::{HttpTransport, Transport};
 use stolon_obs::logging::{self, fatal};
 use stolon_proxy::config::{self, ProxyConfig};
 use stolon_proxy::daemon::{self, RunOptions};
@@ -32,7 +35,16 @@ fn main() -> ExitCode {
         Ok(cfg) => cfg,
         Err(e) => fatal(one_line(&e.to_string())),
     };
-    match run(cfg) {
+    // The secret is read once, here; the error names the file, never its contents.
+    let failsafe: Option<Arc<dyn Transport>> = if cli.proxy.failsafe_secret_file.is_empty() {
+        None
+    } else {
+        match stolon_failsafe::load_secret(Path::new(&cli.proxy.failsafe_secret_file)) {
+            Ok(secret) => Some(Arc::new(HttpTransport::new(secret))),
+            Err(e) => fatal(one_line(&e)),
+        }
+    };
+    match run(cfg, failsafe) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fatal(one_line(&format!("{e:#}"))),
     }
@@ -81,7 +93,7 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-fn run(cfg: ProxyConfig) -> anyhow::Result<()> {
+fn run(cfg: ProxyConfig, failsafe: Option<Arc<dyn Transport>>) -> anyhow::Result<()> {
     let threads = worker_threads().map_err(anyhow::Error::msg)?;
     let rt =
         runtime(threads).map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
@@ -93,7 +105,11 @@ fn run(cfg: ProxyConfig) -> anyhow::Result<()> {
         let uid = stolon_core::uid::uid_from_bytes(rand::random::<[u8; 4]>());
         let cancel = CancellationToken::new();
         tokio::spawn(stop_on_signal(cancel.clone()));
-        daemon::run(cfg, store, RunOptions::new(uid), cancel).await?;
+        let opts = RunOptions {
+            failsafe,
+            ..RunOptions::new(uid)
+        };
+        daemon::run(cfg, store, opts, cancel).await?;
         Ok(())
     })
 }

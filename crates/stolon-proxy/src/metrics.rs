@@ -7,9 +7,10 @@
 //! anything else 404, bounded request size and time.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use stolon_core::proxy::machine::ConfirmAnswer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,10 @@ pub struct Metrics {
     forwarders: Vec<Forwarder>,
     /// Unix time (seconds) of the last successful check; 0 = never.
     last_check_success: AtomicI64,
+    /// Routing on a failsafe confirmation now.
+    routing_on_confirmation: AtomicBool,
+    /// Failsafe confirmation requests answered with a grant, a refusal, or not at all.
+    confirmations: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -36,7 +41,24 @@ impl Metrics {
             cluster_name: cluster_name.to_string(),
             forwarders,
             last_check_success: AtomicI64::new(0),
+            routing_on_confirmation: AtomicBool::new(false),
+            confirmations: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
         })
+    }
+
+    /// The proxy starts or stops routing on a failsafe confirmation.
+    pub fn set_routing_on_confirmation(&self, on: bool) {
+        self.routing_on_confirmation.store(on, Ordering::Relaxed);
+    }
+
+    /// Counts the answer to a failsafe confirmation request.
+    pub fn confirmation_answered(&self, answer: &ConfirmAnswer) {
+        let i = match answer {
+            ConfirmAnswer::Granted(_) => 0,
+            ConfirmAnswer::Refused(_) => 1,
+            ConfirmAnswer::Failed(_) => 2,
+        };
+        self.confirmations[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records a successful check now.
@@ -78,6 +100,21 @@ impl Metrics {
             "stolon_proxy_last_check_success_seconds {}\n",
             self.last_check_success.load(Ordering::Relaxed)
         ));
+        out.push_str("# HELP stolon_proxy_failsafe_routing 1 while the store cannot be read and the proxy routes on the master keeper's failsafe confirmation.\n# TYPE stolon_proxy_failsafe_routing gauge\n");
+        out.push_str(&format!(
+            "stolon_proxy_failsafe_routing {}\n",
+            u8::from(self.routing_on_confirmation.load(Ordering::Relaxed))
+        ));
+        out.push_str("# HELP stolon_proxy_failsafe_confirmations_total Failsafe confirmation requests, by answer (granted, refused, failed: no usable answer).\n# TYPE stolon_proxy_failsafe_confirmations_total counter\n");
+        for (result, n) in ["granted", "refused", "failed"]
+            .iter()
+            .zip(&self.confirmations)
+        {
+            out.push_str(&format!(
+                "stolon_proxy_failsafe_confirmations_total{{result=\"{result}\"}} {}\n",
+                n.load(Ordering::Relaxed)
+            ));
+        }
         type Pick = fn(&crate::engine::Stats) -> u64;
         let series: [(&str, &str, &str, Pick); 6] = [
             (
@@ -232,6 +269,30 @@ mod tests {
     use super::*;
     use crate::engine::EngineConfig;
 
+    #[test]
+    fn failsafe_routing_gauge_and_confirmation_counters() {
+        let m = Metrics::new("c", Vec::new());
+        m.set_routing_on_confirmation(true);
+        for a in [
+            ConfirmAnswer::Granted(Duration::from_secs(7)),
+            ConfirmAnswer::Granted(Duration::from_secs(7)),
+            ConfirmAnswer::Refused("no".into()),
+        ] {
+            m.confirmation_answered(&a);
+        }
+        let text = m.render();
+        for line in [
+            "stolon_proxy_failsafe_routing 1\n",
+            "stolon_proxy_failsafe_confirmations_total{result=\"granted\"} 2\n",
+            "stolon_proxy_failsafe_confirmations_total{result=\"refused\"} 1\n",
+            "stolon_proxy_failsafe_confirmations_total{result=\"failed\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} missing in:\n{text}");
+        }
+        m.set_routing_on_confirmation(false);
+        assert!(m.render().contains("stolon_proxy_failsafe_routing 0\n"));
+    }
+
     #[tokio::test]
     async fn serves_metrics_and_404() {
         let fwd = Forwarder::new("primary", EngineConfig::default());
@@ -260,6 +321,8 @@ mod tests {
         assert!(ok.contains("stolon_proxy_route_changes_total{listener=\"primary\"} 1"));
         assert!(ok.contains("stolon_proxy_listening{listener=\"primary\"} 0"));
         assert!(!ok.contains("stolon_proxy_last_check_success_seconds 0\n"));
+        assert!(ok.contains("stolon_proxy_failsafe_routing 0\n"), "{ok}");
+        assert!(ok.contains("stolon_proxy_failsafe_confirmations_total{result=\"granted\"} 0\n"));
         assert!(get("/other").await.starts_with("HTTP/1.1 404"));
         let routing = get("/health").await;
         assert!(routing.starts_with("HTTP/1.1 200 OK"), "{routing}");

@@ -154,6 +154,7 @@ fn start(cfg: ProxyConfig, store: Arc<MemStore>) -> Running {
         uid: UID.into(),
         initial_check_interval: Duration::from_millis(200),
         initial_proxy_timeout: Duration::from_secs(1),
+        failsafe: None,
     };
     let task = tokio::spawn(run(cfg, store, opts, cancel.clone()));
     Running { cancel, task }

@@ -13,6 +13,14 @@
 //! at once on any store change (it does nothing when the clusterdata revision is the one already
 //! applied, and publishes only when the generation, the published timeout or the master address
 //! changes, or after a missed publish). Time is a monotonic instant passed in by the caller.
+//!
+//! Failsafe mode (docs/failsafe.md): when the last successful check read a clusterdata with
+//! `failsafeMode` on and routed to its master, and store reads start failing, the machine asks
+//! (an [`Action::AskConfirmation`], executed beside the check loop) the keeper of that master DB
+//! to confirm it, every `confirm_renew`. While a granted confirmation, counted from when its
+//! request was sent, is valid, the expiry of `proxyTimeout` does not fence the proxy: it keeps
+//! routing to that same master, and to nothing else. It fences once no confirmation is valid, and
+//! returns to normal operation at the next successful check.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +28,7 @@ use std::time::Duration;
 use super::{
     ClosedReason, Destination, Route, SpecTimings, Target, proxy_info_ttl, publish_timeout, route,
 };
+use crate::failsafe::{self, Timers};
 use crate::model::ClusterData;
 
 /// A monotonic instant: time since an origin the caller picks.
@@ -44,6 +53,9 @@ pub enum Bug {
     None,
     /// Keep routing when `proxyTimeout` expires (no fail-closed).
     NoFailClosed,
+    /// Count a failsafe confirmation from the moment its answer arrived instead of the moment
+    /// its request was sent (it then may outlive the keeper's grant).
+    ConfirmFromArrival,
 }
 
 /// What does not change while the proxy runs.
@@ -59,6 +71,9 @@ pub struct Config {
     pub initial_check_interval: Duration,
     /// `proxyTimeout` until clusterdata says otherwise.
     pub initial_proxy_timeout: Duration,
+    /// This proxy can ask keepers for failsafe confirmations (it has the cluster's failsafe
+    /// secret and a way to send requests). Without it, failsafe mode changes nothing here.
+    pub confirmations: bool,
     /// Injected bug (tests only).
     #[cfg(feature = "testing")]
     pub bug: Bug,
@@ -77,6 +92,7 @@ impl Config {
             stop_listening: true,
             initial_check_interval,
             initial_proxy_timeout,
+            confirmations: false,
             #[cfg(feature = "testing")]
             bug: Bug::None,
         }
@@ -88,6 +104,15 @@ impl Config {
             return false;
         }
         true
+    }
+
+    /// The instant a confirmation counts from: when its request was sent.
+    fn confirmation_start(&self, sent_at: MonoInstant, _arrived: MonoInstant) -> MonoInstant {
+        #[cfg(feature = "testing")]
+        if self.bug == Bug::ConfirmFromArrival {
+            return _arrived;
+        }
+        sent_at
     }
 }
 
@@ -124,6 +149,26 @@ pub enum Observation {
     Resolved(Vec<Result<SocketAddr, String>>),
     /// The result of [`Request::Publish`].
     Published(Result<(), String>),
+    /// The answer to an [`Action::AskConfirmation`].
+    Confirmation {
+        /// The master DB the request asked about.
+        master_db: String,
+        /// When the request was sent (the instant passed to the step that asked, or later).
+        sent_at: MonoInstant,
+        /// The keeper's answer.
+        answer: ConfirmAnswer,
+    },
+}
+
+/// What came back from a failsafe confirmation request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfirmAnswer {
+    /// The keeper confirmed its DB as master for this lifetime (on its own clock).
+    Granted(Duration),
+    /// The keeper refused, and why.
+    Refused(String),
+    /// No usable answer (unreachable, timed out, not authenticated).
+    Failed(String),
 }
 
 /// IO whose result the machine waits for (at most one at a time).
@@ -166,6 +211,18 @@ pub enum Log {
         /// Why.
         error: String,
     },
+    /// `proxyTimeout` expired, but a failsafe confirmation from the master's keeper is held: the
+    /// proxy keeps routing to that master (warning).
+    RoutingOnConfirmation {
+        /// The master DB confirmed.
+        master_db: String,
+        /// Its address, where connections keep going.
+        master: SocketAddr,
+    },
+    /// The proxy no longer routes on a failsafe confirmation, and why (info).
+    StoppedRoutingOnConfirmation(String),
+    /// A failsafe confirmation could not be obtained (warning; logged when the reason changes).
+    ConfirmationFailed(String),
 }
 
 /// What the proxy does, in order, before starting the step's request.
@@ -189,6 +246,19 @@ pub enum Action {
     StopListening,
     /// A check succeeded (for the last-success metric).
     CheckSucceeded,
+    /// Ask the keeper at `address` to confirm `master_db` as master, within `deadline`, beside
+    /// the check loop; the answer is an [`Observation::Confirmation`] carrying the instant the
+    /// request was sent.
+    AskConfirmation {
+        /// The keeper's failsafe address (`host:port`).
+        address: String,
+        /// The master DB to confirm.
+        master_db: String,
+        /// How long to wait for the answer.
+        deadline: Duration,
+    },
+    /// The proxy starts (`true`) or stops routing on a failsafe confirmation (for a metric).
+    RoutingOnConfirmation(bool),
     /// Write a log line.
     Log(Log),
 }
@@ -224,7 +294,55 @@ pub enum AfterPublish {
         master: SocketAddr,
         /// The resolved standbys.
         standbys: Vec<SocketAddr>,
+        /// Failsafe mode's view of that master, when the clusterdata enables it.
+        failsafe: Option<FailsafeBasis>,
     },
+}
+
+/// What a clusterdata with failsafe mode on says about the master a proxy routes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailsafeBasis {
+    /// The failsafe timers of its spec.
+    pub timers: Timers,
+    /// The master DB the proxies route to.
+    pub master_db: String,
+    /// Where its keeper answers failsafe requests (empty: it does not).
+    pub keeper_address: String,
+}
+
+impl FailsafeBasis {
+    /// The basis in `cd`: `None` when failsafe mode is off (or its timers are invalid) or the
+    /// clusterdata names no master DB for the proxies.
+    pub fn of(cd: &ClusterData) -> Option<FailsafeBasis> {
+        let timers = failsafe::timers_of(cd)?;
+        let master_db = &cd.proxy.as_ref()?.spec.master_db_uid;
+        let db = cd.dbs.get(master_db)?;
+        Some(FailsafeBasis {
+            timers,
+            master_db: master_db.clone(),
+            keeper_address: db.status.failsafe_address.clone(),
+        })
+    }
+}
+
+/// Failsafe mode's state while the proxy routes to a master named by a clusterdata that enables
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failsafe {
+    /// The master, from the last successful check.
+    pub basis: FailsafeBasis,
+    /// Its address, where the proxy routes.
+    pub routed: SocketAddr,
+    /// The store has become unreadable since: confirmations are asked for.
+    pub asking: bool,
+    /// No confirmation is asked for before this.
+    pub next_ask: MonoInstant,
+    /// The latest valid confirmation: when its request was sent, and until when it counts.
+    pub confirmed: Option<(MonoInstant, MonoInstant)>,
+    /// `proxyTimeout` expired and the proxy routes on the confirmation.
+    pub routing: bool,
+    /// The last reason no confirmation could be had, logged once while it repeats.
+    pub last_error: Option<String>,
 }
 
 /// What a check in progress waits for.
@@ -244,6 +362,8 @@ pub enum Phase {
         timings: SpecTimings,
         /// The standbys being resolved (after the master).
         standbys: Vec<Destination>,
+        /// Failsafe mode's view of the master being resolved.
+        failsafe: Option<FailsafeBasis>,
     },
     /// Publishing.
     Publishing {
@@ -309,6 +429,8 @@ pub struct Memory {
     pub last_failure: Option<String>,
     /// No new check starts before this, after a failed one (bounded backoff).
     pub retry_at: MonoInstant,
+    /// Failsafe mode, while the proxy routes to a master whose clusterdata enables it.
+    pub failsafe: Option<Failsafe>,
 }
 
 impl Memory {
@@ -333,6 +455,7 @@ impl Memory {
             failures: 0,
             last_failure: None,
             retry_at: now,
+            failsafe: None,
         }
     }
 
@@ -389,6 +512,15 @@ pub fn step(cfg: &Config, obs: Observation, memory: Memory, now: MonoInstant) ->
                 m.on_published(r);
             }
         }
+        Observation::Confirmation {
+            master_db,
+            sent_at,
+            answer,
+        } => {
+            m.on_confirmation(&master_db, sent_at, answer);
+            // A refusal may have withdrawn the confirmation routed on.
+            m.check_confirmation();
+        }
     }
     if m.mem.check.is_none() {
         if now >= m.mem.next_full_check {
@@ -400,7 +532,11 @@ pub fn step(cfg: &Config, obs: Observation, memory: Memory, now: MonoInstant) ->
             m.begin(kind);
         }
     }
+    m.ask_confirmation();
     let mut wake_at = m.mem.deadline();
+    if let Some(w) = m.failsafe_wake() {
+        wake_at = Some(wake_at.map_or(w, |d| d.min(w)));
+    }
     if m.mem.check.is_none() {
         // A check still queued here waits for the backoff after a failure (`retry_at` is then
         // in the future; a due periodic check is queued too).
@@ -484,12 +620,19 @@ impl Machine<'_> {
         self.request = Some(request);
     }
 
+    /// Fences a proxy routing on a confirmation that has lapsed (or was withdrawn).
+    fn check_confirmation(&mut self) {
+        if self.mem.failsafe.as_ref().is_some_and(|f| f.routing) && !self.confirmed() {
+            self.stop_routing_on_confirmation("no valid failsafe confirmation");
+            self.log(Log::TimedOut);
+            self.fence();
+        }
+    }
+
     fn check_timeout(&mut self) {
-        let Some(deadline) = self.mem.deadline() else {
-            return;
-        };
-        if self.now < deadline {
-            return;
+        match self.mem.deadline() {
+            Some(deadline) if self.now >= deadline => {}
+            _ => return self.check_confirmation(),
         }
         self.mem.timed_out = true;
         self.mem.applied_revision = None;
@@ -497,13 +640,178 @@ impl Machine<'_> {
         if let Some(c) = &mut self.mem.check {
             c.stale = true;
         }
+        if self.confirmed()
+            && let Some(f) = &mut self.mem.failsafe
+        {
+            // The master's keeper confirmed its DB: keep routing there, and only there.
+            f.routing = true;
+            let line = Log::RoutingOnConfirmation {
+                master_db: f.basis.master_db.clone(),
+                master: f.routed,
+            };
+            self.log(line);
+            self.actions.push(Action::RoutingOnConfirmation(true));
+            return;
+        }
         self.log(Log::TimedOut);
+        self.fence();
+    }
+
+    /// Routes nowhere (the fail-closed rule) and stops listening when so configured.
+    fn fence(&mut self) {
         if self.cfg.fails_closed() {
             self.close("proxy check timed out".into(), false);
         }
         if self.cfg.stop_listening && self.mem.listening {
             self.mem.listening = false;
             self.actions.push(Action::StopListening);
+        }
+    }
+
+    /// Whether a valid failsafe confirmation is held, now, for the master the proxy routes to.
+    fn confirmed(&self) -> bool {
+        self.mem.failsafe.as_ref().is_some_and(|f| {
+            self.mem.primary == Some(f.routed)
+                && f.confirmed.is_some_and(|(_, until)| self.now < until)
+        })
+    }
+
+    /// Ends routing on a confirmation (if it was), saying why.
+    fn stop_routing_on_confirmation(&mut self, why: &str) {
+        if let Some(f) = &mut self.mem.failsafe
+            && f.routing
+        {
+            f.routing = false;
+            self.log(Log::StoppedRoutingOnConfirmation(why.to_string()));
+            self.actions.push(Action::RoutingOnConfirmation(false));
+        }
+    }
+
+    /// Forgets every confirmation: the store could be read again.
+    fn reset_confirmations(&mut self) {
+        self.stop_routing_on_confirmation("the store can be read again");
+        if let Some(f) = &mut self.mem.failsafe {
+            f.asking = false;
+            f.confirmed = None;
+            f.next_ask = self.now;
+            f.last_error = None;
+        }
+    }
+
+    /// Starts asking for confirmations: the store could not be read.
+    fn start_asking(&mut self) {
+        if let Some(f) = &mut self.mem.failsafe
+            && self.mem.primary == Some(f.routed)
+        {
+            f.asking = true;
+        }
+    }
+
+    /// Asks the master's keeper for a confirmation when one is due.
+    fn ask_confirmation(&mut self) {
+        let now = self.now;
+        // A read that hangs fails no check: ask anyway once no more than a confirmation's
+        // lifetime is left before `proxyTimeout` expires.
+        let hanging = self.mem.fresh_since.saturating_add(self.mem.proxy_timeout);
+        let Some(f) = &mut self.mem.failsafe else {
+            return;
+        };
+        if self.mem.primary != Some(f.routed) {
+            return;
+        }
+        if !f.asking && now >= hanging.saturating_sub(f.basis.timers.confirm_lifetime) {
+            f.asking = true;
+        }
+        if !f.asking || now < f.next_ask {
+            return;
+        }
+        f.next_ask = now + f.basis.timers.confirm_renew;
+        let problem = if !self.cfg.confirmations {
+            Some("failsafeMode is on but this proxy has no failsafe secret".to_string())
+        } else if f.basis.keeper_address.is_empty() {
+            Some(format!(
+                "the keeper of master db {} has no failsafe address",
+                f.basis.master_db
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => {
+                if f.last_error.as_deref() != Some(p.as_str()) {
+                    f.last_error = Some(p.clone());
+                    self.log(Log::ConfirmationFailed(p));
+                }
+            }
+            None => {
+                let ask = Action::AskConfirmation {
+                    address: f.basis.keeper_address.clone(),
+                    master_db: f.basis.master_db.clone(),
+                    deadline: f.basis.timers.request_timeout,
+                };
+                self.actions.push(ask);
+            }
+        }
+    }
+
+    /// When failsafe mode next needs a step: the next confirmation request, the end of the
+    /// confirmation routed on, or the moment a hanging read makes the proxy ask.
+    fn failsafe_wake(&self) -> Option<MonoInstant> {
+        let f = self.mem.failsafe.as_ref()?;
+        if self.mem.primary != Some(f.routed) {
+            return None;
+        }
+        let mut wake = Vec::with_capacity(2);
+        if f.asking {
+            if self.cfg.confirmations && !f.basis.keeper_address.is_empty() {
+                wake.push(f.next_ask);
+            }
+        } else if !self.mem.timed_out {
+            let hanging = self.mem.fresh_since.saturating_add(self.mem.proxy_timeout);
+            wake.push(hanging.saturating_sub(f.basis.timers.confirm_lifetime));
+        }
+        if f.routing
+            && let Some((_, until)) = f.confirmed
+        {
+            wake.push(until);
+        }
+        wake.into_iter().filter(|w| *w > self.now).min()
+    }
+
+    fn on_confirmation(&mut self, master_db: &str, sent_at: MonoInstant, answer: ConfirmAnswer) {
+        let start = self.cfg.confirmation_start(sent_at, self.now);
+        let fresh_since = self.mem.fresh_since;
+        let Some(f) = &mut self.mem.failsafe else {
+            return;
+        };
+        // Another master's confirmation, or one asked before the last successful check or
+        // (an executor bug) in the future: not about what the proxy routes to now.
+        if master_db != f.basis.master_db || sent_at < fresh_since || sent_at > self.now {
+            return;
+        }
+        let problem = match answer {
+            ConfirmAnswer::Granted(lifetime) => {
+                let until = failsafe::confirmed_until(start, lifetime);
+                if f.confirmed.is_none_or(|(_, held)| until > held) {
+                    f.confirmed = Some((sent_at, until));
+                }
+                f.last_error = None;
+                return;
+            }
+            ConfirmAnswer::Refused(why) => {
+                // A refusal newer than the confirmation held ends it.
+                if f.confirmed
+                    .is_some_and(|(held_sent, _)| held_sent <= sent_at)
+                {
+                    f.confirmed = None;
+                }
+                format!("the keeper refused to confirm master db {master_db}: {why}")
+            }
+            ConfirmAnswer::Failed(why) => why,
+        };
+        if f.last_error.as_deref() != Some(problem.as_str()) {
+            f.last_error = Some(problem.clone());
+            self.log(Log::ConfirmationFailed(problem));
         }
     }
 
@@ -522,6 +830,10 @@ impl Machine<'_> {
         if self.mem.primary.is_some() {
             self.mem.primary = None;
             self.actions.push(Action::SetDestination(None));
+        }
+        if self.mem.failsafe.is_some() {
+            self.stop_routing_on_confirmation(&reason);
+            self.mem.failsafe = None;
         }
         self.set_hold(hold);
         self.set_read_only(Vec::new(), None);
@@ -561,6 +873,7 @@ impl Machine<'_> {
             self.mem.last_failure = Some(error.clone());
             self.log(Log::CheckFailed(error));
         }
+        self.start_asking();
         self.mem.failures = self.mem.failures.saturating_add(1);
         self.mem.retry_at = self.now + retry_delay(self.mem.failures, self.mem.check_interval);
         if self.kind() == CheckKind::Full {
@@ -570,6 +883,7 @@ impl Machine<'_> {
     }
 
     fn succeed(&mut self, revision: Option<String>, published: bool) {
+        self.reset_confirmations();
         self.actions.push(Action::CheckSucceeded);
         self.mem.failures = 0;
         self.mem.last_failure = None;
@@ -636,6 +950,7 @@ impl Machine<'_> {
             .and_then(|cd| cd.switchover.as_ref())
             .filter(|sw| sw.holds_connections())
             .map(|sw| sw.timeout.to_std());
+        let failsafe = read.data.as_deref().and_then(FailsafeBasis::of);
         match route(read.data.as_deref(), &self.cfg.uid) {
             Route::NoClusterData => {
                 self.close(
@@ -671,6 +986,7 @@ impl Machine<'_> {
                             generation,
                             timings,
                             standbys,
+                            failsafe,
                         },
                         Request::Resolve(all),
                     );
@@ -687,6 +1003,7 @@ impl Machine<'_> {
                     generation,
                     timings,
                     standbys,
+                    failsafe,
                 },
             ..
         }) = self.mem.check.clone()
@@ -709,6 +1026,7 @@ impl Machine<'_> {
                 let then = AfterPublish::Master {
                     master,
                     standbys: resolved,
+                    failsafe,
                 };
                 self.publish(revision, generation, timings, then);
             }
@@ -816,7 +1134,23 @@ impl Machine<'_> {
         match then {
             AfterPublish::Acknowledge => {}
             AfterPublish::NotEnabled => self.close(ClosedReason::NotEnabled.to_string(), true),
-            AfterPublish::Master { master, standbys } => {
+            AfterPublish::Master {
+                master,
+                standbys,
+                failsafe,
+            } => {
+                // The store was read: confirmations asked for before are over, and failsafe
+                // mode follows this clusterdata.
+                self.reset_confirmations();
+                self.mem.failsafe = failsafe.map(|basis| Failsafe {
+                    basis,
+                    routed: master,
+                    asking: false,
+                    next_ask: self.now,
+                    confirmed: None,
+                    routing: false,
+                    last_error: None,
+                });
                 if self.mem.primary != Some(master) {
                     self.mem.primary = Some(master);
                     self.actions.push(Action::SetDestination(Some(master)));
