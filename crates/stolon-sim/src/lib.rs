@@ -21,8 +21,10 @@
 //! sentinel losing its election lease through an injected store fault (the wrapped election fails
 //! new campaigns, but a running campaign refreshes its lease through the unwrapped backend).
 
+pub mod fsnet;
 pub mod pgmodel;
 pub mod rng;
 pub mod world;
 
-pub use world::{Bug, Fault, SimConfig, Stats, Violation, World};
+pub use fsnet::{FailsafeNet, Party};
+pub use world::{Bug, Component, Fault, SimConfig, Stats, Violation, World};

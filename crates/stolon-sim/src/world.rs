@@ -31,6 +31,7 @@ use stolon_store::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::fsnet::{FailsafeNet, Party};
 use crate::pgmodel::{self, PgView};
 use crate::rng::SimRng;
 
@@ -56,6 +57,9 @@ pub enum Bug {
     /// The proxies' check machine keeps routing when `proxyTimeout` expires (no fail-closed:
     /// `stolon_core::proxy::machine::Bug::NoFailClosed`).
     ProxyNoFailClosed,
+    /// The master's keeper confirms to proxies without holding every other keeper's
+    /// acknowledgement (failsafe mode's rule broken).
+    FailsafeConfirmWithoutAcks,
 }
 
 /// Parameters of one simulation.
@@ -95,6 +99,11 @@ pub struct SimConfig {
     pub store_fail_latency: Duration,
     /// Injected bug.
     pub bug: Bug,
+    /// Failsafe mode (docs/failsafe.md): the spec's `failsafeMode`, the keepers and proxies on
+    /// the simulated failsafe network ([`crate::fsnet`]), and, with random faults, its own fault
+    /// kinds (a store outage for every component at once, cuts between two keepers or between a
+    /// proxy and a keeper) among the others.
+    pub failsafe: bool,
 }
 
 impl SimConfig {
@@ -117,6 +126,7 @@ impl SimConfig {
             require_no_lost_writes: sync,
             store_fail_latency: Duration::from_millis(500),
             bug: Bug::None,
+            failsafe: false,
         }
     }
 
@@ -133,6 +143,7 @@ impl SimConfig {
             "minSynchronousStandbys": 1,
             "maxSynchronousStandbys": 1,
             "usePgrewind": self.use_pg_rewind,
+            "failsafeMode": self.failsafe,
         });
         if let Some(lag) = self.max_standby_lag {
             v["maxStandbyLag"] = serde_json::json!(lag);
@@ -173,6 +184,11 @@ pub enum Fault {
     /// to its upstream, while the keeper still reaches the store (a network cut between the two
     /// database hosts only).
     CutReplication(usize, bool),
+    /// Every component loses (`true`) or regains (`false`) the store at once.
+    StoreOutage(bool),
+    /// The failsafe network between two parties is cut (`true`) or restored (`false`); the
+    /// store and replication are not affected.
+    FailsafeCut(Party, Party, bool),
 }
 
 /// A broken invariant (or an unreached goal in a scenario), with what led to it.
@@ -224,6 +240,10 @@ pub struct Stats {
     pub faults: u64,
     /// Steps in which some proxy routed to a running primary.
     pub routed_steps: u64,
+    /// Of those, steps during a store outage for every component.
+    pub outage_routed_steps: u64,
+    /// Steps with a store outage for every component.
+    pub outage_steps: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +330,10 @@ pub struct World {
     last_routes: Vec<Option<(String, String)>>,
     last_primaries: Vec<bool>,
     replication_cut: Vec<bool>,
+    /// The failsafe network (used when `cfg.failsafe`).
+    fsnet: FailsafeNet,
+    /// A store outage for every component is in force.
+    store_outage: bool,
     stats: Stats,
 }
 
@@ -371,6 +395,8 @@ impl World {
             last_routes: vec![None; cfg.proxies],
             last_primaries: vec![false; cfg.keepers],
             replication_cut: vec![false; cfg.keepers],
+            fsnet: FailsafeNet::new(Duration::from_millis(5)),
+            store_outage: false,
             stats: Stats::default(),
             cfg,
         };
@@ -574,6 +600,30 @@ impl World {
                     if cut { "CUT" } else { "restored" }
                 ));
             }
+            Fault::StoreOutage(down) => {
+                let all: Vec<FaultHandle> = self
+                    .keepers
+                    .iter()
+                    .map(|k| k.faults.clone())
+                    .chain(self.sentinels.iter().map(|s| s.faults.clone()))
+                    .chain(self.proxy_faults.iter().cloned())
+                    .collect();
+                for f in all {
+                    f.set_down(down);
+                }
+                self.store_outage = down;
+                self.event(format!(
+                    "FAULT store {} for every component",
+                    if down { "DOWN" } else { "back up" }
+                ));
+            }
+            Fault::FailsafeCut(a, b, cut) => {
+                self.fsnet.set_cut(a, b, cut);
+                self.event(format!(
+                    "FAULT failsafe link {a:?} <-> {b:?} {}",
+                    if cut { "CUT" } else { "restored" }
+                ));
+            }
         }
     }
 
@@ -589,6 +639,10 @@ impl World {
     }
 
     fn random_fault(&mut self) {
+        if self.cfg.failsafe && self.rng.below(3) == 0 {
+            self.random_failsafe_fault();
+            return;
+        }
         let n = self.cfg.keepers as u64;
         let choice = self.rng.below(100);
         let secs =
@@ -631,6 +685,42 @@ impl World {
                     self.inject(Fault::KillSentinel(i));
                     let d = secs(&mut self.rng, 2, 15);
                     self.schedule(d, Fault::RestartSentinel(i));
+                }
+            }
+        }
+    }
+
+    /// A fault of failsafe mode's own kinds: a store outage for everyone (the case failsafe mode
+    /// is for), a cut between two keepers, or between a proxy and a keeper.
+    fn random_failsafe_fault(&mut self) {
+        let secs =
+            |rng: &mut SimRng, lo: u64, hi: u64| Duration::from_secs(lo + rng.below(hi - lo));
+        let n = self.cfg.keepers as u64;
+        match self.rng.below(3) {
+            0 => {
+                if !self.store_outage {
+                    self.inject(Fault::StoreOutage(true));
+                    let d = secs(&mut self.rng, 5, 40);
+                    self.schedule(d, Fault::StoreOutage(false));
+                }
+            }
+            1 => {
+                let a = self.rng.below(n) as usize;
+                let b = (a + 1 + self.rng.below(n - 1) as usize) % self.cfg.keepers;
+                let (a, b) = (Party::Keeper(a), Party::Keeper(b));
+                if !self.fsnet.is_cut(a, b) {
+                    self.inject(Fault::FailsafeCut(a, b, true));
+                    let d = secs(&mut self.rng, 2, 20);
+                    self.schedule(d, Fault::FailsafeCut(a, b, false));
+                }
+            }
+            _ => {
+                let p = Party::Proxy(self.rng.below(self.cfg.proxies as u64) as usize);
+                let k = Party::Keeper(self.rng.below(n) as usize);
+                if !self.fsnet.is_cut(p, k) {
+                    self.inject(Fault::FailsafeCut(p, k, true));
+                    let d = secs(&mut self.rng, 2, 20);
+                    self.schedule(d, Fault::FailsafeCut(p, k, false));
                 }
             }
         }
@@ -997,8 +1087,14 @@ impl World {
                 "proxies route to several running primaries: {routed_primaries:?}"
             )));
         }
+        if self.store_outage {
+            self.stats.outage_steps += 1;
+        }
         if !routed_primaries.is_empty() {
             self.stats.routed_steps += 1;
+            if self.store_outage {
+                self.stats.outage_routed_steps += 1;
+            }
         }
 
         // Invariant 5: generations only grow.
