@@ -34,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 use crate::fsnet::{FailsafeNet, Party};
 use crate::pgmodel::{self, PgView};
 use crate::rng::SimRng;
+use stolon_core::failsafe::wire::{AckRequestMsg, AnswerMsg, ConfirmRequestMsg};
+use stolon_failsafe::Responder;
 
 const PREFIX: &str = "stolon/cluster";
 const CLUSTER: &str = "sim";
@@ -487,6 +489,7 @@ impl World {
 
     fn spawn_keeper(&mut self, i: usize) {
         let cfg = self.keeper_config(i);
+        let confirm_lifetime = self.failsafe_confirm_lifetime();
         let k = &mut self.keepers[i];
         k.boots += 1;
         let boot = format!("boot-{}-{}", k.uid, k.boots);
@@ -506,10 +509,35 @@ impl World {
             boot.clone(),
         )
         .expect("keeper state in the simulated data dir is readable");
+        let keeper = if self.cfg.failsafe {
+            let addr = failsafe_addr(i);
+            let keeper = keeper.with_failsafe(self.fsnet.transport(Party::Keeper(i)), addr.clone());
+            if let Some(r) = keeper.failsafe_responder() {
+                let r: Arc<dyn Responder> = if self.cfg.bug == Bug::FailsafeConfirmWithoutAcks {
+                    Arc::new(ConfirmWithoutAcks {
+                        inner: r,
+                        lifetime: confirm_lifetime,
+                    })
+                } else {
+                    r
+                };
+                self.fsnet.register(i, &addr, r);
+            }
+            keeper
+        } else {
+            keeper
+        };
         let cancel = CancellationToken::new();
         let task = tokio::spawn(keeper.run(cancel.clone()));
         k.task = Some((task, cancel));
         self.event(format!("keeper{i} started ({boot})"));
+    }
+
+    /// The longest confirmation a master's keeper gives in this world's spec.
+    fn failsafe_confirm_lifetime(&self) -> Duration {
+        stolon_core::failsafe::Timers::from_spec(&self.spec.effective())
+            .map(|t| t.confirm_lifetime)
+            .unwrap_or_default()
     }
 
     fn spawn_sentinel(&mut self, i: usize) {
@@ -555,6 +583,7 @@ impl World {
                 if let Some((task, _)) = self.keepers[i].task.take() {
                     task.abort();
                 }
+                self.fsnet.unregister(i);
                 self.keepers[i].pg.crash();
                 self.event(format!("FAULT keeper{i} killed (with its postgres)"));
             }
@@ -1230,6 +1259,37 @@ impl World {
         for p in self.proxies.drain(..) {
             p.task.1.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(30), p.task.0).await;
+        }
+    }
+}
+
+/// Where simulated keeper `i` answers failsafe requests.
+fn failsafe_addr(i: usize) -> String {
+    format!("keeper{i}.failsafe:8089")
+}
+
+/// [`Bug::FailsafeConfirmWithoutAcks`]: a keeper's responder that grants a confirmation the real
+/// rule refused only for missing acknowledgements.
+struct ConfirmWithoutAcks {
+    inner: Arc<dyn Responder>,
+    lifetime: Duration,
+}
+
+impl Responder for ConfirmWithoutAcks {
+    fn ack(&self, req: &AckRequestMsg) -> AnswerMsg {
+        self.inner.ack(req)
+    }
+
+    fn confirm(&self, req: &ConfirmRequestMsg) -> AnswerMsg {
+        let a = self.inner.confirm(req);
+        let missing_acks = a
+            .refused
+            .as_deref()
+            .is_some_and(|r| r.starts_with("no valid acknowledgement"));
+        if missing_acks {
+            AnswerMsg::from_decision(&Ok(self.lifetime))
+        } else {
+            a
         }
     }
 }
