@@ -432,11 +432,15 @@ impl World {
             if w.cfg.bug == Bug::ProxyNoFailClosed {
                 machine.bug = machine::Bug::NoFailClosed;
             }
+            let transport = w.cfg.failsafe.then(|| w.fsnet.transport(Party::Proxy(i)));
             let task = {
                 let (view, cancel) = (view.clone(), cancel.clone());
                 tokio::spawn(async move {
                     let mut uids = SeqUids::new(&format!("{i:02}"));
-                    stolon_proxy::daemon::drive(&machine, store, &view, &mut uids, &cancel).await;
+                    stolon_proxy::daemon::drive_with_failsafe(
+                        &machine, store, transport, &view, &mut uids, &cancel,
+                    )
+                    .await;
                 })
             };
             w.proxies.push(ProxySlot {

@@ -204,8 +204,10 @@ fn checker_fires_on_a_keeper_confirming_without_every_acknowledgement() {
         w.inject(Fault::StoreDown(Component::Proxy(0), true));
         let r = w.run_for(secs(120)).await;
         let v = r.expect_err("the checker must report the broken rule");
+        // Two proxies on two running primaries: either invariant may be the first to see it.
         assert!(
-            v.what.contains("several running primaries"),
+            v.what.contains("several running primaries")
+                || v.what.contains("proxies route to different places"),
             "unexpected violation: {v}"
         );
         w.shutdown().await;
