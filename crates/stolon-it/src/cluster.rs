@@ -463,6 +463,11 @@ impl Cluster {
 
     /// Starts one more proxy on a free port; returns its index.
     pub fn add_proxy(&mut self) -> Result<usize> {
+        self.add_proxy_with(Vec::new())
+    }
+
+    /// Starts one more proxy on a free port with extra flags; returns its index.
+    pub fn add_proxy_with(&mut self, extra_args: Vec<String>) -> Result<usize> {
         let i = self.proxies.len();
         let port = free_port();
         let mut args = self.common_flags();
@@ -472,6 +477,7 @@ impl Cluster {
             "--port".into(),
             port.to_string(),
         ]);
+        args.extend(extra_args);
         let spec = self.proc_spec(&self.bins.proxy, args);
         let mut p = Process::new(
             &format!("proxy{i}"),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::checker::{self, History, Verdict};
-use crate::cluster::{NetCluster, wait_for};
+use crate::cluster::{KEEPER_HTTP_PORT, NetCluster, wait_for};
 use crate::workload::{ID_STRIDE, Targets, Workload};
 
 /// The faults.
@@ -29,7 +29,30 @@ pub enum Fault {
     SlowStore,
     /// Two of the three etcd members down (quorum lost) for 30 s.
     QuorumLost,
+    /// The master's host cut off from the store and from one standby, not from its clients:
+    /// everything between it and the asynchronous standby's host is dropped, and between it and
+    /// the synchronous standby's host everything but PostgreSQL and the keepers' HTTP listeners
+    /// (so that standby keeps streaming from it and acknowledging it in failsafe mode). Not in
+    /// [`ALL`]: it is the failsafe campaign's case.
+    MasterStoreCut,
 }
+
+/// Every fault, [`ALL`] and the others, for lookups by name.
+pub const EVERY: [Fault; 9] = [
+    Fault::MasterCutFromPeers,
+    Fault::MasterIsolated,
+    Fault::MasterKeeperKilled,
+    Fault::MasterHostDies,
+    Fault::StandbyCut,
+    Fault::MasterOneWayCut,
+    Fault::SlowStore,
+    Fault::QuorumLost,
+    Fault::MasterStoreCut,
+];
+
+/// The faults of the failsafe campaign: the master's partial cut, where failsafe mode must not
+/// stop the failover, and the store outages, where it keeps the master serving.
+pub const FAILSAFE: [Fault; 3] = [Fault::MasterStoreCut, Fault::QuorumLost, Fault::SlowStore];
 
 /// All faults, in campaign order.
 pub const ALL: [Fault; 8] = [
@@ -55,7 +78,13 @@ impl Fault {
             Fault::MasterOneWayCut => "master-one-way",
             Fault::SlowStore => "slow-store",
             Fault::QuorumLost => "quorum-lost",
+            Fault::MasterStoreCut => "master-store-cut",
         }
+    }
+
+    /// The fault with this table name.
+    pub fn by_name(name: &str) -> Option<Fault> {
+        EVERY.iter().copied().find(|f| f.name() == name)
     }
 }
 
@@ -156,6 +185,22 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
         }
         Fault::MasterOneWayCut => {
             c.topo.cut_outgoing(m)?;
+            hold_master_fault(c, m, hold).await;
+            c.topo.heal()?;
+        }
+        Fault::MasterStoreCut => {
+            let other = (0..c.nodes.len())
+                .find(|i| *i != m && *i != cut_standby)
+                .context("a third host")?;
+            let other_addr = c.nodes[other].host.addr;
+            c.topo.cut_pair(m, other_addr)?;
+            let keep = [
+                c.nodes[m].pg_port,
+                c.nodes[cut_standby].pg_port,
+                KEEPER_HTTP_PORT,
+            ];
+            let sync_addr = c.nodes[cut_standby].host.addr;
+            c.topo.cut_pair_except(m, sync_addr, &keep)?;
             hold_master_fault(c, m, hold).await;
             c.topo.heal()?;
         }

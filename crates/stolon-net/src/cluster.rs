@@ -27,6 +27,11 @@ use crate::net::{Host, Topology};
 pub const ETCD_CLIENT_PORT: u16 = 2379;
 /// etcd peer port.
 pub const ETCD_PEER_PORT: u16 = 2380;
+/// The failsafe shared secret of the test clusters (a file readable only by the keepers' and
+/// proxies' users).
+const FAILSAFE_SECRET: &str = "stolon-net-failsafe-secret\n";
+/// The keeper's HTTP listener (metrics, and failsafe requests) on every host.
+pub const KEEPER_HTTP_PORT: u16 = 8089;
 /// The fault proxy in front of the host's etcd member.
 pub const ETCD_PROXY_PORT: u16 = 2389;
 /// PostgreSQL ports start here. The hosts have their own network stacks but share `/tmp`, where
@@ -60,6 +65,9 @@ pub struct NetConfig {
     pub request_timeout_s: u64,
     /// `--store-timeout` of every component (s).
     pub store_timeout_s: u64,
+    /// Failsafe mode (docs/failsafe.md): the spec's `failsafeMode`, and the shared secret given
+    /// to every keeper and proxy.
+    pub failsafe: bool,
 }
 
 impl NetConfig {
@@ -72,6 +80,7 @@ impl NetConfig {
             proxy_timeout_s: 3,
             request_timeout_s: 3,
             store_timeout_s: 2,
+            failsafe: false,
         }
     }
 
@@ -86,6 +95,7 @@ impl NetConfig {
             "requestTimeout": format!("{}s", self.request_timeout_s),
             "convergenceTimeout": "30s",
             "synchronousReplication": self.synchronous,
+            "failsafeMode": self.failsafe,
             "minSynchronousStandbys": 1,
             "maxSynchronousStandbys": 1,
             "usePgrewind": true,
@@ -311,6 +321,16 @@ impl NetCluster {
         let repl_file = secrets.join("repl-password");
         write_secret(&su_file, SU_PASSWORD)?;
         write_secret(&repl_file, REPL_PASSWORD)?;
+        let failsafe_file = secrets.join("failsafe");
+        write_secret(&failsafe_file, FAILSAFE_SECRET)?;
+        let failsafe_flags: Vec<String> = if cfg.failsafe {
+            vec![format!(
+                "--failsafe-secret-file={}",
+                failsafe_file.display()
+            )]
+        } else {
+            Vec::new()
+        };
         let spec_file = dir.path().join("initial-cluster-spec.json");
         std::fs::write(&spec_file, serde_json::to_vec_pretty(&cfg.spec())?)?;
 
@@ -401,7 +421,10 @@ impl NetCluster {
                 REPL_USER.into(),
                 "--pg-repl-passwordfile".into(),
                 repl_file.display().to_string(),
+                "--metrics-listen-address".into(),
+                format!("{a}:{KEEPER_HTTP_PORT}"),
             ]);
+            kargs.extend(failsafe_flags.iter().cloned());
             let mut kspec = in_ns(&h.ns, &bins.keeper, kargs, true);
             kspec.cwd = Some(data_dir.clone());
             kspec.pgdata = Some(data_dir.join("postgres"));
@@ -431,6 +454,7 @@ impl NetCluster {
                 "--port".into(),
                 PROXY_PORT.to_string(),
             ]);
+            pargs.extend(failsafe_flags.iter().cloned());
             let mut pspec = in_ns(&h.ns, &bins.proxy, pargs, false);
             pspec.cwd = Some(dir.path().to_path_buf());
             let proxy = Process::new(

@@ -141,19 +141,34 @@ pub struct Rule {
     pub dir: &'static str,
     /// The peer address.
     pub peer: Ipv4Addr,
+    /// TCP ports (source or destination) whose traffic with the peer still passes; empty: none,
+    /// everything is dropped. With ports, only TCP is dropped (all the cluster speaks).
+    pub except_tcp_ports: Vec<u16>,
 }
 
 impl Rule {
     fn args(&self, op: &'static str) -> Vec<String> {
-        vec![
+        let mut a: Vec<String> = vec![
             "-w".into(),
             op.into(),
             self.chain.into(),
             self.dir.into(),
             format!("{}/32", self.peer),
-            "-j".into(),
-            "DROP".into(),
-        ]
+        ];
+        if !self.except_tcp_ports.is_empty() {
+            let ports: Vec<String> = self.except_tcp_ports.iter().map(u16::to_string).collect();
+            a.extend([
+                "-p".into(),
+                "tcp".into(),
+                "-m".into(),
+                "multiport".into(),
+                "!".into(),
+                "--ports".into(),
+                ports.join(","),
+            ]);
+        }
+        a.extend(["-j".into(), "DROP".into()]);
+        a
     }
 
     fn apply(&self, op: &'static str) -> Result<()> {
@@ -295,18 +310,26 @@ impl Topology {
 
     /// Host `h` drops everything from and to host `peer` (both directions, in `h`).
     pub fn cut_pair(&mut self, h: usize, peer: Ipv4Addr) -> Result<()> {
+        self.cut_pair_except(h, peer, &[])
+    }
+
+    /// Host `h` drops everything from and to host `peer` but TCP from or to the given ports
+    /// (both directions, in `h`).
+    pub fn cut_pair_except(&mut self, h: usize, peer: Ipv4Addr, ports: &[u16]) -> Result<()> {
         let ns = self.hosts[h].ns.clone();
         self.add_rule(Rule {
             ns: ns.clone(),
             chain: "INPUT",
             dir: "-s",
             peer,
+            except_tcp_ports: ports.to_vec(),
         })?;
         self.add_rule(Rule {
             ns,
             chain: "OUTPUT",
             dir: "-d",
             peer,
+            except_tcp_ports: ports.to_vec(),
         })
     }
 
@@ -334,6 +357,7 @@ impl Topology {
                 chain: "OUTPUT",
                 dir: "-d",
                 peer,
+                except_tcp_ports: Vec::new(),
             })?;
         }
         Ok(())
@@ -426,6 +450,7 @@ mod tests {
             chain: "INPUT",
             dir: "-s",
             peer: Ipv4Addr::new(10, 213, 1, 2),
+            except_tcp_ports: Vec::new(),
         };
         let add = r.args("-I");
         let del = r.args("-D");
@@ -433,5 +458,33 @@ mod tests {
         assert_eq!(del[1], "-D");
         assert_eq!(add[2..], del[2..]);
         assert!(add.contains(&"10.213.1.2/32".to_string()));
+        assert!(!add.contains(&"multiport".to_string()));
+    }
+
+    #[test]
+    fn a_rule_with_exceptions_drops_only_other_tcp_ports() {
+        let r = Rule {
+            ns: "x".into(),
+            chain: "OUTPUT",
+            dir: "-d",
+            peer: Ipv4Addr::new(10, 213, 1, 3),
+            except_tcp_ports: vec![5432, 8089],
+        };
+        let a = r.args("-I");
+        let tail: Vec<&str> = a[5..].iter().map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            [
+                "-p",
+                "tcp",
+                "-m",
+                "multiport",
+                "!",
+                "--ports",
+                "5432,8089",
+                "-j",
+                "DROP"
+            ]
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! Runs a fault campaign on the multi-host harness:
-//! `fault-campaign [--cycles N] [--async] [--faults NAME,NAME...]`.
+//! `fault-campaign [--cycles N] [--async] [--failsafe] [--faults NAME,NAME...]`.
 //! A cycle is one fault (the eight faults in turn, or those named, by their table names);
 //! prints a table row per cycle, the per-fault
 //! summary table and one summary line. Exits non-zero if a cycle lost an acknowledged write
@@ -11,7 +11,7 @@ use stolon_net::campaign::{self, ALL, Fault, TABLE_HEADER};
 use stolon_net::cluster::{NetCluster, NetConfig};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: fault-campaign [--cycles N] [--async] [--faults NAME,NAME...]");
+    eprintln!("usage: fault-campaign [--cycles N] [--async] [--failsafe] [--faults NAME,NAME...]");
     ExitCode::from(2)
 }
 
@@ -19,6 +19,7 @@ fn usage() -> ExitCode {
 async fn main() -> ExitCode {
     let mut cycles = None;
     let mut synchronous = true;
+    let mut failsafe = false;
     let mut faults: Vec<Fault> = ALL.to_vec();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -31,12 +32,13 @@ async fn main() -> ExitCode {
                 }
             },
             "--async" => synchronous = false,
+            "--failsafe" => failsafe = true,
             "--faults" => {
                 let names = args.next().unwrap_or_default();
                 let mut chosen = Vec::new();
                 for name in names.split(',').filter(|n| !n.is_empty()) {
-                    match ALL.iter().find(|f| f.name() == name) {
-                        Some(f) => chosen.push(*f),
+                    match Fault::by_name(name) {
+                        Some(f) => chosen.push(f),
                         None => {
                             eprintln!("fault-campaign: unknown fault {name:?}");
                             return usage();
@@ -57,7 +59,10 @@ async fn main() -> ExitCode {
         }
     }
     let cycles = cycles.unwrap_or(faults.len());
-    let cfg = NetConfig::fast(synchronous);
+    let cfg = NetConfig {
+        failsafe,
+        ..NetConfig::fast(synchronous)
+    };
     println!(
         "campaign: {cycles} cycles, {}",
         if synchronous {
