@@ -50,8 +50,10 @@ pub struct Timers {
     /// How often a proxy that cannot read the store renews its confirmation: a quarter of the
     /// confirmation lifetime.
     pub confirm_renew: Duration,
-    /// The deadline of one acknowledgement or confirmation request: an eighth of the
-    /// acknowledgement lifetime, so a slow answer is abandoned before the next renewal is due.
+    /// The deadline of one acknowledgement or confirmation request: a quarter of the
+    /// acknowledgement lifetime, so a slow acknowledgement is abandoned when the next round is
+    /// due (a proxy's confirmation requests may overlap: each counts from its own sending). A
+    /// shorter deadline made a loaded machine's scheduling delays drop whole rounds.
     pub request_timeout: Duration,
 }
 
@@ -83,7 +85,7 @@ impl Timers {
             ack_renew: ack_lifetime / 4,
             confirm_lifetime,
             confirm_renew: confirm_lifetime / 4,
-            request_timeout: ack_lifetime / 8,
+            request_timeout: ack_lifetime / 4,
         }
     }
 

@@ -21,8 +21,9 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// `proxyTimeout` of these clusters.
-const PROXY_TIMEOUT: Duration = Duration::from_secs(3);
+/// `proxyTimeout` of these clusters (and their `failInterval`, which may not be shorter in
+/// failsafe mode).
+const PROXY_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// What the writers saw.
 #[derive(Debug, Default)]
@@ -119,7 +120,9 @@ async fn new_conn_writer(port: u16, first: i64, stop: Arc<AtomicBool>, out: Arc<
 async fn cluster(failsafe: bool) -> Result<Cluster> {
     let spec = test_spec(json!({
         "synchronousReplication": true,
-        "proxyTimeout": "3s",
+        "proxyTimeout": "6s",
+        "failInterval": "6s",
+        "proxyCheckInterval": "1s",
         "failsafeMode": failsafe,
     }));
     let mut c = Cluster::empty(spec).await?;

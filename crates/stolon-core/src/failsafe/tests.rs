@@ -228,7 +228,7 @@ fn timers_derive_from_proxy_timeout() {
             ack_renew: ms(3750),
             confirm_lifetime: ms(7500),
             confirm_renew: ms(1875),
-            request_timeout: ms(1875),
+            request_timeout: ms(3750),
         }
     );
 }

@@ -1086,7 +1086,7 @@ fn held_connections_are_closed_when_the_proxy_fails_closed() {
 // ---------------------------------------------------------------------------------------------
 // Failsafe mode (docs/failsafe.md): routing on the master keeper's confirmation while the store
 // cannot be read. Timers for proxyTimeout 15 s: confirmations of at most 7.5 s, renewed every
-// 1.875 s, each request bounded by 1.875 s.
+// 1.875 s, each request bounded by 3.75 s.
 
 const KEEPER_M: &str = "10.0.0.1:8100";
 const KEEPER_M2: &str = "10.0.0.9:8100";
@@ -1117,7 +1117,7 @@ fn ask(address: &str, master_db: &str) -> Action {
     Action::AskConfirmation {
         address: address.into(),
         master_db: master_db.into(),
-        deadline: ms(1875),
+        deadline: ms(3750),
     }
 }
 
