@@ -369,7 +369,7 @@ pub fn summary_table(reports: &[CycleReport]) -> String {
     let mut out = String::from(
         "| fault | cycles | acked | lost | split brain | failed over | failover median (s) | failover max (s) | longest gap max (s) | recovery median (s) | recovery max (s) | not converged |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for f in ALL {
+    for f in EVERY {
         let rs: Vec<&CycleReport> = reports.iter().filter(|r| r.fault == f).collect();
         if rs.is_empty() {
             continue;
