@@ -180,6 +180,7 @@ impl Sim {
                 uid: format!("p{j}"),
                 generation: self.proxies[j].generation,
                 proxy_timeout: PROXY_TIMEOUT.as_nanos() as i64,
+                fences_from_check_start: false,
             },
         );
     }

@@ -363,6 +363,7 @@ impl ClusterFixture {
                 uid: uid.into(),
                 generation,
                 proxy_timeout: 15_000_000_000,
+                fences_from_check_start: false,
             },
         );
         self.memory.proxy_infos.insert(
