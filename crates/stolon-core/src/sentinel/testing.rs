@@ -383,6 +383,16 @@ impl ClusterFixture {
         self
     }
 
+    /// Adds a proxy like [`ClusterFixture::proxy`] whose info carries `fencesFromCheckStart`
+    /// (a stolon-rs proxy, which counts its timeout from the start of its last published check).
+    pub fn marked_proxy(self, uid: &str) -> Self {
+        let mut f = self.proxy(uid);
+        if let Some(i) = f.proxies_info.get_mut(uid) {
+            i.fences_from_check_start = true;
+        }
+        f
+    }
+
     /// Stops `keeper` publishing (its info stays until removed, like a TTL not yet expired).
     pub fn kill(&mut self, keeper: &str) {
         self.keepers_info.remove(keeper);
