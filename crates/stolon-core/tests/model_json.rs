@@ -328,4 +328,23 @@ fn sentinel_and_proxy_infos_use_capitalised_keys() {
     assert_eq!(pi.generation, 43);
     assert_eq!(pi.proxy_timeout, 15_000_000_000, "nanoseconds");
     assert_eq!(serde_json::to_value(&pi).expect("ser"), original);
+    assert!(!pi.fences_from_check_start, "a Stolon proxy has no mark");
+}
+
+#[test]
+fn proxy_info_fence_mark_is_camel_case_and_omitted_when_false() {
+    let mut pi = ProxyInfo {
+        info_uid: "a1".into(),
+        uid: "p1".into(),
+        generation: 3,
+        proxy_timeout: 15_000_000_000,
+        fences_from_check_start: true,
+    };
+    let v = serde_json::to_value(&pi).expect("ser");
+    assert_eq!(v["fencesFromCheckStart"], serde_json::Value::Bool(true));
+    let back: ProxyInfo = serde_json::from_value(v).expect("parse");
+    assert_eq!(back, pi);
+    pi.fences_from_check_start = false;
+    let v = serde_json::to_value(&pi).expect("ser");
+    assert!(v.get("fencesFromCheckStart").is_none(), "{v}");
 }

@@ -1,6 +1,7 @@
 //! Named decision scenarios for faster recovery from partial faults: a synchronous standby the
-//! master reports as no longer in sync (docs/architecture.md §6.7), and a new leader judging
-//! keepers that were already silent before it took over (§6.1).
+//! master reports as no longer in sync (docs/architecture.md §6.7), a new leader judging
+//! keepers and proxies that were already silent before it took over (§6.1), and proxies that
+//! fence themselves from the start of their last published check (§6.3).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,7 +9,10 @@ use std::time::Duration;
 use pretty_assertions::assert_eq;
 use stolon_core::model::ClusterData;
 use stolon_core::sentinel::testing::{ClusterFixture, db_uid};
-use stolon_core::sentinel::{Decision, Event, memory_at_takeover, validate_invariants};
+use stolon_core::sentinel::{
+    Decision, Event, memory_at_takeover, proxy_active_window, remember_proxies_at_takeover,
+    validate_invariants,
+};
 use stolon_core::timestamp::Timestamp;
 
 mod common;
@@ -335,4 +339,172 @@ fn takeover_without_ages_judges_keepers_from_the_takeover() {
     let took = time_to_election(&mut f, &["k1"], Duration::from_millis(250));
     let took = took.expect("an election");
     assert!(took >= Duration::from_secs(3), "election after {took:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxies that fence themselves from the start of their last published check
+
+/// A fast cluster (sleepInterval 1 s, failInterval 3 s) with master k1, standby k2 and proxy p1
+/// (proxyTimeout 15 s), whose info carries `fencesFromCheckStart` when `marked`.
+fn with_proxy(marked: bool) -> ClusterFixture {
+    let f = ClusterFixture::new().fast().master("k1").standby("k2");
+    if marked {
+        f.marked_proxy("p1")
+    } else {
+        f.proxy("p1")
+    }
+}
+
+/// How long p1 counts as active after its info was first seen, by the sentinel's rule.
+fn p1_window(f: &ClusterFixture) -> Duration {
+    let spec =
+        f.cd.cluster
+            .as_ref()
+            .and_then(|c| c.spec.as_ref())
+            .expect("spec")
+            .effective();
+    proxy_active_window(&f.proxies_info["p1"], &spec)
+}
+
+/// The master's keeper k1 and proxy p1 stop publishing at once (the master's host is cut off):
+/// steps 100 ms at a time until the new master is named to the proxies, and returns the virtual
+/// time from the cut (`None`: not within 40 s).
+fn time_to_new_master(f: &mut ClusterFixture) -> Option<Duration> {
+    let step = Duration::from_millis(100);
+    let mut waited = Duration::ZERO;
+    while waited <= Duration::from_secs(40) {
+        let before = f.cd.clone();
+        let d = f.decide();
+        if let Some(next) = &d.next {
+            validate_invariants(Some(&before), next).expect("invariants hold");
+        }
+        let named = d
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::ProxiesRouteToMaster { .. }));
+        f.apply(&d);
+        if named {
+            return Some(waited);
+        }
+        f.tick(step, &["k1", "p1"]);
+        waited += step;
+    }
+    None
+}
+
+#[test]
+fn a_marked_proxy_window_is_its_timeout_stretched_for_drift_plus_one_sleep_interval() {
+    let f = with_proxy(true);
+    // 15 s × 1.01 / 0.99, rounded up to the nanosecond, then sleepInterval (1 s).
+    assert_eq!(
+        p1_window(&f),
+        Duration::from_nanos(15_303_030_304) + Duration::from_secs(1)
+    );
+    let f = with_proxy(false);
+    assert_eq!(p1_window(&f), Duration::from_secs(30), "Stolon's rule");
+}
+
+#[test]
+fn a_marked_proxy_cut_off_with_the_master_stops_blocking_the_failover_after_its_short_bound() {
+    let mut f = with_proxy(true);
+    let window = p1_window(&f);
+    let t = time_to_new_master(&mut f).expect("a new master is named");
+    // Not before p1 stopped counting as active, and at the first decision after.
+    assert!(t > window, "named after {t:?}, window {window:?}");
+    assert!(
+        t <= window + Duration::from_millis(100),
+        "named after {t:?}"
+    );
+    assert!(t < Duration::from_secs(30), "sooner than Stolon's rule");
+    assert_eq!(f.proxy_spec().enabled_proxies, Vec::<String>::new());
+}
+
+#[test]
+fn an_unmarked_proxy_cut_off_with_the_master_still_blocks_the_failover_for_twice_its_timeout() {
+    let mut f = with_proxy(false);
+    let t = time_to_new_master(&mut f).expect("a new master is named");
+    assert!(t > Duration::from_secs(30), "named after {t:?}");
+    assert!(t <= Duration::from_millis(30_100), "named after {t:?}");
+}
+
+#[test]
+fn the_sentinel_wakes_when_a_silent_proxy_stops_counting_as_active() {
+    for marked in [true, false] {
+        let mut f = with_proxy(marked);
+        let window = p1_window(&f);
+        let seen = f.now_mono;
+        // Everybody but p1 keeps publishing; half a second before p1's window ends, the
+        // earliest timer is that end.
+        f.tick(window - HALF, &["p1"]);
+        let d = f.step();
+        assert!(d.active_proxies.contains(&"p1".to_string()));
+        assert_eq!(
+            d.wake_at,
+            Some(seen + window + Duration::from_millis(1)),
+            "marked: {marked}"
+        );
+        f.tick(HALF + Duration::from_millis(1), &["p1"]);
+        let d = f.step();
+        assert!(d.active_proxies.is_empty(), "marked: {marked}");
+    }
+}
+
+/// [`taken_over`] with p1 marked, and for the proxies whose ages are given, their ages.
+fn taken_over_with_proxy_ages(keepers: &[(&str, u64)], proxies: &[(&str, u64)]) -> ClusterFixture {
+    let mut f = taken_over(keepers);
+    if let Some(i) = f.proxies_info.get_mut("p1") {
+        i.fences_from_check_start = true;
+    }
+    let ages: BTreeMap<String, Duration> = proxies
+        .iter()
+        .map(|(p, secs)| (p.to_string(), Duration::from_secs(*secs)))
+        .collect();
+    let now = f.now_mono;
+    remember_proxies_at_takeover(&mut f.memory, &f.proxies_info, &ages, now);
+    f
+}
+
+#[test]
+fn takeover_counts_a_proxy_silent_since_before_it_from_its_info_age() {
+    // The master's host was lost with the old leader 10 s ago: k1 and p1 went silent then.
+    let mut f = taken_over_with_proxy_ages(&[("k1", 10), ("k2", 0)], &[("p1", 10)]);
+    let window = p1_window(&f);
+    let t = time_to_new_master(&mut f).expect("a new master is named");
+    let expected = window - Duration::from_secs(10);
+    assert!(
+        t > expected,
+        "named after {t:?}, expected just after {expected:?}"
+    );
+    assert!(
+        t <= expected + Duration::from_millis(100),
+        "named after {t:?}"
+    );
+}
+
+#[test]
+fn takeover_without_a_proxy_age_judges_the_proxy_from_the_takeover() {
+    let mut f = taken_over_with_proxy_ages(&[("k1", 10), ("k2", 0)], &[]);
+    let window = p1_window(&f);
+    let t = time_to_new_master(&mut f).expect("a new master is named");
+    assert!(t > window, "named after {t:?}, window {window:?}");
+    assert!(
+        t <= window + Duration::from_millis(100),
+        "named after {t:?}"
+    );
+}
+
+#[test]
+fn takeover_age_of_a_proxy_gives_way_to_its_next_publish() {
+    // The age belongs to the info read at the takeover; the proxy's next publish counts from
+    // when the leader sees it.
+    let mut f = taken_over_with_proxy_ages(&[("k1", 10), ("k2", 0)], &[("p1", 10)]);
+    let seen = f.now_mono;
+    assert_eq!(
+        f.memory.proxy_infos["p1"].first_seen,
+        seen.saturating_sub(Duration::from_secs(10))
+    );
+    f.tick(HALF, &["k1"]);
+    let d = f.step();
+    assert!(d.active_proxies.contains(&"p1".to_string()));
+    assert_eq!(f.memory.proxy_infos["p1"].first_seen, seen + HALF);
 }

@@ -21,6 +21,9 @@ use stolon_core::uid::SeqUids;
 const KEEPERS: usize = 4;
 const PROXIES: usize = 2;
 const PROXY_TIMEOUT: Duration = Duration::from_secs(4);
+/// The proxy whose info carries `fencesFromCheckStart`: it routes at most `PROXY_TIMEOUT` after
+/// its last publish (the others, as Stolon's, are counted for twice that).
+const MARKED_PROXY: usize = 1;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -34,6 +37,8 @@ enum Op {
     MasterReportsSync(u8),
     ProxyStart(usize),
     ProxyStop(usize),
+    /// The proxy is cut off from the store: it stops publishing, its info stays.
+    ProxySilent(usize),
     ProxyAck(usize),
     Tick(u16),
     NewLeader,
@@ -52,6 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<u8>().prop_map(Op::MasterReportsSync),
         1 => (0..PROXIES).prop_map(Op::ProxyStart),
         1 => (0..PROXIES).prop_map(Op::ProxyStop),
+        1 => (0..PROXIES).prop_map(Op::ProxySilent),
         2 => (0..PROXIES).prop_map(Op::ProxyAck),
         5 => (100u16..4000).prop_map(Op::Tick),
         1 => Just(Op::NewLeader),
@@ -73,6 +79,8 @@ struct SimKeeper {
 #[derive(Debug, Clone, Default)]
 struct SimProxy {
     alive: bool,
+    /// Cut off from the store: no publish, but it may route until it fences itself.
+    silent: bool,
     generation: i64,
     last_publish: Duration,
 }
@@ -180,6 +188,7 @@ impl Sim {
                 uid: format!("p{j}"),
                 generation: self.proxies[j].generation,
                 proxy_timeout: PROXY_TIMEOUT.as_nanos() as i64,
+                fences_from_check_start: j == MARKED_PROXY,
             },
         );
     }
@@ -279,14 +288,16 @@ impl Sim {
             }
             Op::ProxyStart(j) => {
                 self.proxies[j].alive = true;
+                self.proxies[j].silent = false;
                 self.publish_proxy(j);
             }
+            Op::ProxySilent(j) => self.proxies[j].silent = true,
             Op::ProxyStop(j) => {
                 self.proxies[j].alive = false;
                 self.proxies_info.remove(&format!("p{j}"));
             }
             Op::ProxyAck(j) => {
-                if self.proxies[j].alive {
+                if self.proxies[j].alive && !self.proxies[j].silent {
                     self.proxies[j].generation = self
                         .cd
                         .as_ref()
@@ -333,7 +344,7 @@ impl Sim {
                     }
                 }
                 for j in 0..PROXIES {
-                    if self.proxies[j].alive {
+                    if self.proxies[j].alive && !self.proxies[j].silent {
                         self.publish_proxy(j);
                     }
                 }
@@ -358,13 +369,19 @@ impl Sim {
         };
         let mut choose_last = |n: usize| n - 1;
         let d = decide(&input, &mut self.uids, &mut choose_last);
-        // The test's own view of active proxies (a subset of what a fresh leader assumes).
+        // The test's own view of the proxies that may still route (a subset of what a fresh
+        // leader assumes): the marked one fences itself PROXY_TIMEOUT after its last publish.
         let active: Vec<String> = self
             .proxies
             .iter()
             .enumerate()
-            .filter(|(_, p)| {
-                p.alive && self.now.saturating_sub(p.last_publish) <= 2 * PROXY_TIMEOUT
+            .filter(|(j, p)| {
+                let routes_for = if *j == MARKED_PROXY {
+                    PROXY_TIMEOUT
+                } else {
+                    2 * PROXY_TIMEOUT
+                };
+                p.alive && self.now.saturating_sub(p.last_publish) <= routes_for
             })
             .map(|(j, _)| format!("p{j}"))
             .collect();

@@ -731,6 +731,7 @@ fn enabled_proxies_follow_the_active_proxies() {
             uid: "p2".into(),
             generation: 0,
             proxy_timeout: 2_000_000_000,
+            fences_from_check_start: false,
         },
     );
     let before = f.cd.clone();

@@ -20,7 +20,8 @@
 //!   `sleepInterval` after first seeing it, Stolon's for one; anything slower and a live keeper
 //!   is judged failed after `failInterval`. A proxy's info whose only change is its `infoUID` is
 //!   rewritten at most every half its TTL (the proxy timeout it carries): the sentinels count a
-//!   proxy active for twice that timeout. A sentinel's info is rewritten only when it changes:
+//!   proxy active for twice that timeout. Such an info is written without the proxy's
+//!   `fencesFromCheckStart` mark, which promises that every publish is written. A sentinel's info is rewritten only when it changes:
 //!   it carries only the sentinel's UID and nobody judges its freshness. The cache of what was
 //!   last written is per process: a restarted component writes at once.
 //! - No TTLs exist in Kubernetes: a pod that is being deleted or whose phase is not `Running` is
@@ -611,8 +612,19 @@ impl Store for KubeStore {
     }
 
     async fn put_proxy_info(&self, info: &ProxyInfo, ttl: Duration) -> Result<(), StoreError> {
-        self.put_status("proxy info", info, refresh_after(InfoKind::Proxy, ttl))
-            .await
+        let refresh = self.status_refresh.or(refresh_after(InfoKind::Proxy, ttl));
+        // The mark `fencesFromCheckStart` promises the sentinels that every publish reaches the
+        // store with a new infoUID; a publish skipped here would break that promise. Unless every
+        // publish is written, the info goes without the mark and the sentinels keep the longer
+        // rule for this proxy.
+        if info.fences_from_check_start && refresh != Some(Duration::ZERO) {
+            let unmarked = ProxyInfo {
+                fences_from_check_start: false,
+                ..info.clone()
+            };
+            return self.put_status("proxy info", &unmarked, refresh).await;
+        }
+        self.put_status("proxy info", info, refresh).await
     }
 
     async fn get_proxies_info(&self) -> Result<BTreeMap<String, ProxyInfo>, StoreError> {

@@ -217,6 +217,7 @@ async fn infos_are_found_by_labels_on_live_pods() {
         info_uid: "pi".into(),
         generation: 3,
         proxy_timeout: 15_000_000_000,
+        fences_from_check_start: false,
     };
     px.put_proxy_info(&pinfo, TTL).await.expect("proxy");
     other
@@ -296,6 +297,7 @@ fn proxy(info_uid: &str, generation: i64) -> ProxyInfo {
         info_uid: info_uid.into(),
         generation,
         proxy_timeout: 15_000_000_000,
+        fences_from_check_start: false,
     }
 }
 
@@ -383,6 +385,36 @@ async fn a_proxy_info_is_not_rewritten_when_only_the_info_uid_changed_until_half
 }
 
 #[tokio::test]
+async fn a_proxy_info_is_written_without_the_fence_mark_unless_every_publish_is_written() {
+    let fake = FakeApiServer::start().await.expect("fake");
+    fake.add_pod(NS, "proxy-0", &labels("stolon-proxy", "c1"), "Running");
+    fake.add_pod(NS, "proxy-1", &labels("stolon-proxy", "c1"), "Running");
+    let marked = |info_uid: &str| ProxyInfo {
+        fences_from_check_start: true,
+        ..proxy(info_uid, 1)
+    };
+    // Publishes that change only the infoUID may be skipped: the mark would be a false promise.
+    let (s, _) = open(&fake, "c1", Some("proxy-0"), KubeOptions::default());
+    s.put_proxy_info(&marked("uid-1"), TTL)
+        .await
+        .expect("publish");
+    assert_eq!(status_of::<ProxyInfo>(&fake, "proxy-0"), proxy("uid-1", 1));
+    // Every publish written: the mark stays.
+    let every = KubeOptions {
+        status_refresh: Some(Duration::ZERO),
+        ..KubeOptions::default()
+    };
+    let (s, _) = open(&fake, "c1", Some("proxy-1"), every);
+    s.put_proxy_info(&marked("uid-2"), TTL)
+        .await
+        .expect("publish");
+    s.put_proxy_info(&marked("uid-3"), TTL)
+        .await
+        .expect("publish");
+    assert_eq!(status_of::<ProxyInfo>(&fake, "proxy-1"), marked("uid-3"));
+}
+
+#[tokio::test]
 async fn an_unchanged_sentinel_info_is_written_once() {
     let fake = FakeApiServer::start().await.expect("fake");
     fake.add_pod(
@@ -428,6 +460,7 @@ async fn status_refresh_interval_is_configurable() {
             info_uid: format!("i{i}"),
             generation: 1,
             proxy_timeout: 1,
+            fences_from_check_start: false,
         };
         s.put_proxy_info(&p, TTL).await.expect("publish");
     }

@@ -8,12 +8,14 @@
 pub mod config;
 pub mod metrics;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use stolon_core::model::{ClusterData, SentinelInfo};
 use stolon_core::sentinel::{
-    DecideInput, Event, SentinelMemory, Severity, decide, memory_at_takeover, validate_invariants,
+    DecideInput, Event, SentinelMemory, Severity, decide, memory_at_takeover,
+    remember_proxies_at_takeover, validate_invariants,
 };
 use stolon_core::timestamp::Timestamp;
 use stolon_core::uid::{UidSource, uid_from_bytes};
@@ -128,7 +130,8 @@ struct Sentinel {
     cd_errors: stolon_store::repeat::Repeated,
     wake_at: Option<Instant>,
     /// Leadership was just gained: the next check seeds the memory from the ages of the
-    /// keepers' infos (stolon_core::sentinel::memory_at_takeover).
+    /// keepers' and proxies' infos (stolon_core::sentinel::memory_at_takeover,
+    /// remember_proxies_at_takeover).
     takeover: bool,
 }
 
@@ -219,9 +222,18 @@ impl Sentinel {
         if std::mem::take(&mut self.takeover) {
             match self.store.keeper_info_ages().await {
                 Ok(ages) if !ages.is_empty() => {
+                    // Read after the infos: an info replaced since only looks younger.
+                    let proxy_ages = match self.store.proxy_info_ages().await {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read proxy info ages, judging proxies from now");
+                            BTreeMap::new()
+                        }
+                    };
                     let now = Instant::now().duration_since(self.origin);
-                    tracing::info!(?ages, "keeper info ages at takeover");
+                    tracing::info!(?ages, ?proxy_ages, "keeper and proxy info ages at takeover");
                     self.memory = memory_at_takeover(&keepers, &ages, now);
+                    remember_proxies_at_takeover(&mut self.memory, &proxies, &proxy_ages, now);
                 }
                 Ok(_) => {}
                 Err(e) => {

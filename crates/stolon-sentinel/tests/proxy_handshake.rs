@@ -72,6 +72,7 @@ fn proxy_info(info_uid: &str, generation: i64) -> ProxyInfo {
         uid: "proxy1".into(),
         generation,
         proxy_timeout: 0,
+        fences_from_check_start: false,
     }
 }
 

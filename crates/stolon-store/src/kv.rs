@@ -84,6 +84,19 @@ impl<B: KvBackend> KvStore<B> {
         }
     }
 
+    /// A lower bound of the age of each info under `prefix`, by the UID after the prefix, from
+    /// its lease.
+    async fn info_ages(&self, prefix: String) -> Result<BTreeMap<String, Duration>, StoreError> {
+        let ages = self.backend.lease_ages(&prefix).await?;
+        Ok(ages
+            .into_iter()
+            .filter_map(|(key, age)| {
+                let uid = key.strip_prefix(&prefix)?.trim_start_matches('/');
+                (!uid.is_empty()).then(|| (uid.to_string(), age))
+            })
+            .collect())
+    }
+
     async fn put_ttl<T: Serialize>(
         &self,
         key: String,
@@ -222,15 +235,7 @@ impl<B: KvBackend> Store for KvStore<B> {
 
     // Every publish writes the info under a fresh lease: its age is the info's.
     async fn keeper_info_ages(&self) -> Result<BTreeMap<String, Duration>, StoreError> {
-        let prefix = self.layout.keepers_info_dir();
-        let ages = self.backend.lease_ages(&prefix).await?;
-        Ok(ages
-            .into_iter()
-            .filter_map(|(key, age)| {
-                let uid = key.strip_prefix(&prefix)?.trim_start_matches('/');
-                (!uid.is_empty()).then(|| (uid.to_string(), age))
-            })
-            .collect())
+        self.info_ages(self.layout.keepers_info_dir()).await
     }
 
     async fn get_keepers_info(&self) -> Result<BTreeMap<String, KeeperInfo>, StoreError> {
@@ -266,6 +271,12 @@ impl<B: KvBackend> Store for KvStore<B> {
     async fn put_proxy_info(&self, info: &ProxyInfo, ttl: Duration) -> Result<(), StoreError> {
         self.put_ttl(self.layout.proxy_info(&info.uid), "proxy info", info, ttl)
             .await
+    }
+
+    // As for keepers: the lease is granted just before the write, so its age is at most the
+    // info's, itself at most the time since the proxy started the check that published it.
+    async fn proxy_info_ages(&self) -> Result<BTreeMap<String, Duration>, StoreError> {
+        self.info_ages(self.layout.proxies_info_dir()).await
     }
 
     async fn get_proxies_info(&self) -> Result<BTreeMap<String, ProxyInfo>, StoreError> {

@@ -95,6 +95,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Publishes a proxy's info under a TTL.
     async fn put_proxy_info(&self, info: &ProxyInfo, ttl: Duration) -> Result<(), StoreError>;
+    /// For each proxy whose info is in the store: a lower bound of how long ago it published it,
+    /// as [`Store::keeper_info_ages`] for keepers. A sentinel that takes over leadership uses it
+    /// to stop waiting sooner for a proxy that was already silent before. Default: nothing known
+    /// (every proxy is then judged from when the new leader first looks).
+    async fn proxy_info_ages(&self) -> Result<BTreeMap<String, Duration>, StoreError> {
+        Ok(BTreeMap::new())
+    }
     /// All live proxy infos by proxy UID.
     async fn get_proxies_info(&self) -> Result<BTreeMap<String, ProxyInfo>, StoreError>;
 

@@ -501,6 +501,11 @@ impl Store for MemStore {
     ) -> Result<std::collections::BTreeMap<String, Duration>, StoreError> {
         self.inner.keeper_info_ages().await
     }
+    async fn proxy_info_ages(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Duration>, StoreError> {
+        self.inner.proxy_info_ages().await
+    }
     async fn put_sentinel_info(
         &self,
         info: &SentinelInfo,

@@ -164,6 +164,13 @@ impl Store for Unreliable {
         self.inner.keeper_info_ages().await
     }
 
+    async fn proxy_info_ages(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Duration>, StoreError> {
+        self.faults.gate("proxy_info_ages").await?;
+        self.inner.proxy_info_ages().await
+    }
+
     async fn delete_keeper_info(&self, uid: &str) -> Result<(), StoreError> {
         self.faults.gate("delete_keeper_info").await?;
         self.inner.delete_keeper_info(uid).await

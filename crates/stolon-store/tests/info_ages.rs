@@ -1,10 +1,11 @@
-//! `Store::keeper_info_ages`: how long ago each keeper wrote its info, from the info's lease, on
-//! the in-memory backend (virtual time) and on a real etcd. The age is a lower bound: never more
-//! than the time since the write, and it grows while the keeper is silent.
+//! `Store::keeper_info_ages` and `Store::proxy_info_ages`: how long ago each keeper or proxy wrote
+//! its info, from the info's lease, on the in-memory backend (virtual time) and on a real etcd.
+//! The age is a lower bound: never more than the time since the write, and it grows while the
+//! component is silent.
 
 use std::time::{Duration, Instant};
 
-use stolon_core::model::KeeperInfo;
+use stolon_core::model::{KeeperInfo, ProxyInfo};
 use stolon_store::Store;
 use stolon_store::mem::MemKv;
 use stolon_store::testing::etcd::EtcdServer;
@@ -66,6 +67,74 @@ async fn etcd_ages_are_lower_bounds_that_grow() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let ages = store.keeper_info_ages().await.expect("ages");
     let later = ages["k1"];
+    assert!(
+        later <= written.elapsed(),
+        "age {later:?} over the real age"
+    );
+    assert!(later > first, "age did not grow: {first:?} then {later:?}");
+    assert_eq!(ages.len(), 1);
+}
+
+fn proxy(uid: &str, info_uid: &str) -> ProxyInfo {
+    ProxyInfo {
+        uid: uid.to_string(),
+        info_uid: info_uid.to_string(),
+        ..ProxyInfo::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn mem_proxy_ages_follow_the_last_publish_and_ignore_keepers() {
+    let kv = MemKv::new();
+    let store = kv.store("stolon/cluster", "ages");
+    let ttl = Duration::from_secs(6);
+    store
+        .put_proxy_info(&proxy("p1", "a"), ttl)
+        .await
+        .expect("put");
+    store
+        .put_proxy_info(&proxy("p2", "a"), ttl)
+        .await
+        .expect("put");
+    store
+        .put_keeper_info(&keeper("k1", "a"), ttl)
+        .await
+        .expect("put");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // p2 publishes again; p1 stays silent.
+    store
+        .put_proxy_info(&proxy("p2", "b"), ttl)
+        .await
+        .expect("put");
+    let ages = store.proxy_info_ages().await.expect("ages");
+    // 3.5 s: 2 whole seconds left of 6, so at least 6 - 2 - 1 = 3 s.
+    assert_eq!(ages.get("p1"), Some(&Duration::from_secs(3)));
+    assert_eq!(ages.get("p2"), Some(&Duration::ZERO));
+    assert_eq!(ages.len(), 2, "keepers are not proxies: {ages:?}");
+    // An expired info has no age.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ages = store.proxy_info_ages().await.expect("ages");
+    assert_eq!(ages.keys().collect::<Vec<_>>(), vec!["p2"]);
+}
+
+#[tokio::test]
+async fn etcd_proxy_ages_are_lower_bounds_that_grow() {
+    let etcd = EtcdServer::start_async().await.expect("etcd");
+    let cfg = etcd.store_config("ages");
+    let store = stolon_store::connect(&cfg).await.expect("connect").0;
+    let written = Instant::now();
+    store
+        .put_proxy_info(&proxy("p1", "a"), Duration::from_secs(20))
+        .await
+        .expect("put");
+    let first = store.proxy_info_ages().await.expect("ages")["p1"];
+    assert!(
+        first <= written.elapsed(),
+        "age {first:?} over the real age"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let ages = store.proxy_info_ages().await.expect("ages");
+    let later = ages["p1"];
     assert!(
         later <= written.elapsed(),
         "age {later:?} over the real age"

@@ -646,6 +646,7 @@ keeper0 (master)
                     uid: "proxy1".into(),
                     generation: 12,
                     proxy_timeout: 15_000_000_000,
+                    fences_from_check_start: false,
                 },
                 ttl,
             )

@@ -151,4 +151,15 @@ pub struct ProxyInfo {
     /// The proxy's current proxyTimeout, in nanoseconds.
     #[serde(rename = "ProxyTimeout", default)]
     pub proxy_timeout: i64,
+    /// The proxy counts its `proxyTimeout` from the start of its last check that published an
+    /// info (so it has fenced itself `proxyTimeout` after the start of the check that wrote the
+    /// info the sentinel sees), and every publish writes a new `infoUID` to the store: the
+    /// sentinel may then stop waiting for it sooner (docs/invariants.md, invariant 2). Not in
+    /// Stolon's format; false (omitted) for a Stolon proxy, which keeps the longer rule.
+    #[serde(
+        rename = "fencesFromCheckStart",
+        default,
+        skip_serializing_if = "is_false"
+    )]
+    pub fences_from_check_start: bool,
 }

@@ -6,8 +6,15 @@
 //! standbys') advertised addresses; publish this proxy's `ProxyInfo` when due; route. Publishing
 //! comes before routing to a new master (the fencing handshake: the sentinel waits until every
 //! enabled proxy has acknowledged the generation that names the master before it relies on it).
-//! The machine routes nowhere, and stops listening when so configured, once its last successful
-//! check is older than `proxyTimeout`.
+//! The machine routes nowhere, and stops listening when so configured, once `proxyTimeout` has
+//! passed since the *start* of its last check that read clusterdata and published a new
+//! `ProxyInfo` (or that left it routing nowhere, when there is nothing to fence). A check that
+//! routes on without publishing (a store change that needs no new info) does not extend that
+//! clock, and a check's result is dropped when `proxyTimeout` has passed since it started. So the
+//! proxy has fenced itself `proxyTimeout` (on its own clock) after the start of the check that
+//! wrote the last info the sentinel saw, a start that precedes the write; the sentinel relies on
+//! it when the info carries the mark [`crate::model::ProxyInfo::fences_from_check_start`]
+//! (docs/invariants.md, invariant 2).
 //!
 //! Checks run every `proxyCheckInterval` (a full check: it always publishes, as Stolon does) and
 //! at once on any store change (it does nothing when the clusterdata revision is the one already
@@ -385,6 +392,8 @@ pub struct Check {
     pub kind: CheckKind,
     /// `proxyTimeout` expired while it ran: its result is stale and is dropped.
     pub stale: bool,
+    /// When it started, before its clusterdata read was sent.
+    pub started: MonoInstant,
     /// What it waits for.
     pub phase: Phase,
 }
@@ -396,9 +405,10 @@ pub struct Memory {
     pub check_interval: Duration,
     /// `proxyTimeout` in force.
     pub proxy_timeout: Duration,
-    /// End of the last successful check (the start, before the first).
+    /// Start of the last check that published (or that ended routing nowhere); the proxy's
+    /// start before the first. `proxyTimeout` is counted from here.
     pub fresh_since: MonoInstant,
-    /// `proxyTimeout` expired since the last successful check.
+    /// `proxyTimeout` expired since `fresh_since`.
     pub timed_out: bool,
     /// Clusterdata revision applied by the last successful check (`Some(None)`: key absent);
     /// `None` when the last check did not succeed or the proxy timed out since.
@@ -579,11 +589,14 @@ impl Machine<'_> {
     }
 
     /// Whether a check is in progress in a phase matching `f`. The result of a stale check is
-    /// dropped here, and a full check is queued instead.
+    /// dropped here, and a full check is queued instead. A check is stale when `proxyTimeout`
+    /// expired while it ran, or (while timed out already) when `proxyTimeout` has passed since
+    /// it started: routing on its result could outlive its own fencing deadline.
     fn current(&mut self, f: impl Fn(&Phase) -> bool) -> bool {
+        let timeout = self.mem.proxy_timeout;
         match &self.mem.check {
             Some(c) if f(&c.phase) => {
-                if c.stale {
+                if c.stale || self.now >= c.started.saturating_add(timeout) {
                     self.mem.check = None;
                     self.queue(CheckKind::Full);
                     false
@@ -604,6 +617,7 @@ impl Machine<'_> {
         self.mem.check = Some(Check {
             kind,
             stale: false,
+            started: self.now,
             phase: Phase::Reading,
         });
         self.request = Some(Request::ReadClusterData);
@@ -887,8 +901,15 @@ impl Machine<'_> {
         self.actions.push(Action::CheckSucceeded);
         self.mem.failures = 0;
         self.mem.last_failure = None;
-        self.mem.fresh_since = self.now;
-        self.mem.timed_out = false;
+        // The fencing clock restarts, from this check's start, only when this check published a
+        // new info (the sentinel saw, or will see, something no older than that start), or when
+        // it leaves nothing routed (routing again then needs a check that publishes).
+        if published || self.mem.primary.is_none() {
+            if let Some(c) = &self.mem.check {
+                self.mem.fresh_since = c.started;
+            }
+            self.mem.timed_out = false;
+        }
         self.mem.applied_revision = Some(revision);
         if published || self.kind() == CheckKind::Full {
             self.mem.next_full_check = self.now + self.mem.check_interval;

@@ -102,13 +102,16 @@ pub fn publish_timeout(spec: &SpecTimings, current: Duration) -> Duration {
 }
 
 /// The ProxyInfo a proxy publishes: its generation and the timeout it runs on. `info_uid` is a
-/// fresh random UID per publish (the sentinel tells a live proxy from a stale info by it).
+/// fresh random UID per publish (the sentinel tells a live proxy from a stale info by it). It
+/// carries the mark that this proxy counts its timeout from the start of its last published
+/// check ([`machine`]), which lets the sentinel stop waiting for it sooner.
 pub fn proxy_info(uid: &str, info_uid: String, generation: i64, timeout: Duration) -> ProxyInfo {
     ProxyInfo {
         info_uid,
         uid: uid.to_string(),
         generation,
         proxy_timeout: GoDuration::from_std(timeout).as_nanos(),
+        fences_from_check_start: true,
     }
 }
 
@@ -324,6 +327,7 @@ mod tests {
             ("p1", "abcd", 7)
         );
         assert_eq!(info.proxy_timeout, 20_000_000_000);
+        assert!(info.fences_from_check_start);
         assert_eq!(proxy_info_ttl(secs(20)), secs(40));
     }
 

@@ -460,6 +460,147 @@ fn a_timeout_inside_a_check_drops_its_result_and_checks_again() {
 }
 
 #[test]
+fn the_timeout_counts_from_the_start_of_the_check_that_published() {
+    let mut r = Run::routed();
+    assert_eq!(r.mem.deadline(), Some(secs(15)));
+    // The periodic check starts at 5 s; its read, resolve and publish take until 12 s.
+    r.at(secs(5));
+    assert_eq!(
+        r.step(Observation::Wake),
+        (vec![], Some(Request::ReadClusterData))
+    );
+    r.at(secs(8));
+    r.step(read(Some(cd(7, "m", &["p1"])), "1"));
+    r.at(secs(9));
+    assert_eq!(r.step(resolved(&[M, S1])), (vec![], publish(7)));
+    r.at(secs(12));
+    assert_eq!(
+        r.step(Observation::Published(Ok(()))),
+        (vec![Action::CheckSucceeded], None)
+    );
+    // From the start of that check (5 s), not from its end (12 s).
+    assert_eq!(r.mem.deadline(), Some(secs(20)));
+    assert_eq!(
+        r.wake_at,
+        Some(secs(17)),
+        "the next period is counted as before"
+    );
+    // Nothing else happens: fenced at 20 s.
+    r.at(secs(17));
+    r.step(Observation::Wake);
+    r.at(secs(20));
+    let (actions, _) = r.step(Observation::Wake);
+    assert_eq!(
+        actions,
+        vec![
+            log(Log::TimedOut),
+            Action::SetDestination(None),
+            Action::StopListening
+        ]
+    );
+}
+
+#[test]
+fn a_check_whose_read_succeeds_but_publish_fails_does_not_extend_routing() {
+    let mut r = Run::routed();
+    for t in [5, 10] {
+        r.at(secs(t));
+        r.step(Observation::Wake);
+        r.step(read(Some(cd(7, "m", &["p1"])), "1"));
+        assert_eq!(r.step(resolved(&[M, S1])), (vec![], publish(7)));
+        let (actions, _) = r.step(Observation::Published(Err("refused".into())));
+        assert!(
+            !actions.contains(&Action::CheckSucceeded),
+            "a failed publish fails the check: {actions:?}"
+        );
+        assert_eq!(r.mem.primary, Some(addr(M)), "the unchanged route stays");
+        assert_eq!(
+            r.mem.deadline(),
+            Some(secs(15)),
+            "still counted from the first check"
+        );
+    }
+    r.at(secs(15));
+    let (actions, _) = r.step(Observation::Wake);
+    assert_eq!(
+        actions,
+        vec![
+            log(Log::TimedOut),
+            Action::SetDestination(None),
+            Action::StopListening
+        ]
+    );
+}
+
+#[test]
+fn a_store_change_applied_without_publishing_does_not_extend_routing() {
+    let mut r = Run::routed();
+    // The sentinel rewrote clusterdata (a keeper's status): applied without a new info.
+    r.at(secs(4));
+    r.step(Observation::StoreChanged);
+    r.step(read(Some(cd(7, "m", &["p1"])), "2"));
+    assert_eq!(
+        r.step(resolved(&[M, S1])),
+        (vec![Action::CheckSucceeded], None)
+    );
+    assert_eq!(
+        r.mem.deadline(),
+        Some(secs(15)),
+        "the sentinel saw no new info: the clock runs on from the last publish"
+    );
+    // The periodic checks fail from then on: fenced 15 s after the last publishing check.
+    for t in [5, 10] {
+        r.at(secs(t));
+        r.step(Observation::Wake);
+        r.step(Observation::Read(Err(ReadError::Unavailable(
+            "down".into(),
+        ))));
+    }
+    r.at(secs(15));
+    let (actions, _) = r.step(Observation::Wake);
+    assert_eq!(actions[0], log(Log::TimedOut));
+    assert_eq!(r.mem.primary, None);
+}
+
+#[test]
+fn a_check_taking_longer_than_the_timeout_after_a_timeout_is_dropped() {
+    let mut r = Run::routed();
+    for t in [5, 10] {
+        r.at(secs(t));
+        r.step(Observation::Wake);
+        r.step(Observation::Read(Err(ReadError::Unavailable(
+            "down".into(),
+        ))));
+    }
+    r.at(secs(15));
+    let (actions, request) = r.step(Observation::Wake);
+    assert_eq!(actions[0], log(Log::TimedOut));
+    assert_eq!(
+        request,
+        Some(Request::ReadClusterData),
+        "a check starts at 15 s"
+    );
+    // Its read answers only at 31 s, more than proxyTimeout after the check started: routing
+    // on it could not be fenced in time, so it is dropped and a new check starts.
+    r.at(secs(31));
+    assert_eq!(
+        r.step(read(Some(cd(7, "m", &["p1"])), "1")),
+        (vec![], Some(Request::ReadClusterData))
+    );
+    assert_eq!(r.mem.primary, None);
+    // The new check, quick enough, routes again.
+    assert_eq!(
+        r.step(read(Some(cd(7, "m", &["p1"])), "1")),
+        (vec![], Some(Request::Listen))
+    );
+    r.step(Observation::Listened(Ok(())));
+    r.step(resolved(&[M, S1]));
+    r.step(Observation::Published(Ok(())));
+    assert_eq!(r.mem.primary, Some(addr(M)));
+    assert_eq!(r.mem.deadline(), Some(secs(46)));
+}
+
+#[test]
 fn an_unresolvable_master_routes_nothing_and_still_acknowledges() {
     let mut r = Run::routed();
     r.at(secs(1));
@@ -757,6 +898,10 @@ mod property {
             // Generation of the read being applied, and of the last successful publish.
             let mut applying: Option<i64> = None;
             let mut published_ok: Option<i64> = None;
+            // When the running check started, and the start of the last check whose publish
+            // succeeded: the proxy routes only within proxyTimeout of the latter.
+            let mut check_start = Duration::ZERO;
+            let mut published_start: Option<Duration> = None;
             for (dt, c) in choices {
                 let d = step(&cfg, obs, mem, now);
                 mem = d.memory;
@@ -771,6 +916,13 @@ mod property {
                 }
                 if mem.timed_out {
                     prop_assert_eq!(mem.primary, None);
+                }
+                if mem.primary.is_some() {
+                    prop_assert!(published_start.is_some_and(|s| now < s + secs(15)),
+                        "routes at {now:?}, last publishing check started {published_start:?}");
+                }
+                if d.request == Some(Request::ReadClusterData) {
+                    check_start = now;
                 }
                 if d.request.is_some() {
                     prop_assert!(request.is_none(), "two requests at once");
@@ -818,6 +970,7 @@ mod property {
                             Observation::Published(Err("x".into()))
                         } else {
                             published_ok = Some(generation);
+                            published_start = Some(check_start);
                             Observation::Published(Ok(()))
                         }
                     }

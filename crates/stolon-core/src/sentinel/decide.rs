@@ -537,10 +537,10 @@ fn active_proxies(
     mem.proxy_infos.retain(|uid, _| infos.contains_key(uid));
     let mut active = Vec::new();
     for (uid, info) in infos {
-        let timeout = proxy_timeout(info, spec);
+        let window = proxy_active_window(info, spec);
         match mem.proxy_infos.get(uid) {
             Some(h) if h.info_uid == info.info_uid => {
-                if now.saturating_sub(h.first_seen) <= 2 * timeout {
+                if now.saturating_sub(h.first_seen) <= window {
                     active.push(uid.clone());
                 }
             }
@@ -566,6 +566,36 @@ fn proxy_timeout(info: &ProxyInfo, spec: &crate::model::EffectiveSpec) -> Durati
     } else {
         spec.proxy_timeout.to_std()
     }
+}
+
+/// How long a proxy stays active after its current info was first seen (docs/architecture.md
+/// §6.3, docs/invariants.md invariant 2).
+///
+/// A proxy whose info carries `fencesFromCheckStart` has fenced itself `proxyTimeout`, on its
+/// own clock, after the start of the check that wrote that info, which is before the write and
+/// so before the sentinel first saw it. On the sentinel's clock that is at most
+/// `proxyTimeout × (1 + ρ) / (1 − ρ)` after the first sighting (ρ: the drift bound,
+/// [`crate::failsafe::MAX_DRIFT_PPM`]); one `sleepInterval` more leaves the proxy time to act on
+/// its deadline (its timer firing, its sockets closing). Any other proxy (Stolon's) counts its
+/// timeout from a successful check without publishing in it, so it keeps Stolon's rule: twice
+/// its `proxyTimeout`.
+pub fn proxy_active_window(info: &ProxyInfo, spec: &crate::model::EffectiveSpec) -> Duration {
+    let timeout = proxy_timeout(info, spec);
+    if info.fences_from_check_start {
+        stretch_for_drift(timeout).saturating_add(spec.sleep_interval.to_std())
+    } else {
+        timeout.saturating_mul(2)
+    }
+}
+
+/// `d × (1 + ρ) / (1 − ρ)`, rounded up: a span counted on one clock ends, on any other clock
+/// within the drift bound, no later than this.
+fn stretch_for_drift(d: Duration) -> Duration {
+    let ppm = u128::from(crate::failsafe::MAX_DRIFT_PPM);
+    let num = d.as_nanos() * (1_000_000 + ppm);
+    let den = 1_000_000 - ppm;
+    let nanos = num.div_ceil(den);
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 /// The earliest instant after `now` at which a timer expires.
@@ -604,7 +634,7 @@ fn next_wake(
     }
     for (uid, h) in &mem.proxy_infos {
         if let Some(info) = proxies.get(uid) {
-            candidates.push(h.first_seen + 2 * proxy_timeout(info, spec) + tiny);
+            candidates.push(h.first_seen + proxy_active_window(info, spec) + tiny);
         }
     }
     candidates.into_iter().filter(|t| *t > now).min()

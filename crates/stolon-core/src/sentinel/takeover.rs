@@ -13,12 +13,21 @@
 //! never judged silent for longer than it was, and the rule applied is the usual one (failed
 //! after `failInterval` without a new info).
 //!
+//! Proxies likewise ([`remember_proxies_at_takeover`]): a proxy that fenced itself because it
+//! lost the store together with the old leader need not be waited for a whole new activity
+//! window after the election. Here an earlier first sighting makes the proxy inactive sooner,
+//! so the age must never exceed the time since the proxy started the check that published the
+//! info: the lease is granted after that start and before the write, the store measures the
+//! age on its own clock and rounds it down, and the ages are read after the infos (an info
+//! replaced in between only has a younger lease). The activity window itself is stretched for
+//! clock drift ([`super::proxy_active_window`]), which covers the store's clock as well.
+//!
 //! Pure.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::model::KeeperInfo;
+use crate::model::{KeeperInfo, ProxyInfo};
 
 use super::memory::{InfoHistory, MonoInstant, SentinelMemory};
 
@@ -51,4 +60,29 @@ pub fn memory_at_takeover(
         mem.keeper_infos.insert(uid.clone(), history);
     }
     mem
+}
+
+/// Records, in the memory of a leader that takes over at `now`, the proxies of `proxies_info`
+/// whose info age is known (a lower bound of how long ago the info was written, read after
+/// `proxies_info`), as first seen that long ago. A proxy whose age is not known is left out: the
+/// first decision then starts its window at `now`.
+pub fn remember_proxies_at_takeover(
+    mem: &mut SentinelMemory,
+    proxies_info: &BTreeMap<String, ProxyInfo>,
+    info_ages: &BTreeMap<String, Duration>,
+    now: MonoInstant,
+) {
+    for (uid, info) in proxies_info {
+        if let Some(age) = info_ages.get(uid) {
+            mem.proxy_infos.insert(
+                uid.clone(),
+                InfoHistory {
+                    info_uid: info.info_uid.clone(),
+                    seen: true,
+                    // As for keepers: at worst the origin of monotonic time, later than the write.
+                    first_seen: now.saturating_sub(*age),
+                },
+            );
+        }
+    }
 }

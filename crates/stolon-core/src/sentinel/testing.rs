@@ -363,6 +363,7 @@ impl ClusterFixture {
                 uid: uid.into(),
                 generation,
                 proxy_timeout: 15_000_000_000,
+                fences_from_check_start: false,
             },
         );
         self.memory.proxy_infos.insert(
@@ -380,6 +381,16 @@ impl ClusterFixture {
             p.spec.enabled_proxies.sort();
         }
         self
+    }
+
+    /// Adds a proxy like [`ClusterFixture::proxy`] whose info carries `fencesFromCheckStart`
+    /// (a stolon-rs proxy, which counts its timeout from the start of its last published check).
+    pub fn marked_proxy(self, uid: &str) -> Self {
+        let mut f = self.proxy(uid);
+        if let Some(i) = f.proxies_info.get_mut(uid) {
+            i.fences_from_check_start = true;
+        }
+        f
     }
 
     /// Stops `keeper` publishing (its info stays until removed, like a TTL not yet expired).

@@ -291,6 +291,7 @@ fn proxy(uid: &str, generation: i64) -> ProxyInfo {
         info_uid: format!("info-{uid}"),
         generation,
         proxy_timeout: 15_000_000_000,
+        fences_from_check_start: false,
     }
 }
 
