@@ -530,3 +530,32 @@ async fn a_held_startup_is_closed_when_no_destination_comes() -> Result<()> {
     fwd.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_switch_is_acknowledged_once_authenticating_connections_finished() -> Result<()> {
+    let (old, mut old_events) = fake_pg("old", Mode::Password).await?;
+    let (fwd, proxy) = started(old).await?;
+    // Not switching: nothing to wait for.
+    assert!(fwd.withdrawn_startups_finished(WAIT).await);
+
+    let mut c = connect(proxy).await?;
+    c.write_all(&startup_message("app")).await?;
+    let (t, _) = tokio::time::timeout(WAIT, read_message(&mut c)).await??;
+    assert_eq!(t, b'R');
+    assert!(matches!(
+        next_event(&mut old_events).await?,
+        Event::Startup(_)
+    ));
+    begin_switchover(&fwd, HOLD);
+    // The client has not answered the password request: its startup is not over.
+    assert!(
+        !fwd.withdrawn_startups_finished(Duration::from_millis(200))
+            .await
+    );
+    c.write_all(&message(b'p', b"secret\0")).await?;
+    assert_eq!(read_until_ready(&mut c).await?, "old");
+    assert!(closed_by_peer(&mut c).await);
+    assert!(fwd.withdrawn_startups_finished(WAIT).await);
+    fwd.shutdown().await;
+    Ok(())
+}

@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use socket2::{SockRef, TcpKeepalive};
 use stolon_core::proxy::startup::{Startup, StartupError, Withdrawal, on_withdrawn};
@@ -91,6 +93,47 @@ pub(crate) struct CopyParams {
     pub(crate) connect_timeout: Duration,
 }
 
+/// The connections of one listener whose startup is not over yet (from the upstream connect to
+/// the server's first ReadyForQuery, or to the end of the connection).
+#[derive(Debug, Default)]
+pub(crate) struct InStartup {
+    count: AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+impl InStartup {
+    /// Counts one more connection until the slot is dropped.
+    pub(crate) fn enter(self: &Arc<Self>) -> StartupSlot {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        StartupSlot(Arc::clone(self))
+    }
+
+    /// Waits until no connection is in its startup.
+    pub(crate) async fn none_left(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One connection counted in [`InStartup`] while it lives.
+#[derive(Debug)]
+pub(crate) struct StartupSlot(Arc<InStartup>);
+
+impl Drop for StartupSlot {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
+        }
+    }
+}
+
 /// Size of each of the two buffers used while the startup is followed (its messages are small;
 /// a longer one is simply read in several pieces).
 const STARTUP_BUFFER: usize = 4096;
@@ -99,14 +142,16 @@ const STARTUP_BUFFER: usize = 4096;
 /// withdrawn. `startup` is how far the client's startup went (fresh for a new client; for a
 /// held one, its unanswered bytes are sent to the upstream first, and `on_replayed` is called
 /// once they are). The startup is followed until the session is ready or the stream is opaque,
-/// then bytes are copied without looking at them. Dropping both sockets on return closes them,
-/// except for [`Ended::Held`], which hands the client back.
+/// then bytes are copied without looking at them; `slot` counts the connection as in its startup
+/// until then. Dropping both sockets on return closes them, except for [`Ended::Held`], which
+/// hands the client back.
 pub(crate) async fn proxy(
     client: TcpStream,
     pick: Pick,
     params: CopyParams,
     mut startup: Box<Startup>,
     on_replayed: Option<&(dyn Fn() + Sync)>,
+    slot: StartupSlot,
 ) -> Ended {
     let connect = tokio::time::timeout(params.connect_timeout, TcpStream::connect(pick.addr));
     let mut upstream = tokio::select! {
@@ -141,7 +186,7 @@ pub(crate) async fn proxy(
             Followed::End(ended) => return ended,
         }
     }
-    drop(startup);
+    drop((startup, slot));
     tokio::select! {
         biased;
         _ = pick.closed.withdrawn() => Ended::RouteWithdrawn,

@@ -44,6 +44,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most client connections held at once while there is no destination; more are closed.
 pub const MAX_HELD: usize = 1000;
 
+/// Longest a planned switchover's acknowledgement waits for connections finishing their startup
+/// with the withdrawn destination ([`Forwarder::withdrawn_startups_finished`]).
+pub const MAX_STARTUP_FINISH: Duration = Duration::from_secs(2);
+
 /// Pause after an accept error (e.g. out of file descriptors) before accepting again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -136,6 +140,8 @@ struct Inner {
     held: AtomicU64,
     hold_expired: AtomicU64,
     startups_replayed: AtomicU64,
+    /// Connections whose startup is not over yet.
+    in_startup: Arc<conn::InStartup>,
 }
 
 /// A running accept loop.
@@ -179,6 +185,7 @@ impl Forwarder {
                 held: AtomicU64::new(0),
                 hold_expired: AtomicU64::new(0),
                 startups_replayed: AtomicU64::new(0),
+                in_startup: Arc::default(),
             }),
         }
     }
@@ -310,6 +317,25 @@ impl Forwarder {
         }
     }
 
+    /// While new connections are held and no destination is set (a planned switchover), waits
+    /// until no connection is still in its startup, at most `limit`: those the old destination
+    /// was authenticating when it was withdrawn finish and are closed, the others are held. So
+    /// once this returns, no new session can start on the old destination through this
+    /// forwarder, and its server may be stopped without failing a connection attempt. Returns
+    /// at once otherwise; false when `limit` passed first.
+    pub async fn withdrawn_startups_finished(&self, limit: Duration) -> bool {
+        let switching = self.inner.holding().is_some() && {
+            let (targets, fallback) = self.inner.routing().addresses();
+            targets.is_empty() && fallback.is_none()
+        };
+        if !switching {
+            return true;
+        }
+        tokio::time::timeout(limit, self.inner.in_startup.none_left())
+            .await
+            .is_ok()
+    }
+
     /// Stops listening, closes every connection and waits until all connection tasks ended.
     pub async fn shutdown(&self) {
         self.stop_listening().await;
@@ -407,12 +433,14 @@ impl Inner {
             };
             let upstream = chosen.addr;
             self.active.fetch_add(1, Ordering::Relaxed);
+            let slot = self.in_startup.enter();
             let ended = conn::proxy(
                 client,
                 chosen,
                 self.params,
                 startup,
                 replay.then_some(&on_replayed as &(dyn Fn() + Sync)),
+                slot,
             )
             .await;
             self.active.fetch_sub(1, Ordering::Relaxed);
