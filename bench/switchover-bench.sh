@@ -3,8 +3,8 @@
 # synchronous replication off and on; a client writes through the proxy (a new connection per
 # write) while `stolonctl switchover` moves the primary back and forth. Prints, per configuration
 # (the default spec timings and `sleepInterval 1s`), the median and max write pause (last
-# acknowledgement by the old primary to the first by the new one), refused connections and
-# acknowledged writes lost.
+# acknowledgement by the old primary to the first by the new one), refused connections, inserts
+# that failed on an established connection, and acknowledged writes lost.
 #
 #   bench/switchover-bench.sh                     5 switchovers per configuration
 #   RUNS=2 bench/switchover-bench.sh              shorter

@@ -121,6 +121,12 @@ pub trait Forwarding: Sync {
     fn routing_on_confirmation(&self, _on: bool) {}
     /// A failsafe confirmation request got this answer.
     fn confirmation_answered(&self, _answer: &ConfirmAnswer) {}
+    /// Before a publish: during a planned switchover, waits (bounded) until connections still
+    /// authenticating with the old master have finished, so the acknowledgement that lets the
+    /// old master stop comes after them.
+    fn withdrawn_startups_finished(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Random info UIDs, one per publish.
@@ -348,6 +354,7 @@ fn start<'a, F: Forwarding>(
         } => {
             let info = proxy_info(uid, info_uids.new_uid(), generation, proxy_timeout);
             Box::pin(async move {
+                fwd.withdrawn_startups_finished().await;
                 Observation::Published(
                     store
                         .put_proxy_info(&info, ttl)
@@ -388,6 +395,19 @@ impl Forwarding for Forwarders {
 
     fn set_hold(&self, limit: Option<std::time::Duration>) {
         self.primary.0.set_hold(limit);
+    }
+
+    async fn withdrawn_startups_finished(&self) {
+        if !self
+            .primary
+            .0
+            .withdrawn_startups_finished(crate::engine::MAX_STARTUP_FINISH)
+            .await
+        {
+            tracing::warn!(
+                "connections still authenticating with the old master: acknowledging anyway"
+            );
+        }
     }
 
     fn set_read_only_destinations(&self, standbys: Vec<SocketAddr>, fallback: Option<SocketAddr>) {

@@ -116,7 +116,7 @@ impl Metrics {
             ));
         }
         type Pick = fn(&crate::engine::Stats) -> u64;
-        let series: [(&str, &str, &str, Pick); 6] = [
+        let series: [(&str, &str, &str, Pick); 8] = [
             (
                 "stolon_proxy_listening",
                 "gauge",
@@ -146,6 +146,18 @@ impl Metrics {
                 "counter",
                 "Proxied connections closed because their destination was withdrawn.",
                 |s| s.closed_by_route_change,
+            ),
+            (
+                "stolon_proxy_connections_held",
+                "gauge",
+                "Client connections waiting for a destination now (planned switchover).",
+                |s| s.held_now as u64,
+            ),
+            (
+                "stolon_proxy_startups_replayed_total",
+                "counter",
+                "Connections whose destination was withdrawn before the server answered their startup, sent with it to the next destination.",
+                |s| s.startups_replayed,
             ),
             (
                 "stolon_proxy_route_changes_total",
@@ -320,6 +332,8 @@ mod tests {
         ));
         assert!(ok.contains("stolon_proxy_route_changes_total{listener=\"primary\"} 1"));
         assert!(ok.contains("stolon_proxy_listening{listener=\"primary\"} 0"));
+        assert!(ok.contains("stolon_proxy_connections_held{listener=\"primary\"} 0"));
+        assert!(ok.contains("stolon_proxy_startups_replayed_total{listener=\"primary\"} 0"));
         assert!(!ok.contains("stolon_proxy_last_check_success_seconds 0\n"));
         assert!(ok.contains("stolon_proxy_failsafe_routing 0\n"), "{ok}");
         assert!(ok.contains("stolon_proxy_failsafe_confirmations_total{result=\"granted\"} 0\n"));

@@ -2,7 +2,11 @@
 //! no keeper or sentinel): a session through the proxy is closed when the master changes and
 //! the next connection reaches the new master; the read-only port lands only on standbys
 //! (`pg_is_in_recovery()`), on both of them, and falls back to the master when none is left; a
-//! proxy dropped from `enabledProxies` routes nothing.
+//! proxy dropped from `enabledProxies` routes nothing. Then the forwarding engine alone between
+//! two SCRAM servers and a real client, whose traffic a relay stops at chosen points of its
+//! startup: a startup the old server has not answered is replayed to the new one while the
+//! engine holds; one in the middle of its SCRAM exchange finishes on the old server and is then
+//! closed.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -23,6 +27,8 @@ use stolon_store::testing::etcd::EtcdServer;
 use tokio_util::sync::CancellationToken;
 
 const UID: &str = "realpgproxy";
+/// The password of the SCRAM servers (a test value).
+const PASSWORD: &str = "switch-test-pw";
 
 /// Runs a PostgreSQL tool as the `postgres` OS user (when root).
 fn pg_cmd(tool: &str) -> Command {
@@ -98,6 +104,21 @@ impl Pg {
         c.arg("-D")
             .arg(&data)
             .args(["-U", "postgres", "--auth=trust", "--no-sync"]);
+        run_ok(c, "initdb")?;
+        Pg::configure_and_start(data, free_port(), dir.path())
+    }
+
+    /// A primary whose `postgres` user authenticates with SCRAM and [`PASSWORD`].
+    fn scram_primary(dir: &TestDir, name: &str) -> Result<Pg> {
+        let data = dir.path().join(name);
+        let pwfile = dir.path().join(format!("{name}.pw"));
+        std::fs::write(&pwfile, PASSWORD)?;
+        std::fs::set_permissions(&pwfile, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        let mut c = pg_cmd("initdb");
+        c.arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=scram-sha-256", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.display()));
         run_ok(c, "initdb")?;
         Pg::configure_and_start(data, free_port(), dir.path())
     }
@@ -362,5 +383,178 @@ async fn routes_real_postgres_and_read_only_to_standbys() -> Result<()> {
 
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(10), daemon).await???;
+    Ok(())
+}
+
+/// A relay between a real client and the proxy that stops the client's startup at a chosen
+/// point: it passes at most `client_bytes` bytes of the client's (then waits for `release`), and
+/// the server's bytes up to the end of its first message only, with the client's first answer
+/// (then waits for `release`). `reached` fires when the relay has stopped.
+async fn gate_relay(
+    proxy: SocketAddr,
+    client_bytes: Option<usize>,
+    stop_after_first_answer: bool,
+) -> Result<(
+    u16,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Sender<()>,
+)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (reached_tx, reached) = tokio::sync::oneshot::channel::<()>();
+    let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let relay = async {
+            let (client, _) = listener.accept().await?;
+            let upstream = tokio::net::TcpStream::connect(proxy).await?;
+            let (mut cr, mut cw) = client.into_split();
+            let (mut ur, mut uw) = upstream.into_split();
+            let mut buf = vec![0u8; 16 * 1024];
+            if let Some(n) = client_bytes {
+                // The first `n` bytes of the client, then nothing until released.
+                let mut first = vec![0u8; n];
+                cr.read_exact(&mut first).await?;
+                uw.write_all(&first).await?;
+                let _ = reached_tx.send(());
+                let _ = release_rx.await;
+            } else if stop_after_first_answer {
+                // The StartupMessage, the server's first message, the client's answer to it;
+                // then nothing more from the server until released.
+                let mut len = [0u8; 4];
+                cr.read_exact(&mut len).await?;
+                let mut startup = len.to_vec();
+                startup.resize(u32::from_be_bytes(len) as usize, 0);
+                cr.read_exact(&mut startup[4..]).await?;
+                uw.write_all(&startup).await?;
+                let mut head = [0u8; 5];
+                ur.read_exact(&mut head).await?;
+                let mut first = head.to_vec();
+                first.resize(
+                    1 + u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize,
+                    0,
+                );
+                ur.read_exact(&mut first[5..]).await?;
+                cw.write_all(&first).await?;
+                let n = cr.read(&mut buf).await?;
+                uw.write_all(&buf[..n]).await?;
+                let _ = reached_tx.send(());
+                let _ = release_rx.await;
+            }
+            // Either side ending ends the relay (both sockets closed).
+            tokio::select! {
+                _ = tokio::io::copy(&mut cr, &mut uw) => {}
+                _ = tokio::io::copy(&mut ur, &mut cw) => {}
+            }
+            anyhow::Ok(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(60), relay).await;
+    });
+    Ok((port, reached, release))
+}
+
+/// A SCRAM client of `port`, connecting in the background; the connection's result.
+fn scram_connect(
+    port: u16,
+) -> tokio::task::JoinHandle<Result<tokio_postgres::Client, tokio_postgres::Error>> {
+    tokio::spawn(async move {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .dbname("postgres")
+            .password(PASSWORD)
+            .ssl_mode(tokio_postgres::config::SslMode::Disable)
+            .connect_timeout(Duration::from_secs(30));
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    })
+}
+
+async fn server_port(c: &tokio_postgres::Client) -> Result<u16> {
+    let row = c
+        .query_one("select current_setting('port')::int", &[])
+        .await?;
+    Ok(u16::try_from(row.get::<_, i32>(0))?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_holds_an_unanswered_startup_and_finishes_an_authenticating_one() -> Result<()> {
+    use stolon_proxy::engine::{EngineConfig, Forwarder};
+    let dir = TestDir::new("stolon-proxy-realpg-hold");
+    let old = Pg::scram_primary(&dir, "old")?;
+    let new = Pg::scram_primary(&dir, "new")?;
+    let fwd = Forwarder::new("primary", EngineConfig::default());
+    fwd.set_destination(Some(old.addr()));
+    let proxy = fwd
+        .start_listening(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await?;
+    let wait = Duration::from_secs(30);
+
+    // A: 5 bytes of the StartupMessage went to the old server, which waits for the rest.
+    let (relay, reached, release) = gate_relay(proxy, Some(5), false).await?;
+    let a = scram_connect(relay);
+    tokio::time::timeout(wait, reached)
+        .await
+        .context("A: relay never stopped")??;
+    // Give the proxy a moment to pass those bytes on (the test holds either way).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fwd.set_hold(Some(wait));
+    fwd.set_destination(None);
+    for _ in 0..200 {
+        if fwd.stats().held_now == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fwd.stats().held_now, 1, "the connection was not held");
+    fwd.set_destination(Some(new.addr()));
+    fwd.set_hold(None);
+    let _ = release.send(());
+    let a = tokio::time::timeout(wait, a)
+        .await
+        .context("A: connect timed out")???;
+    assert_eq!(
+        server_port(&a).await?,
+        new.port,
+        "replayed to the new server"
+    );
+    assert_eq!(fwd.stats().startups_replayed, 1);
+    assert_eq!(fwd.stats().closed_by_route_change, 0);
+
+    // B: in the middle of SCRAM with the (now) old server `new`; the switch goes to `old`.
+    let (relay, reached, release) = gate_relay(proxy, None, true).await?;
+    let b = scram_connect(relay);
+    tokio::time::timeout(wait, reached)
+        .await
+        .context("B: relay never stopped")??;
+    fwd.set_hold(Some(wait));
+    fwd.set_destination(None);
+    fwd.set_destination(Some(old.addr()));
+    fwd.set_hold(None);
+    let _ = release.send(());
+    // The connection attempt succeeds (authenticated by the server it started with)...
+    let b = tokio::time::timeout(wait, b)
+        .await
+        .context("B: connect timed out")???;
+    // ...and the connection is then closed: its first query fails.
+    assert!(
+        tokio::time::timeout(wait, b.simple_query("select 1"))
+            .await?
+            .is_err(),
+        "the connection to the withdrawn server stayed open"
+    );
+    let st = fwd.stats();
+    assert_eq!(
+        st.startups_replayed, 1,
+        "an authenticating startup was replayed"
+    );
+    // `a` (established on `new`) and `b`.
+    assert_eq!(st.closed_by_route_change, 2);
+    // New connections go to the new destination.
+    let c = tokio::time::timeout(wait, scram_connect(proxy.port())).await???;
+    assert_eq!(server_port(&c).await?, old.port);
+    fwd.shutdown().await;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The proxy's decisions: where new client connections go ([`route`]), the small publishing
 //! policy around it (which timeout to publish, the ProxyInfo and its TTL), and the check loop
-//! itself as a pure state machine ([`machine`]) that the proxy daemon and the simulation both run.
+//! itself as a pure state machine ([`machine`]) that the proxy daemon and the simulation both run,
+//! and what becomes of a connection still in its startup when its destination goes ([`startup`]).
 //!
 //! Pure. Fail-closed: whenever clusterdata is missing, unusable, names no master, or does not enable
 //! this proxy, the answer is "route nowhere" (and the proxy closes every connection).
@@ -13,6 +14,7 @@ use crate::model::{ClusterData, DbRole, FollowType, ProxyInfo};
 pub mod machine;
 #[cfg(test)]
 mod scenarios;
+pub mod startup;
 
 /// Why nothing is routed although clusterdata is usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

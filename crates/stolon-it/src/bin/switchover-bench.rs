@@ -3,7 +3,8 @@
 //! insert returning the port of the server that acknowledged it) while `stolonctl switchover`
 //! moves the primary back and forth `RUNS` times (default 5). Measured per switchover: the write
 //! pause (last acknowledgement by the old primary to the first by the new one), connection
-//! attempts through the proxy that failed, and acknowledged writes missing at the end.
+//! attempts through the proxy that failed, inserts that failed on an established connection (a
+//! connection the switch closed), and acknowledged writes missing at the end.
 //!
 //! Configurations: the default spec timings and `sleepInterval 1s`, each asynchronous and
 //! synchronous; `CONFIGS` may restrict them (comma list of `default-async`, `default-sync`,
@@ -65,6 +66,8 @@ struct Ack {
 struct Log {
     acks: Vec<Ack>,
     refused: Vec<Instant>,
+    /// Inserts that failed on an established connection.
+    failed: Vec<Instant>,
 }
 
 /// One insert on a new connection through the proxy: the acknowledging server's port, or
@@ -119,7 +122,7 @@ async fn writer(port: u16, stop: Arc<AtomicBool>, log: Arc<Mutex<Log>>) {
                 log.lock().await.refused.push(Instant::now());
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(false) => {}
+            Err(false) => log.lock().await.failed.push(Instant::now()),
         }
     }
 }
@@ -127,6 +130,7 @@ async fn writer(port: u16, stop: Arc<AtomicBool>, log: Arc<Mutex<Log>>) {
 struct Switch {
     pause: Duration,
     refused: usize,
+    failed: usize,
 }
 
 async fn run_config(cfg: &Config, runs: usize) -> Result<(Vec<Switch>, usize, usize)> {
@@ -182,19 +186,21 @@ async fn run_config(cfg: &Config, runs: usize) -> Result<(Vec<Switch>, usize, us
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let pause = pause.context("no write acknowledged by the new primary")?;
-        let refused = log
-            .lock()
-            .await
-            .refused
-            .iter()
-            .filter(|t| **t >= start)
-            .count();
+        let (refused, failed) = {
+            let l = log.lock().await;
+            let since = |v: &[Instant]| v.iter().filter(|t| **t >= start).count();
+            (since(&l.refused), since(&l.failed))
+        };
         println!(
-            "{} switchover {run}: keeper{m} -> keeper{s}: write pause {:.3} s, {refused} refused connections",
+            "{} switchover {run}: keeper{m} -> keeper{s}: write pause {:.3} s, {refused} refused connections, {failed} inserts failed on an open connection",
             cfg.name,
             pause.as_secs_f64()
         );
-        switches.push(Switch { pause, refused });
+        switches.push(Switch {
+            pause,
+            refused,
+            failed,
+        });
         m = s;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -229,9 +235,11 @@ async fn main() -> Result<()> {
                 let max = pauses.iter().max().copied().unwrap_or_default();
                 let med = stolon_it::bench::median(&mut pauses);
                 let refused: usize = switches.iter().map(|s| s.refused).sum();
+                let failed: usize = switches.iter().map(|s| s.failed).sum();
                 summary.push(format!(
                     "{:<14} switchovers {:>2}  write pause median {:>6.3} s  max {:>6.3} s  \
-                     refused connections {refused}  acknowledged {acked}  lost acknowledged {lost}",
+                     refused connections {refused}  failed on an open connection {failed}  \
+                     acknowledged {acked}  lost acknowledged {lost}",
                     cfg.name,
                     switches.len(),
                     med.as_secs_f64(),

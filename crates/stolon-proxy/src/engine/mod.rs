@@ -10,6 +10,10 @@
 //! - with no destination, accepted client connections are closed immediately, unless the
 //!   forwarder holds them ([`Forwarder::set_hold`], during a planned switchover): then they wait,
 //!   at most [`MAX_HELD`] of them and each for the hold's time, for the next destination;
+//! - while the forwarder holds, a connection whose destination is withdrawn before the server
+//!   answered its startup is not closed but held too, and its unanswered startup bytes are sent
+//!   to the next destination; one in the middle of its authentication finishes it, then is
+//!   closed (`stolon_core::proxy::startup::on_withdrawn`);
 //! - the listening socket exists only between [`Forwarder::start_listening`] and
 //!   [`Forwarder::stop_listening`]; after the latter the port is really free.
 
@@ -39,6 +43,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most client connections held at once while there is no destination; more are closed.
 pub const MAX_HELD: usize = 1000;
+
+/// Longest a planned switchover's acknowledgement waits for connections finishing their startup
+/// with the withdrawn destination ([`Forwarder::withdrawn_startups_finished`]).
+pub const MAX_STARTUP_FINISH: Duration = Duration::from_secs(2);
 
 /// Pause after an accept error (e.g. out of file descriptors) before accepting again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -91,6 +99,11 @@ pub struct Stats {
     pub held: u64,
     /// Held connections closed because no destination came in time (or holding stopped).
     pub hold_expired: u64,
+    /// Client connections waiting for a destination now.
+    pub held_now: usize,
+    /// Connections whose destination was withdrawn before the server answered their startup,
+    /// then sent, with their startup bytes, to the next destination.
+    pub startups_replayed: u64,
     /// Proxied connections currently open (including those still connecting upstream).
     pub active: usize,
     /// Times the routed destinations changed.
@@ -126,6 +139,9 @@ struct Inner {
     waiting: AtomicUsize,
     held: AtomicU64,
     hold_expired: AtomicU64,
+    startups_replayed: AtomicU64,
+    /// Connections whose startup is not over yet.
+    in_startup: Arc<conn::InStartup>,
 }
 
 /// A running accept loop.
@@ -168,6 +184,8 @@ impl Forwarder {
                 waiting: AtomicUsize::new(0),
                 held: AtomicU64::new(0),
                 hold_expired: AtomicU64::new(0),
+                startups_replayed: AtomicU64::new(0),
+                in_startup: Arc::default(),
             }),
         }
     }
@@ -180,7 +198,10 @@ impl Forwarder {
             Some(addr) => std::slice::from_ref(addr),
             None => &[],
         };
-        let changed = self.inner.routing().replace(targets, None);
+        let changed = self
+            .inner
+            .routing()
+            .replace(targets, None, self.inner.holding());
         if changed {
             self.inner.route_changes.fetch_add(1, Ordering::Relaxed);
             tracing::info!(listener = self.inner.name, destination = ?dest, "destination changed");
@@ -211,7 +232,10 @@ impl Forwarder {
         standbys: Vec<SocketAddr>,
         fallback: Option<SocketAddr>,
     ) -> bool {
-        let changed = self.inner.routing().replace(&standbys, fallback);
+        let changed = self
+            .inner
+            .routing()
+            .replace(&standbys, fallback, self.inner.holding());
         if changed {
             self.inner.route_changes.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
@@ -285,10 +309,31 @@ impl Forwarder {
             closed_by_route_change: self.inner.closed_by_route_change.load(Ordering::Relaxed),
             held: self.inner.held.load(Ordering::Relaxed),
             hold_expired: self.inner.hold_expired.load(Ordering::Relaxed),
+            held_now: self.inner.waiting.load(Ordering::Relaxed).min(MAX_HELD),
+            startups_replayed: self.inner.startups_replayed.load(Ordering::Relaxed),
             active: self.inner.active.load(Ordering::Relaxed),
             route_changes: self.inner.route_changes.load(Ordering::Relaxed),
             listening: self.inner.listening_now.load(Ordering::Relaxed),
         }
+    }
+
+    /// While new connections are held and no destination is set (a planned switchover), waits
+    /// until no connection is still in its startup, at most `limit`: those the old destination
+    /// was authenticating when it was withdrawn finish and are closed, the others are held. So
+    /// once this returns, no new session can start on the old destination through this
+    /// forwarder, and its server may be stopped without failing a connection attempt. Returns
+    /// at once otherwise; false when `limit` passed first.
+    pub async fn withdrawn_startups_finished(&self, limit: Duration) -> bool {
+        let switching = self.inner.holding().is_some() && {
+            let (targets, fallback) = self.inner.routing().addresses();
+            targets.is_empty() && fallback.is_none()
+        };
+        if !switching {
+            return true;
+        }
+        tokio::time::timeout(limit, self.inner.in_startup.none_left())
+            .await
+            .is_ok()
     }
 
     /// Stops listening, closes every connection and waits until all connection tasks ended.
@@ -308,39 +353,109 @@ impl Inner {
         self.routing.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The hold in force.
+    fn holding(&self) -> Option<Duration> {
+        *self.hold.borrow()
+    }
+
     /// Sends a freshly accepted client to the current destination, holds it while the
     /// forwarder holds, or closes it.
     fn dispatch(self: &Arc<Self>, client: TcpStream, peer: SocketAddr) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        let Some(pick) = self.routing().pick() else {
-            let limit = *self.hold.borrow();
-            if let Some(limit) = limit
-                && self.waiting.fetch_add(1, Ordering::Relaxed) < MAX_HELD
-            {
-                self.held.fetch_add(1, Ordering::Relaxed);
-                let inner = Arc::clone(self);
-                self.connections.spawn(async move {
-                    let pick = inner.wait_for_destination(limit).await;
-                    inner.waiting.fetch_sub(1, Ordering::Relaxed);
-                    match pick {
-                        Some(pick) => inner.proxy(client, peer, pick),
-                        None => {
-                            inner.hold_expired.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(listener = inner.name, %peer, "held client got no destination: closing it");
-                        }
-                    }
-                });
-                return;
-            }
-            if limit.is_some() {
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-            }
+        if let Err(e) = conn::configure_socket(&client, &self.params.keepalive) {
+            tracing::debug!(listener = self.name, %peer, error = %e, "cannot set client socket options");
+        }
+        let pick = self.routing().pick();
+        if pick.is_none() && !self.try_hold() {
             self.refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(listener = self.name, %peer, "no destination: closing client");
             drop(client);
             return;
+        }
+        let inner = Arc::clone(self);
+        self.connections.spawn(async move {
+            inner.serve(client, peer, pick).await;
+        });
+    }
+
+    /// Takes one of the [`MAX_HELD`] places of held clients, while holding. True when taken:
+    /// the caller then waits with [`Inner::wait_held`].
+    fn try_hold(&self) -> bool {
+        if self.holding().is_none() {
+            return false;
+        }
+        if self.waiting.fetch_add(1, Ordering::Relaxed) < MAX_HELD {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Waits, holding one place taken by [`Inner::try_hold`], for a destination (at most the
+    /// hold's time); gives the place back.
+    async fn wait_held(&self, peer: SocketAddr) -> Option<routing::Pick> {
+        let pick = match self.holding() {
+            Some(limit) => self.wait_for_destination(limit).await,
+            None => self.routing().pick(),
         };
-        self.proxy(client, peer, pick);
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        if pick.is_none() {
+            self.hold_expired.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(listener = self.name, %peer, "held client got no destination: closing it");
+        }
+        pick
+    }
+
+    /// Serves one client: waits for a destination when it has none (it was held), proxies it,
+    /// and holds it again, to send its startup to the next destination, when its destination
+    /// is withdrawn before the server answered (during a planned switchover).
+    async fn serve(
+        self: Arc<Self>,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        mut pick: Option<routing::Pick>,
+    ) {
+        let mut startup = Box::default();
+        let mut replay = false;
+        let on_replayed = || {
+            self.startups_replayed.fetch_add(1, Ordering::Relaxed);
+        };
+        // Each round either ends the connection or held it once more; holding is bounded by the
+        // hold's time and only happens when a destination was withdrawn, so this ends.
+        loop {
+            let chosen = match pick.take() {
+                Some(p) => p,
+                None => match self.wait_held(peer).await {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            let upstream = chosen.addr;
+            self.active.fetch_add(1, Ordering::Relaxed);
+            let slot = self.in_startup.enter();
+            let ended = conn::proxy(
+                client,
+                chosen,
+                self.params,
+                startup,
+                replay.then_some(&on_replayed as &(dyn Fn() + Sync)),
+                slot,
+            )
+            .await;
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            conn::log_end(peer, upstream, &ended);
+            match ended {
+                Ended::Held(c, s) if self.try_hold() => {
+                    (client, startup, replay) = (c, s, true);
+                }
+                Ended::Held(..) | Ended::RouteWithdrawn => {
+                    self.closed_by_route_change.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                _ => return,
+            }
+        }
     }
 
     /// Waits (at most `limit`) until a destination is set or holding stops; the destination
@@ -364,24 +479,6 @@ impl Inner {
             Ok(pick) => pick.or_else(|| self.routing().pick()),
             Err(_) => self.routing().pick(),
         }
-    }
-
-    /// Proxies `client` to `pick`.
-    fn proxy(self: &Arc<Self>, client: TcpStream, peer: SocketAddr, pick: routing::Pick) {
-        if let Err(e) = conn::configure_socket(&client, &self.params.keepalive) {
-            tracing::debug!(listener = self.name, %peer, error = %e, "cannot set client socket options");
-        }
-        self.active.fetch_add(1, Ordering::Relaxed);
-        let inner = Arc::clone(self);
-        self.connections.spawn(async move {
-            let upstream = pick.addr;
-            let ended = conn::proxy(client, pick, inner.params).await;
-            if matches!(ended, Ended::RouteWithdrawn) {
-                inner.closed_by_route_change.fetch_add(1, Ordering::Relaxed);
-            }
-            inner.active.fetch_sub(1, Ordering::Relaxed);
-            conn::log_end(peer, upstream, &ended);
-        });
     }
 }
 
