@@ -91,6 +91,8 @@ done
 # Passwords live in files only (never in arguments or logs).
 head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$STATE/secrets/su-password"
 head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$STATE/secrets/repl-password"
+# Failsafe mode's shared secret (docs/failsafe.md): keepers and the proxy read it from this file.
+head -c 32 /dev/urandom | base64 | tr -d '/+=' >"$STATE/secrets/failsafe"
 chmod 600 "$STATE"/secrets/*
 printf '*:*:*:stolon:%s\n' "$(cat "$STATE/secrets/su-password")" >"$STATE/secrets/pgpass"
 chmod 600 "$STATE/secrets/pgpass"
@@ -106,7 +108,9 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
-echo '{"initMode":"new","sleepInterval":"2s","failInterval":"5s","convergenceTimeout":"30s","usePgrewind":true}' >"$STATE/cluster-spec.json"
+# Failsafe mode on: the proxy keeps serving through an etcd outage while every keeper can reach
+# the master's (docs/failsafe.md); it needs proxyTimeout <= failInterval.
+echo '{"initMode":"new","sleepInterval":"2s","failInterval":"5s","proxyCheckInterval":"2s","proxyTimeout":"5s","convergenceTimeout":"30s","usePgrewind":true,"failsafeMode":true}' >"$STATE/cluster-spec.json"
 ctl init -y -f "$STATE/cluster-spec.json"
 
 for i in 1 2; do
@@ -120,9 +124,11 @@ for i in 0 1 2; do
     --pg-listen-address 127.0.0.1 --pg-port $((BASE + 1 + i)) --pg-bin-path "$PG_BIN" \
     --metrics-listen-address "127.0.0.1:$((BASE + 11 + i))" \
     --pg-su-username stolon --pg-su-passwordfile "$STATE/secrets/su-password" \
-    --pg-repl-username repluser --pg-repl-passwordfile "$STATE/secrets/repl-password"
+    --pg-repl-username repluser --pg-repl-passwordfile "$STATE/secrets/repl-password" \
+    --failsafe-secret-file "$STATE/secrets/failsafe"
 done
-start_bg proxy "$STATE/bin/stolon-proxy" "${COMMON[@]}" --listen-address 127.0.0.1 --port "$PROXY_PORT"
+start_bg proxy "$STATE/bin/stolon-proxy" "${COMMON[@]}" --listen-address 127.0.0.1 --port "$PROXY_PORT" \
+  --failsafe-secret-file "$STATE/secrets/failsafe"
 
 echo "waiting for a primary with two streaming standbys (up to 180 s)..."
 ok=0

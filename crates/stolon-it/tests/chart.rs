@@ -31,6 +31,7 @@ use stolon_pg::testing::{TestDir, pg_bin_dir, test_os_user};
 const NS: &str = "test";
 const SU_PASSWORD: &str = "chart-test-su-password";
 const REPL_PASSWORD: &str = "chart-test-repl-password";
+const FAILSAFE_SECRET: &str = "chart-test-failsafe-shared-secret";
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -175,6 +176,7 @@ impl Env<'_> {
                     let pass = |key: &str| match key {
                         "pg_su_password" => Ok(SU_PASSWORD),
                         "pg_repl_password" => Ok(REPL_PASSWORD),
+                        "failsafe_secret" => Ok(FAILSAFE_SECRET),
                         other => Err(anyhow!("no test value for Secret key {other}")),
                     };
                     for item in v["secret"]["items"].as_array().into_iter().flatten() {

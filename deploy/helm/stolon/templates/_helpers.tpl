@@ -212,8 +212,16 @@ imagePullSecrets:
 {{- define "stolon.sslDir" -}}/etc/stolon/ssl{{- end -}}
 
 {{/* The cluster spec given to `stolonctl init`, as JSON. */}}
+{{- /* "true" when failsafe mode is on, "" otherwise. */ -}}
+{{- define "stolon.failsafe" -}}
+{{- if (.Values.failsafe | default dict).enabled -}}true{{- end -}}
+{{- end -}}
+
 {{- define "stolon.clusterSpec" -}}
 {{- $spec := dict "initMode" "new" -}}
+{{- if include "stolon.failsafe" . -}}
+{{- $_ := set $spec "failsafeMode" true -}}
+{{- end -}}
 {{- $user := deepCopy (.Values.clusterSpec | default dict) -}}
 {{- $pg := dict -}}
 {{- $ssl := .Values.keeper.client_ssl | default dict -}}
@@ -264,6 +272,9 @@ imagePullSecrets:
 {{- end -}}
 {{- if .Values.keeper.serviceType -}}
 {{- fail "keeper.serviceType is not supported: the keeper Service is headless (the StatefulSet's pod DNS names); for read-only clients set proxy.readOnly.enabled=true and proxy.readOnly.service.type" -}}
+{{- end -}}
+{{- if and (include "stolon.failsafe" .) (not .Values.metrics.enabled) -}}
+{{- fail "failsafe.enabled needs metrics.enabled: the keepers answer failsafe requests on their metrics listener" -}}
 {{- end -}}
 {{- if not (has (.Values.podAntiAffinity | toString) (list "soft" "hard" "off")) -}}
 {{- fail (printf "podAntiAffinity must be soft, hard or off, not %q" (.Values.podAntiAffinity | toString)) -}}
