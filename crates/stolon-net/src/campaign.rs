@@ -35,10 +35,17 @@ pub enum Fault {
     /// (so that standby keeps streaming from it and acknowledging it in failsafe mode). Not in
     /// [`ALL`]: it is the failsafe campaign's case.
     MasterStoreCut,
+    /// [`Fault::MasterCutFromPeers`] with the leader sentinel first moved to another host.
+    MasterCutLeaderAway,
+    /// [`Fault::MasterCutFromPeers`] with the leader sentinel first moved to the master's host.
+    MasterCutLeaderOn,
+    /// The etcd member on the master's host killed for 20 s (the other two keep quorum): the
+    /// store clients must move to another member without any proxy closing a connection.
+    EtcdMemberDown,
 }
 
 /// Every fault, [`ALL`] and the others, for lookups by name.
-pub const EVERY: [Fault; 9] = [
+pub const EVERY: [Fault; 12] = [
     Fault::MasterCutFromPeers,
     Fault::MasterIsolated,
     Fault::MasterKeeperKilled,
@@ -48,6 +55,9 @@ pub const EVERY: [Fault; 9] = [
     Fault::SlowStore,
     Fault::QuorumLost,
     Fault::MasterStoreCut,
+    Fault::MasterCutLeaderAway,
+    Fault::MasterCutLeaderOn,
+    Fault::EtcdMemberDown,
 ];
 
 /// The faults of the failsafe campaign: the master's partial cut, where failsafe mode must not
@@ -79,6 +89,9 @@ impl Fault {
             Fault::SlowStore => "slow-store",
             Fault::QuorumLost => "quorum-lost",
             Fault::MasterStoreCut => "master-store-cut",
+            Fault::MasterCutLeaderAway => "master-cut-leader-away",
+            Fault::MasterCutLeaderOn => "master-cut-leader-on",
+            Fault::EtcdMemberDown => "etcd-member-down",
         }
     }
 
@@ -150,9 +163,16 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
         .wait_converged(RECOVERY_LIMIT)
         .await
         .context("converged before the fault")?;
-    if fault == Fault::MasterHostDies {
-        move_leader_to(c, m).await?;
-        c.wait_converged(RECOVERY_LIMIT).await?;
+    match fault {
+        Fault::MasterHostDies | Fault::MasterCutLeaderOn => {
+            move_leader_to(c, m).await?;
+            c.wait_converged(RECOVERY_LIMIT).await?;
+        }
+        Fault::MasterCutLeaderAway => {
+            move_leader_to(c, (m + 1) % c.nodes.len()).await?;
+            c.wait_converged(RECOVERY_LIMIT).await?;
+        }
+        _ => {}
     }
     let standby = (m + 1) % c.nodes.len();
     // The standby `standby-cut` cuts: the synchronous one when there is one (its loss stalls
@@ -173,7 +193,7 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
     let fault_ms = ms(epoch);
     let hold = fail * 4;
     match fault {
-        Fault::MasterCutFromPeers => {
+        Fault::MasterCutFromPeers | Fault::MasterCutLeaderAway | Fault::MasterCutLeaderOn => {
             c.topo.cut_from_peers(m)?;
             hold_master_fault(c, m, hold).await;
             c.topo.heal()?;
@@ -236,6 +256,11 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
             for n in &c.nodes {
                 n.etcd_proxy.set_delay(Duration::ZERO);
             }
+        }
+        Fault::EtcdMemberDown => {
+            c.nodes[m].etcd.kill()?;
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            c.nodes[m].etcd.start()?;
         }
         Fault::QuorumLost => {
             for i in [standby, (m + 2) % c.nodes.len()] {
@@ -318,17 +343,18 @@ fn opt_s(v: Option<u64>) -> String {
 }
 
 /// Header of the per-cycle table.
-pub const TABLE_HEADER: &str = "| cycle | fault | master | acked | lost | split brain | longest gap (s) | failover (s) | recovery (s) | old primary acks after fault | old primary tail (s) | lost acked at (s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+pub const TABLE_HEADER: &str = "| cycle | fault | master | acked | failed | lost | split brain | longest gap (s) | failover (s) | recovery (s) | old primary acks after fault | old primary tail (s) | lost acked at (s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// One row of the per-cycle table.
 pub fn table_row(cycle: usize, r: &CycleReport) -> String {
     let v = &r.verdict;
     format!(
-        "| {cycle} | {} | {}->{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {cycle} | {} | {}->{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         r.fault.name(),
         r.master_before,
         r.master_after.map_or("?".into(), |m| m.to_string()),
         v.acknowledged,
+        v.attempts.saturating_sub(v.acknowledged as u64),
         v.lost.len(),
         v.split_brain.len(),
         opt_s(Some(v.longest_gap_ms)),
@@ -363,11 +389,11 @@ fn median_max(mut v: Vec<u64>) -> (Option<u64>, Option<u64>) {
     (Some(median), v.last().copied())
 }
 
-/// Per-fault summary table: cycles, acknowledged, lost, split brain, cycles that failed over,
+/// Per-fault summary table: cycles, acknowledged, failed (sent, not acknowledged), lost, split brain, cycles that failed over,
 /// failover median and max, longest write gap, recovery median and max.
 pub fn summary_table(reports: &[CycleReport]) -> String {
     let mut out = String::from(
-        "| fault | cycles | acked | lost | split brain | failed over | failover median (s) | failover max (s) | longest gap max (s) | recovery median (s) | recovery max (s) | not converged |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| fault | cycles | acked | failed | lost | split brain | failed over | failover median (s) | failover max (s) | longest gap max (s) | recovery median (s) | recovery max (s) | not converged |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for f in EVERY {
         let rs: Vec<&CycleReport> = reports.iter().filter(|r| r.fault == f).collect();
@@ -380,10 +406,16 @@ pub fn summary_table(reports: &[CycleReport]) -> String {
         let (_, gx) = median_max(rs.iter().map(|r| r.verdict.longest_gap_ms).collect());
         let (rm, rx) = median_max(rs.iter().filter_map(|r| r.verdict.recovery_ms).collect());
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             f.name(),
             rs.len(),
             rs.iter().map(|r| r.verdict.acknowledged).sum::<usize>(),
+            rs.iter()
+                .map(|r| r
+                    .verdict
+                    .attempts
+                    .saturating_sub(r.verdict.acknowledged as u64))
+                .sum::<u64>(),
             rs.iter().map(|r| r.verdict.lost.len()).sum::<usize>(),
             rs.iter()
                 .map(|r| r.verdict.split_brain.len())
