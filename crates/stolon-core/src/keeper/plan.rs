@@ -633,8 +633,15 @@ fn master(
         v.running = true;
         v.applied = Some(cfg);
     }
+    // A planned switchover promotes only after the old master stopped: a failsafe promise
+    // guards against writes the old master could still take, and it can take none.
+    let after_clean_stop = asg
+        .cd
+        .switchover
+        .as_ref()
+        .is_some_and(|sw| sw.promotes_after_clean_stop(&asg.db.uid));
     if local == LocalRole::Standby {
-        if !promise_left.is_zero() {
+        if !promise_left.is_zero() && !after_clean_stop {
             a.push(KeeperAction::Wait(WaitReason::FailsafePromise {
                 remaining: promise_left,
             }));

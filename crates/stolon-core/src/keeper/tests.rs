@@ -1894,3 +1894,52 @@ fn switchover_stop_report_names_the_switchover_only_while_stopped_for_it() {
     c.switchover = Some(switchover(P::Holding));
     assert_eq!(report(&c, Some(false), Some(0x5000)), None);
 }
+
+/// Failsafe mode: a switchover's target promotes without waiting for its promise once the old
+/// master's keeper reported its PostgreSQL stopped for the switchover (phase `promoted` with a
+/// final position); before that, and for a failover, the promise holds.
+#[test]
+fn a_switchover_target_promotes_despite_a_promise_once_the_old_master_stopped() {
+    use crate::model::SwitchoverPhase as P;
+    let si = Duration::from_secs(5);
+    let now = Duration::from_secs(100);
+    let promise = Some(crate::failsafe::Promise {
+        until: Duration::from_secs(110),
+    });
+    let run = |c: &ClusterData| {
+        let (observed, memory) = converged(c, DbRole::Standby).split();
+        step(
+            Some(c),
+            &id(),
+            &observed,
+            memory,
+            Wake::Tick,
+            now,
+            si,
+            promise,
+        )
+        .actions
+    };
+    let mut c = cd(DbRole::Master, DbInitMode::New);
+    let mut sw = switchover(P::Promoted);
+    sw.old_master_db = "db2".into();
+    sw.target_db = "db1".into();
+    sw.final_xlog_pos = 0x3000_0000;
+    c.switchover = Some(sw.clone());
+    assert!(run(&c).contains(&A::Promote), "{:?}", run(&c));
+
+    // No final position recorded: the old master was not seen stopped.
+    let mut unsure = sw.clone();
+    unsure.final_xlog_pos = 0;
+    c.switchover = Some(unsure);
+    assert!(!run(&c).contains(&A::Promote));
+    // Another DB's switchover, or a finished one: the promise holds.
+    let mut other = sw.clone();
+    other.target_db = "db9".into();
+    c.switchover = Some(other);
+    assert!(!run(&c).contains(&A::Promote));
+    let mut done = sw;
+    done.phase = P::Completed;
+    c.switchover = Some(done);
+    assert!(!run(&c).contains(&A::Promote));
+}

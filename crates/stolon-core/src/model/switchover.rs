@@ -122,4 +122,13 @@ impl Switchover {
     pub fn stops(&self, db_uid: &str) -> bool {
         self.phase == SwitchoverPhase::Stopping && self.old_master_db == db_uid
     }
+
+    /// True when `db_uid` is promoted by this switchover after the old master's keeper reported
+    /// its PostgreSQL stopped for it, at a recorded final position: nothing can be written on the
+    /// old master any more, whatever a proxy still believes (docs/failsafe.md).
+    pub fn promotes_after_clean_stop(&self, db_uid: &str) -> bool {
+        self.phase == SwitchoverPhase::Promoted
+            && self.target_db == db_uid
+            && self.final_xlog_pos != 0
+    }
 }
