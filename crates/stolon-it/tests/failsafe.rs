@@ -7,6 +7,8 @@
 //!   the same master, and no acknowledged write is lost.
 //! - Failsafe off, the same outage: the proxies fence themselves after `proxyTimeout` and the
 //!   writers see it (the behaviour Stolon users know; it also shows the first test can fail).
+//! - Failsafe on, a planned switchover: the target, which had acknowledged the old master, does
+//!   not wait for its promise (the old master is stopped first), and the switch completes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -296,6 +298,51 @@ async fn without_failsafe_a_store_outage_fences_the_proxies() -> Result<()> {
     );
     let lost = lost(&c, &seen.acked).await?;
     ensure!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_failsafe_a_switchover_target_does_not_wait_for_its_promise() -> Result<()> {
+    let c = cluster(true).await?;
+    let m = c.wait_ready(secs(180)).await?;
+    c.wait_right_master(m, secs(60)).await?;
+    c.create_table(secs(30)).await?;
+    c.wait_standbys_streaming(m, 2, secs(60)).await?;
+    let s = (m + 1) % 3;
+    // The standbys acknowledge the master's keeper: wait until the target has promised.
+    let target_log = &c.keepers[s].proc;
+    stolon_it::wait_for(
+        "the target acknowledging the master",
+        secs(60),
+        async || {
+            let cd = c.cluster_data().await?.context("no clusterdata")?;
+            let ready = (0..3).all(|i| {
+                c.keeper_db(&cd, i)
+                    .is_some_and(|db| !db.status.failsafe_address.is_empty())
+            });
+            ensure!(ready, "failsafe addresses not all reported");
+            Ok(())
+        },
+    )
+    .await?;
+    tokio::time::sleep(PROXY_TIMEOUT).await;
+    let mark = target_log.log_mark();
+    let to = c.keepers[s].uid.clone();
+    let out = c
+        .stolonctl_ok(&["switchover", "--to", &to, "--timeout", "60s", "-y"])
+        .await?;
+    ensure!(
+        out.contains("switchover completed"),
+        "stolonctl said: {out}"
+    );
+    c.wait_right_master(s, secs(60)).await?;
+    let during = target_log.log_since(mark);
+    ensure!(
+        !during.contains("until the failsafe promise"),
+        "the switchover's target waited for its failsafe promise:\n{during}"
+    );
+    c.write_row(1, secs(30)).await?;
     c.pass();
     Ok(())
 }
