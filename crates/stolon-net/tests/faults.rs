@@ -22,17 +22,7 @@ async fn each_fault_once_synchronous_loses_nothing() {
     let mut c = NetCluster::start(3, NetConfig::fast(true))
         .await
         .expect("start the three-host cluster");
-    println!("{TABLE_HEADER}");
-    let mut reports = Vec::new();
-    for (i, fault) in ALL.into_iter().enumerate() {
-        let r = campaign::run_cycle(&mut c, fault, (i as i64 + 1) * 100_000_000_000)
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e:#}", fault.name()));
-        println!("{}", campaign::table_row(i + 1, &r));
-        reports.push(r);
-    }
-    println!("{}", campaign::summary_table(&reports));
-    println!("{}", campaign::summary_line(&reports, true));
+    let reports = run_faults(&mut c, &ALL, 1).await;
     for r in &reports {
         assert_safe(r);
     }
@@ -40,6 +30,27 @@ async fn each_fault_once_synchronous_loses_nothing() {
     checker_fires_on_a_deleted_acknowledged_row(&c).await;
     checker_fires_on_two_writable_servers(&c).await;
     c.pass();
+}
+
+/// Runs one cycle of each fault in turn (ids from `first_base` × 10^11 on), printing the table
+/// rows, the summary table and line.
+async fn run_faults(
+    c: &mut NetCluster,
+    faults: &[Fault],
+    first_base: i64,
+) -> Vec<campaign::CycleReport> {
+    println!("{TABLE_HEADER}");
+    let mut reports = Vec::new();
+    for (i, fault) in faults.iter().copied().enumerate() {
+        let r = campaign::run_cycle(c, fault, (i as i64 + first_base) * 100_000_000_000)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:#}", fault.name()));
+        println!("{}", campaign::table_row(i + 1, &r));
+        reports.push(r);
+    }
+    println!("{}", campaign::summary_table(&reports));
+    println!("{}", campaign::summary_line(&reports, true));
+    reports
 }
 
 /// No acknowledged write lost, no split brain, converged.
@@ -78,17 +89,7 @@ async fn failsafe_partition_fails_over_and_store_outage_keeps_serving() {
     let mut c = NetCluster::start(3, cfg)
         .await
         .expect("start the three-host cluster");
-    println!("{TABLE_HEADER}");
-    let mut reports = Vec::new();
-    for (i, fault) in FAILSAFE.into_iter().enumerate() {
-        let r = campaign::run_cycle(&mut c, fault, (i as i64 + 20) * 100_000_000_000)
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e:#}", fault.name()));
-        println!("{}", campaign::table_row(i + 1, &r));
-        reports.push(r);
-    }
-    println!("{}", campaign::summary_table(&reports));
-    println!("{}", campaign::summary_line(&reports, true));
+    let reports = run_faults(&mut c, &FAILSAFE, 20).await;
     for r in &reports {
         assert_safe(r);
         match r.fault {
