@@ -42,16 +42,22 @@ async fn until_serving(w: &mut World) -> Result<usize, Violation> {
     Ok(w.routed_master().unwrap_or_default())
 }
 
+/// A world serving (one master every proxy routes to) for 10 s more, so that the master's keeper
+/// holds its acknowledgements; the world and the master.
+async fn serving(cfg: SimConfig) -> (World, usize) {
+    let mut w = World::start(cfg);
+    let m = until_serving(&mut w)
+        .await
+        .unwrap_or_else(|v| panic!("{v}"));
+    w.run_for(secs(10)).await.unwrap_or_else(|v| panic!("{v}"));
+    (w, m)
+}
+
 #[test]
 fn a_store_outage_for_everyone_keeps_the_master_routed() {
     runtime().block_on(async {
         for sync in [false, true] {
-            let mut w = World::start(config(1, sync));
-            let m = until_serving(&mut w)
-                .await
-                .unwrap_or_else(|v| panic!("{v}"));
-            // Let the master's keeper collect its acknowledgements.
-            w.run_for(secs(10)).await.unwrap_or_else(|v| panic!("{v}"));
+            let (mut w, m) = serving(config(1, sync)).await;
             w.inject(Fault::StoreOutage(true));
             let before = w.stats().clone();
             w.run_for(secs(40)).await.unwrap_or_else(|v| panic!("{v}"));
@@ -86,11 +92,7 @@ fn a_store_outage_for_everyone_keeps_the_master_routed() {
 fn the_master_cut_from_the_store_still_fails_over() {
     runtime().block_on(async {
         for sync in [false, true] {
-            let mut w = World::start(config(2, sync));
-            let m = until_serving(&mut w)
-                .await
-                .unwrap_or_else(|v| panic!("{v}"));
-            w.run_for(secs(10)).await.unwrap_or_else(|v| panic!("{v}"));
+            let (mut w, m) = serving(config(2, sync)).await;
             w.inject(Fault::StoreDown(Component::Keeper(m), true));
             w.inject(Fault::StoreDown(Component::Proxy(0), true));
             w.run_until("a new master", secs(120), |w| {
@@ -193,11 +195,7 @@ fn checker_fires_on_a_keeper_confirming_without_every_acknowledgement() {
     runtime().block_on(async {
         let mut cfg = config(3, false);
         cfg.bug = Bug::FailsafeConfirmWithoutAcks;
-        let mut w = World::start(cfg);
-        let m = until_serving(&mut w)
-            .await
-            .unwrap_or_else(|v| panic!("{v}"));
-        w.run_for(secs(10)).await.unwrap_or_else(|v| panic!("{v}"));
+        let (mut w, m) = serving(cfg).await;
         // The master's keeper and proxy0 lose the store: the sentinel elects another master and
         // proxy1 follows it, while proxy0 routes on the broken keeper's confirmations.
         w.inject(Fault::StoreDown(Component::Keeper(m), true));
