@@ -46,7 +46,7 @@ fi
 
 echo "== multi-host fault campaign"
 # crates/stolon-net: three network namespaces running etcd, PostgreSQL and the four binaries,
-# each of the eight faults once. It is #[ignore]d in the run above and runs here alone, so its
+# each of the eight faults once, then failsafe mode's campaign (docs/failsafe.md). It is #[ignore]d in the run above and runs here alone, so its
 # timings do not compete with the other integration tests for the two cores.
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run -p stolon-net --all-features --profile ci --run-ignored only --no-capture
