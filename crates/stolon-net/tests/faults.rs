@@ -3,10 +3,12 @@
 //! fault must end with no acknowledged write lost, no split brain, and the cluster converged back
 //! to one primary with every other keeper streaming. Then the checker is shown to fire on the
 //! same cluster: an acknowledged row deleted behind its back, and two servers writable at once.
+//! A second cluster runs failsafe mode's campaign (the master cut off from the store and one
+//! standby, and two store outages).
 //!
-//! Needs root (namespaces, iptables) and the binaries (`cargo build --workspace --bins`). It is
-//! `#[ignore]`d so the main test run leaves it out: CI runs it on its own, alone on the machine
-//! (`cargo nextest run -p stolon-net --run-ignored only`).
+//! Needs root (namespaces, iptables) and the binaries (`cargo build --workspace --bins`). Both
+//! tests are `#[ignore]`d so the main test run leaves them out: CI runs them on their own, alone
+//! on the machine (`cargo nextest run -p stolon-net --run-ignored only`).
 
 use std::time::{Duration, Instant};
 
