@@ -309,7 +309,23 @@ async fn with_failsafe_a_switchover_target_does_not_wait_for_its_promise() -> Re
     c.wait_right_master(m, secs(60)).await?;
     c.create_table(secs(30)).await?;
     c.wait_standbys_streaming(m, 2, secs(60)).await?;
-    let s = (m + 1) % 3;
+    // In synchronous mode the target must be the synchronous standby.
+    let s = stolon_it::wait_for("a synchronous standby", secs(60), async || {
+        let cd = c.cluster_data().await?.context("no clusterdata")?;
+        let listed = cd
+            .master_db()
+            .and_then(|d| d.spec.as_ref())
+            .and_then(|sp| sp.synchronous_standbys.clone())
+            .unwrap_or_default();
+        (0..3)
+            .find(|i| {
+                *i != m
+                    && c.keeper_db(&cd, *i)
+                        .is_some_and(|db| listed.contains(&db.uid))
+            })
+            .context("no keeper's db in the synchronous set yet")
+    })
+    .await?;
     // The standbys acknowledge the master's keeper: wait until the target has promised.
     let target_log = &c.keepers[s].proc;
     stolon_it::wait_for(
