@@ -2,6 +2,9 @@
 //! listening after the first read, routing only when enabled, re-routing on a master change,
 //! failing closed on store loss, `null` clusterdata, read-only routing.
 
+mod common;
+
+use common::Seen;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,42 +163,13 @@ fn start(cfg: ProxyConfig, store: Arc<MemStore>) -> Running {
     Running { cancel, task }
 }
 
-/// What a connection attempt to the proxy saw.
-#[derive(Debug, PartialEq, Eq)]
-enum Seen {
-    Refused,
-    /// Accepted, then closed without data.
-    Closed,
-    /// Reached the upstream with this tag.
-    Tag(u8),
-}
-
 async fn probe(port: u16) -> Result<Seen> {
-    let mut s = match TcpStream::connect(("127.0.0.1", port)).await {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(Seen::Refused),
-        Err(e) => return Err(e.into()),
-    };
-    let mut b = [0u8; 1];
-    match tokio::time::timeout(WAIT, s.read(&mut b)).await {
-        Ok(Ok(0)) | Ok(Err(_)) => Ok(Seen::Closed),
-        Ok(Ok(_)) => Ok(Seen::Tag(b[0])),
-        Err(_) => bail!("no greeting and no close within {WAIT:?}"),
-    }
+    common::probe(port, WAIT).await
 }
 
-/// Polls until `probe(port)` sees `want` (bounded by [`WAIT`]).
+/// Polls until `probe(port)` sees `want`, for at most [`WAIT`].
 async fn wait_seen(port: u16, want: Seen) -> Result<()> {
-    let mut last = None;
-    for _ in 0..100 {
-        let seen = probe(port).await?;
-        if seen == want {
-            return Ok(());
-        }
-        last = Some(seen);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("wanted {want:?}, last saw {last:?}")
+    common::wait_seen(port, want, WAIT).await
 }
 
 /// Asserts `probe(port)` never sees `Refused` over about a second.

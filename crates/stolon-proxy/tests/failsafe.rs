@@ -5,6 +5,9 @@
 //! fences; with failsafe mode off (or without the secret) it fences at `proxyTimeout` as always.
 //! Also: a bad `--failsafe-secret-file` is one line and exit status 1, without the secret.
 
+mod common;
+
+use common::Seen;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -280,41 +283,13 @@ async fn start(store: Arc<MemStore>, with_secret: bool) -> Result<Running> {
     })
 }
 
-/// What a new connection to the proxy sees.
-#[derive(Debug, PartialEq, Eq)]
-enum Seen {
-    Refused,
-    Closed,
-    Tag(u8),
-}
-
 async fn probe(port: u16) -> Result<Seen> {
-    let mut s = match TcpStream::connect(("127.0.0.1", port)).await {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(Seen::Refused),
-        Err(e) => return Err(e.into()),
-    };
-    let mut b = [0u8; 1];
-    match tokio::time::timeout(LIMIT, s.read(&mut b)).await {
-        Ok(Ok(0)) | Ok(Err(_)) => Ok(Seen::Closed),
-        Ok(Ok(_)) => Ok(Seen::Tag(b[0])),
-        Err(_) => bail!("no greeting and no close within {LIMIT:?}"),
-    }
+    common::probe(port, LIMIT).await
 }
 
 /// Polls until `probe(port)` sees `want`, for at most [`LIMIT`].
 async fn wait_seen(port: u16, want: Seen) -> Result<()> {
-    let start = tokio::time::Instant::now();
-    let mut last = None;
-    while start.elapsed() < LIMIT {
-        let seen = probe(port).await?;
-        if seen == want {
-            return Ok(());
-        }
-        last = Some(seen);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("wanted {want:?} within {LIMIT:?}, last saw {last:?}")
+    common::wait_seen(port, want, LIMIT).await
 }
 
 /// A client session through the proxy to the master "A".
