@@ -184,6 +184,23 @@ pub enum Refusal {
     MissingAcks(Vec<String>),
 }
 
+impl Refusal {
+    /// A stable, machine-readable name for the kind of refusal, sent next to the text so that
+    /// nothing has to recognise a refusal by its wording.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Disabled => "disabled",
+            Refusal::NotTheMaster { .. } => "not-the-master",
+            Refusal::SelfRequest => "self-request",
+            Refusal::LocalPrimary => "local-primary",
+            Refusal::Elected => "elected",
+            Refusal::NotPrimary => "not-primary",
+            Refusal::NotRouted => "not-routed",
+            Refusal::MissingAcks(_) => "missing-acks",
+        }
+    }
+}
+
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

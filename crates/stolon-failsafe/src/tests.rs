@@ -69,6 +69,7 @@ async fn keeper(secret: Secret, behaviour: Behaviour) -> String {
                 |_: AckRequestMsg| AnswerMsg {
                     granted_ms: Some(1500),
                     refused: None,
+                    refusal: None,
                 },
             ) {
                 Ok(env) => (200, serde_json::to_vec(&env).expect("json")),
@@ -82,6 +83,7 @@ async fn keeper(secret: Secret, behaviour: Behaviour) -> String {
                     &AnswerMsg {
                         granted_ms: Some(1500),
                         refused: None,
+                        refusal: None,
                     },
                 )
                 .expect("seal");
@@ -193,6 +195,7 @@ fn a_malformed_request_never_reaches_the_decision() {
             AnswerMsg {
                 granted_ms: None,
                 refused: None,
+                refusal: None,
             }
         },
     );

@@ -16,8 +16,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use stolon_core::GoDuration;
 use stolon_core::Timestamp;
-use stolon_core::failsafe::Timers;
 use stolon_core::failsafe::wire::{AnswerMsg, ConfirmRequestMsg, Kind, Secret};
+use stolon_core::failsafe::{Refusal, Timers};
 use stolon_core::model::*;
 use stolon_failsafe::{HttpTransport, Transport};
 use stolon_proxy::config::{ListenAddr, ProxyConfig};
@@ -126,12 +126,10 @@ async fn answer_one(mut sock: TcpStream, mode: &AtomicU8, asked: &AtomicU64) -> 
                             .as_millis() as u64,
                     ),
                     refused: None,
+                    refusal: None,
                 }
             } else {
-                AnswerMsg {
-                    granted_ms: None,
-                    refused: Some("this keeper's db was elected master".into()),
-                }
+                AnswerMsg::from_decision(&Err(Refusal::Elected))
             }
         },
     )?;

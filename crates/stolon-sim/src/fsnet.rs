@@ -175,12 +175,14 @@ mod tests {
             AnswerMsg {
                 granted_ms: Some(self.0),
                 refused: None,
+                refusal: None,
             }
         }
         fn confirm(&self, _: &ConfirmRequestMsg) -> AnswerMsg {
             AnswerMsg {
                 granted_ms: Some(self.0 + 1),
                 refused: None,
+                refusal: None,
             }
         }
     }

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fsnet::{FailsafeNet, Party};
 use crate::pgmodel::{self, PgView};
 use crate::rng::SimRng;
+use stolon_core::failsafe::Refusal;
 use stolon_core::failsafe::wire::{AckRequestMsg, AnswerMsg, ConfirmRequestMsg};
 use stolon_failsafe::Responder;
 
@@ -1286,10 +1287,7 @@ impl Responder for ConfirmWithoutAcks {
 
     fn confirm(&self, req: &ConfirmRequestMsg) -> AnswerMsg {
         let a = self.inner.confirm(req);
-        let missing_acks = a
-            .refused
-            .as_deref()
-            .is_some_and(|r| r.starts_with("no valid acknowledgement"));
+        let missing_acks = a.refusal.as_deref() == Some(Refusal::MissingAcks(Vec::new()).code());
         if missing_acks {
             AnswerMsg::from_decision(&Ok(self.lifetime))
         } else {

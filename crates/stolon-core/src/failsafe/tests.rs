@@ -549,3 +549,29 @@ fn a_proxy_counting_its_confirmation_from_the_answer_is_caught() {
         "the model never noticed a proxy that counts from the answer"
     );
 }
+
+#[test]
+fn a_refusal_travels_with_its_kind() {
+    let a = wire::AnswerMsg::from_decision(&Err(Refusal::MissingAcks(vec!["keeper1".into()])));
+    assert_eq!(a.granted(), None);
+    assert_eq!(a.refusal.as_deref(), Some("missing-acks"));
+    assert_eq!(
+        a.refused.as_deref(),
+        Some("no valid acknowledgement from keepers keeper1")
+    );
+    let g = wire::AnswerMsg::from_decision(&Ok(Duration::from_millis(1500)));
+    assert_eq!(g.refusal, None);
+    // Every kind has its own code.
+    let all = [
+        Refusal::Disabled,
+        Refusal::NotTheMaster { named: None },
+        Refusal::SelfRequest,
+        Refusal::LocalPrimary,
+        Refusal::Elected,
+        Refusal::NotPrimary,
+        Refusal::NotRouted,
+        Refusal::MissingAcks(Vec::new()),
+    ];
+    let codes: std::collections::BTreeSet<&str> = all.iter().map(Refusal::code).collect();
+    assert_eq!(codes.len(), all.len());
+}

@@ -201,6 +201,9 @@ pub struct AnswerMsg {
     /// Why it was refused (absent: granted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// The kind of refusal, [`super::Refusal::code`] (absent: granted, or an older peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
 }
 
 impl AnswerMsg {
@@ -211,10 +214,12 @@ impl AnswerMsg {
             Ok(lifetime) => AnswerMsg {
                 granted_ms: Some(u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX)),
                 refused: None,
+                refusal: None,
             },
             Err(r) => AnswerMsg {
                 granted_ms: None,
                 refused: Some(r.to_string()),
+                refusal: Some(r.code().to_string()),
             },
         }
     }
@@ -352,7 +357,7 @@ mod tests {
         assert_eq!(a.granted(), None);
         assert_eq!(
             serde_json::to_string(&a).expect("serialises"),
-            r#"{"refused":"this keeper's db was elected master"}"#
+            r#"{"refused":"this keeper's db was elected master","refusal":"elected"}"#
         );
     }
 
