@@ -1305,14 +1305,22 @@ fn master_uid(cd: &ClusterData) -> Option<String> {
         .filter(|m| !m.is_empty())
 }
 
-/// How many listed standbys must hold a commit: `N` of `N (a,b)`, else 1 (FIRST 1), 0 if none.
+/// How many listed standbys must hold a commit: `N` of `N (a,b)`, `FIRST N (a,b)` or
+/// `ANY N (a,b)` (any N of the listed ones), else 1 (a plain list is `FIRST 1`), 0 if none.
 fn sync_count(value: Option<&String>, listed: usize) -> usize {
     if listed == 0 {
         return 0;
     }
     value
         .and_then(|v| v.split_once('('))
-        .and_then(|(n, _)| n.trim().parse::<usize>().ok())
+        .and_then(|(head, _)| {
+            let head = head.trim();
+            let n = head
+                .strip_prefix("ANY ")
+                .or_else(|| head.strip_prefix("FIRST "))
+                .unwrap_or(head);
+            n.trim().parse::<usize>().ok()
+        })
         .unwrap_or(1)
         .min(listed)
 }
@@ -1330,6 +1338,10 @@ mod tests {
         assert_eq!(sync_count(Some(&"2 (a,b)".to_string()), 2), 2);
         assert_eq!(sync_count(Some(&"a".to_string()), 1), 1);
         assert_eq!(sync_count(Some(&String::new()), 0), 0);
+        assert_eq!(sync_count(Some(&"ANY 1 (a,b)".to_string()), 2), 1);
+        assert_eq!(sync_count(Some(&"ANY 2 (a,b,c)".to_string()), 3), 2);
+        assert_eq!(sync_count(Some(&"FIRST 2 (a,b,c)".to_string()), 3), 2);
+        assert_eq!(sync_count(Some(&"ANY 3 (a,b)".to_string()), 2), 2);
     }
 
     #[test]
