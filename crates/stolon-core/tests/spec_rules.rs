@@ -462,7 +462,9 @@ fn quorum_commit_is_opt_in_round_trips_and_is_ignored_without_synchronous_replic
     assert_eq!(check(v.clone()), "");
     assert!(!spec(v).effective().quorum());
     // Nor in a standby cluster, where synchronous replication is not in force.
-    let s = spec(json!({"initMode": "pitr", "role": "standby", "synchronousReplication": true,
-        "quorumCommit": true, "pitrConfig": {"dataRestoreCommand": "x"}, "standbyConfig": {}}));
+    let s = spec(
+        json!({"initMode": "pitr", "role": "standby", "synchronousReplication": true,
+        "quorumCommit": true, "pitrConfig": {"dataRestoreCommand": "x"}, "standbyConfig": {}}),
+    );
     assert!(!s.effective().quorum());
 }

@@ -430,9 +430,6 @@ mod tests {
             ("stolon_".into(), "sync".into()),
             ("stolon_a".into(), "sync".into()),
         ]);
-        assert_eq!(
-            got,
-            vec!["a".to_string(), "b".to_string(), "e".to_string()]
-        );
+        assert_eq!(got, vec!["a".to_string(), "b".to_string(), "e".to_string()]);
     }
 }

@@ -1943,3 +1943,38 @@ fn a_switchover_target_promotes_despite_a_promise_once_the_old_master_stopped() 
     c.switchover = Some(done);
     assert!(!run(&c).contains(&A::Promote));
 }
+
+#[test]
+fn a_generation_only_bump_on_a_running_standby_only_marks_it_converged() {
+    // A quorum-mode failover asks the synchronous standbys for their final positions by bumping
+    // their generation without changing their spec (docs/synchronous-replication.md): the
+    // keeper must neither restart nor reload PostgreSQL for it.
+    let c = cd(DbRole::Standby, DbInitMode::None);
+    let o = converged(&c, DbRole::Standby);
+    let before = plan(Some(&c), &id(), &o);
+    let mut bumped = c.clone();
+    bumped.dbs.get_mut("db1").unwrap().generation = 4;
+    let after = plan(Some(&bumped), &id(), &o);
+    assert_eq!(
+        after.last(),
+        Some(&A::MarkConverged { generation: 4 }),
+        "{after:?}"
+    );
+    let disruptive = |p: &[KeeperAction]| {
+        p.iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    A::Stop | A::Start | A::Restart | A::Reload | A::WriteConfig(_) | A::Promote
+                )
+            })
+            .count()
+    };
+    assert_eq!(disruptive(&after), 0, "{after:?}");
+    // Everything but the convergence mark is what the keeper does without a bump.
+    assert_eq!(
+        after[..after.len() - 1],
+        before[..before.len().min(after.len() - 1)],
+        "{before:?} vs {after:?}"
+    );
+}

@@ -75,23 +75,61 @@ pub(crate) fn remember_losses(
     let fail = spec.fail_interval.to_std();
     let lost = match cd.master_db() {
         Some(master) => {
-            let known = prev
+            // Quorum commit: the listed standbys last seen streaming (S_eff also holds standbys
+            // that never streamed); otherwise those known in sync.
+            let quorum = master
+                .spec
+                .as_ref()
+                .is_some_and(|s| s.synchronous_quorum.is_some());
+            // (Listed before this decision: one it dropped on purpose is not lost.)
+            let listed: Vec<String> = prev
                 .dbs
                 .get(&master.uid)
-                .and_then(|db| db.status.synchronous_standbys.clone())
+                .and_then(|db| db.spec.as_ref())
+                .and_then(|s| s.synchronous_standbys.clone())
                 .unwrap_or_default();
+            let known: Vec<String> = if quorum {
+                mem.sync_streaming
+                    .iter()
+                    .filter(|u| listed.contains(u))
+                    .cloned()
+                    .collect()
+            } else {
+                prev.dbs
+                    .get(&master.uid)
+                    .and_then(|db| db.status.synchronous_standbys.clone())
+                    .unwrap_or_default()
+            };
             let view = mem.clone();
             let ctx = Ctx {
                 spec,
                 mem: &view,
                 now,
             };
-            if master_report_is_current(&ctx, cd, master) {
+            let current = master_report_is_current(&ctx, cd, master);
+            if current {
                 for u in &master.status.cur_synchronous_standbys {
                     mem.sync_lost.remove(u);
                 }
             }
-            lost_sync_standbys(&ctx, cd, master, &known)
+            let lost = lost_sync_standbys(&ctx, cd, master, &known);
+            if !quorum {
+                mem.sync_streaming.clear();
+            } else if current {
+                let listed: Vec<String> = master
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.synchronous_standbys.clone())
+                    .unwrap_or_default();
+                mem.sync_streaming = master
+                    .status
+                    .cur_synchronous_standbys
+                    .iter()
+                    .filter(|u| listed.contains(u))
+                    .cloned()
+                    .collect();
+            }
+            lost
         }
         None => BTreeSet::new(),
     };
