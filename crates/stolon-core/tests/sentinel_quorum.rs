@@ -427,3 +427,32 @@ fn a_new_leader_continues_a_quorum_failover_mid_phase() {
     }
     assert_eq!(got, Some(db_uid("k2")));
 }
+
+#[test]
+fn raising_k_waits_for_catch_up_and_lowering_it_is_immediate() {
+    let mut f = quorum_cluster()
+        .xlog("k1", 0x5000)
+        .xlog("k2", 0x4000)
+        .xlog("k3", 0x4000)
+        .reported_sync(&["k2", "k3"]);
+    step(&mut f, &[]);
+    // Any 2 of 2 from now on; commits acknowledged until the master applies it may be on one.
+    f = f.spec(|s| s.min_synchronous_standbys = Some(2));
+    step(&mut f, &[]);
+    assert_eq!(rendered(&f, "k1"), "ANY 2 (stolon_db_k2,stolon_db_k3)");
+    assert_eq!(known(&f), (names(&["k2", "k3"]), Some(1)));
+    for _ in 0..3 {
+        step(&mut f, &[]);
+        assert_eq!(known(&f).1, Some(1));
+    }
+    // Both reach the master's position after it applied the change: the promise is 2 of 2.
+    f = f.xlog("k2", 0x5000).xlog("k3", 0x5000);
+    step(&mut f, &[]);
+    assert_eq!(known(&f), (names(&["k2", "k3"]), Some(2)));
+
+    // Back to any 1: at once.
+    f = f.spec(|s| s.min_synchronous_standbys = Some(1));
+    step(&mut f, &[]);
+    assert_eq!(rendered(&f, "k1"), "ANY 1 (stolon_db_k2,stolon_db_k3)");
+    assert_eq!(known(&f), (names(&["k2", "k3"]), Some(1)));
+}

@@ -34,6 +34,9 @@ pub struct SentinelMemory {
     /// listed standby it stops reporting is lost, syncloss.rs). Empty after a takeover, so a new
     /// leader detects losses only once it saw a standby stream.
     pub sync_streaming: BTreeSet<String>,
+    /// Quorum commit: since when each listed synchronous standby has been listed (one listed
+    /// for `failInterval` without streaming is lost too).
+    pub sync_listed_since: BTreeMap<String, MonoInstant>,
     /// When the previous decision was made (`None` before the first).
     pub last_decision: Option<MonoInstant>,
 }
