@@ -1152,6 +1152,31 @@ fn sync_master_restart_allows_only_internal_until_standbys_in_sync() {
 }
 
 #[test]
+fn quorum_master_restart_opens_once_k_of_the_listed_standbys_stream() {
+    let mut c = cd(DbRole::Master, DbInitMode::New);
+    {
+        let s = spec_mut(&mut c, "db1");
+        s.synchronous_replication = true;
+        s.synchronous_standbys = Some(vec!["db7".into(), "db8".into()]);
+        s.synchronous_quorum = Some(1);
+    }
+    let mut o = converged(&c, DbRole::Master);
+    o.wait_sync_standbys_synced = true;
+    o.applied.as_mut().unwrap().hba = hba(&c, true);
+    o.in_sync_standbys = Some(vec![]);
+    let p = plan(Some(&c), &id(), &o);
+    assert!(!p.contains(&A::SetWaitSyncStandbys(false)), "{p:?}");
+    // Any one of the two (k = 1) is enough: commits flow.
+    o.in_sync_standbys = Some(vec!["db8".into()]);
+    let p = plan(Some(&c), &id(), &o);
+    assert!(p.contains(&A::SetWaitSyncStandbys(false)), "{p:?}");
+    // In the all-acknowledge form both are needed.
+    spec_mut(&mut c, "db1").synchronous_quorum = None;
+    let p = plan(Some(&c), &id(), &o);
+    assert!(!p.contains(&A::SetWaitSyncStandbys(false)), "{p:?}");
+}
+
+#[test]
 fn sync_standby_names_change_is_noted_and_reloaded() {
     let mut c = cd(DbRole::Master, DbInitMode::New);
     let o = converged(&c, DbRole::Master);
