@@ -62,6 +62,10 @@ pub enum Bug {
     /// The master's keeper confirms to proxies without holding every other keeper's
     /// acknowledgement (failsafe mode's rule broken).
     FailsafeConfirmWithoutAcks,
+    /// A quorum-mode failover elects the most advanced standby with a final position without
+    /// checking that enough synchronous standbys reported one
+    /// (`stolon_core::sentinel::testing::set_quorum_bug`).
+    QuorumElectWithoutEnoughPositions,
 }
 
 /// Parameters of one simulation.
@@ -71,6 +75,10 @@ pub struct SimConfig {
     pub seed: u64,
     /// `synchronousReplication` in the cluster spec.
     pub sync: bool,
+    /// Quorum commit (docs/synchronous-replication.md): with `sync`, the spec's `quorumCommit`
+    /// with `minSynchronousStandbys: 1, maxSynchronousStandbys: 2` (any 1 of 2 standbys
+    /// acknowledges a commit); without it both are 1.
+    pub quorum: bool,
     /// Number of keepers (each with its own fake PostgreSQL).
     pub keepers: usize,
     /// Number of sentinels.
@@ -114,6 +122,7 @@ impl SimConfig {
         SimConfig {
             seed,
             sync,
+            quorum: false,
             keepers: 3,
             sentinels: 2,
             proxies: 2,
@@ -147,6 +156,10 @@ impl SimConfig {
             "usePgrewind": self.use_pg_rewind,
             "failsafeMode": self.failsafe,
         });
+        if self.quorum {
+            v["quorumCommit"] = serde_json::json!(true);
+            v["maxSynchronousStandbys"] = serde_json::json!(2);
+        }
         if let Some(lag) = self.max_standby_lag {
             v["maxStandbyLag"] = serde_json::json!(lag);
         }
@@ -251,6 +264,9 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 struct Write {
     server: usize,
+    /// The proxy the client's connection went through: it closes the connection (the commit
+    /// is never acknowledged) once it no longer routes to `server`.
+    proxy: usize,
     system_id: u64,
     timeline: u32,
     lsn: u64,
@@ -342,6 +358,10 @@ pub struct World {
 impl World {
     /// Starts every component. Must run inside a tokio runtime (paused time recommended).
     pub fn start(cfg: SimConfig) -> World {
+        // The sentinels run on this thread (the simulation's runtime is single-threaded).
+        stolon_core::sentinel::testing::set_quorum_bug(
+            cfg.bug == Bug::QuorumElectWithoutEnoughPositions,
+        );
         let dir = tempfile::tempdir().expect("temp dir for the simulated data dirs");
         let kv = MemKv::new();
         let observer = kv.store(PREFIX, CLUSTER);
@@ -983,6 +1003,7 @@ impl World {
         s.lsn.0 += self.cfg.write_bytes;
         let w = Write {
             server: i,
+            proxy: p,
             system_id: s.system_id,
             timeline: s.timeline,
             lsn: s.lsn.0,
@@ -998,6 +1019,12 @@ impl World {
         for w in std::mem::take(&mut self.pending) {
             let v = &views[w.server];
             if !v.is_primary() || v.timeline != w.timeline || v.system_id != w.system_id {
+                self.stats.failed_writes += 1;
+                continue;
+            }
+            // The proxy closed the client's connection on a change of target (or fenced
+            // itself): whatever happens to the commit, the client never hears it acknowledged.
+            if self.routed_keeper(w.proxy) != Some(w.server) {
                 self.stats.failed_writes += 1;
                 continue;
             }
@@ -1169,11 +1196,18 @@ impl World {
                     .is_some_and(|s| s.synchronous_replication);
                 let new_db = cd.dbs.get(&new);
                 if sync {
+                    // Listed, or (quorum commit) known to share the promise: a standby just
+                    // dropped from the list stays known until the others caught up.
                     let listed = [old_prev, old_now].iter().flatten().any(|d| {
                         d.spec
                             .as_ref()
                             .and_then(|s| s.synchronous_standbys.as_ref())
                             .is_some_and(|l| l.contains(&new))
+                            || (d.status.synchronous_quorum.is_some()
+                                && d.status
+                                    .synchronous_standbys
+                                    .as_ref()
+                                    .is_some_and(|l| l.contains(&new)))
                     });
                     if !listed {
                         return Err(self.violation(format!(
@@ -1350,5 +1384,11 @@ mod tests {
             let s = SimConfig::new(1, sync).spec();
             s.validate().expect("valid spec");
         }
+        let mut cfg = SimConfig::new(1, true);
+        cfg.quorum = true;
+        let s = cfg.spec();
+        s.validate().expect("valid spec");
+        assert!(s.effective().quorum());
+        assert_eq!(s.effective().quorum_size(), 1);
     }
 }
