@@ -456,3 +456,34 @@ fn raising_k_waits_for_catch_up_and_lowering_it_is_immediate() {
     assert_eq!(rendered(&f, "k1"), "ANY 1 (stolon_db_k2,stolon_db_k3)");
     assert_eq!(known(&f), (names(&["k2", "k3"]), Some(1)));
 }
+
+#[test]
+fn turning_quorum_commit_off_keeps_the_quorum_rules_until_the_standbys_caught_up() {
+    let mut f = quorum_cluster()
+        .xlog("k1", 0x5000)
+        .xlog("k2", 0x4000)
+        .xlog("k3", 0x5000)
+        .reported_sync(&["k2", "k3"]);
+    step(&mut f, &[]);
+    f = f.spec(|s| s.quorum_commit = Some(false));
+    step(&mut f, &[]);
+    // Every listed standby must acknowledge from now on (Stolon's form) ...
+    assert_eq!(rendered(&f, "k1"), "2 (stolon_db_k2,stolon_db_k3)");
+    // ... but a commit acknowledged before may be on one of them only.
+    assert_eq!(known(&f), (names(&["k2", "k3"]), Some(1)));
+    for _ in 0..3 {
+        step(&mut f, &[]);
+        assert_eq!(known(&f), (names(&["k2", "k3"]), Some(1)));
+    }
+    // Both caught up with the master's position after the change: Stolon's meaning again.
+    f = f.xlog("k2", 0x5000);
+    step(&mut f, &[]);
+    assert_eq!(known(&f), (names(&["k2", "k3"]), None));
+    assert_eq!(f.cd.dbs[&db_uid("k1")].status.quorum_catch_up, None);
+    // And Stolon's rules keep it there.
+    for _ in 0..3 {
+        step(&mut f, &[]);
+    }
+    assert_eq!(rendered(&f, "k1"), "2 (stolon_db_k2,stolon_db_k3)");
+    assert_eq!(known(&f), (names(&["k2", "k3"]), None));
+}
