@@ -428,6 +428,59 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3_000))]
+
+    /// The same random runs with quorum commit (docs/synchronous-replication.md): elections only
+    /// through the final-positions phase, never two masters, the handshake kept.
+    #[test]
+    fn decide_keeps_the_safety_invariants_with_quorum_commit(
+        min_sync in 0u16..3,
+        max_sync in 1u16..3,
+        ops in prop::collection::vec(op(), 1..80),
+    ) {
+        let mut sim = Sim::new(true, min_sync, max_sync, 1_048_576);
+        sim.spec.quorum_commit = Some(true);
+        for op in &ops {
+            let write = sim.apply(op);
+            sim.step(write)?;
+        }
+    }
+}
+
+/// The quorum-mode generator reaches its failover phases and elects.
+#[test]
+fn random_quorum_sequences_reach_every_failover_phase() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let strategy = prop::collection::vec(op(), 1..80);
+    for _ in 0..1500 {
+        let ops = strategy.new_tree(&mut runner).expect("tree").current();
+        let mut sim = Sim::new(true, 1, 2, 1_048_576);
+        sim.spec.quorum_commit = Some(true);
+        for op in &ops {
+            let write = sim.apply(op);
+            sim.step(write).expect("invariants");
+        }
+        for e in &sim.seen {
+            *counts.entry(e.message()).or_default() += 1;
+        }
+    }
+    for msg in [
+        "quorum failover: proxies' target cleared, waiting for them to be fenced",
+        "quorum failover: proxies fenced, requesting the synchronous standbys' final positions",
+        "electing db as the new master",
+        "synchronous standbys known to hold every commit changed",
+    ] {
+        assert!(
+            counts.get(msg).copied().unwrap_or(0) > 0,
+            "never saw {msg:?}; saw {counts:#?}"
+        );
+    }
+}
+
 /// The generator reaches the interesting states: failovers in both modes, the proxy handshake,
 /// synchronous set changes, refusals for lag and for the sync sets.
 #[test]

@@ -419,3 +419,52 @@ fn go_durations_in_specs() {
             .is_err()
     );
 }
+
+#[test]
+fn quorum_commit_is_opt_in_round_trips_and_is_ignored_without_synchronous_replication() {
+    // Off when unset, and not printed by `with_defaults` (like the other non-Stolon fields).
+    let d = spec(new_spec());
+    assert!(!d.effective().quorum_commit);
+    assert!(!d.effective().quorum());
+    let v = serde_json::to_value(d.with_defaults()).expect("ser");
+    assert!(v.get("quorumCommit").is_none(), "{v}");
+
+    // Set: kept under its exact name, through the Go-like decoder too.
+    let s = spec(json!({
+        "initMode": "new",
+        "synchronousReplication": true,
+        "minSynchronousStandbys": 1,
+        "maxSynchronousStandbys": 2,
+        "quorumCommit": true
+    }));
+    assert_eq!(s.quorum_commit, Some(true));
+    let v = serde_json::to_value(&s).expect("ser");
+    assert_eq!(v["quorumCommit"], true);
+    let back: ClusterSpec = stolon_core::model::json::from_value(v).expect("decode");
+    assert_eq!(back, s);
+    assert_eq!(check(serde_json::to_value(&s).expect("ser")), "");
+    let e = s.effective();
+    assert!(e.quorum());
+    assert_eq!(e.quorum_size(), 1);
+
+    // k is max(1, minSynchronousStandbys).
+    let e = spec(json!({"initMode": "new", "synchronousReplication": true,
+        "minSynchronousStandbys": 0, "maxSynchronousStandbys": 2, "quorumCommit": true}))
+    .effective();
+    assert_eq!(e.quorum_size(), 1);
+    let e = spec(json!({"initMode": "new", "synchronousReplication": true,
+        "minSynchronousStandbys": 2, "maxSynchronousStandbys": 3, "quorumCommit": true}))
+    .effective();
+    assert_eq!(e.quorum_size(), 2);
+
+    // Without synchronous replication it is valid and has no effect.
+    let v = with(new_spec(), json!({"quorumCommit": true}));
+    assert_eq!(check(v.clone()), "");
+    assert!(!spec(v).effective().quorum());
+    // Nor in a standby cluster, where synchronous replication is not in force.
+    let s = spec(
+        json!({"initMode": "pitr", "role": "standby", "synchronousReplication": true,
+        "quorumCommit": true, "pitrConfig": {"dataRestoreCommand": "x"}, "standbyConfig": {}}),
+    );
+    assert!(!s.effective().quorum());
+}

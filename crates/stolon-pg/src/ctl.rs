@@ -308,8 +308,9 @@ pub trait PgCtl: Send + Sync {
     async fn create_role(&self, role: &RoleDef) -> Result<(), PgError>;
     /// `pg_file_settings` (name and setting non-null; later entries win).
     async fn file_settings(&self) -> Result<BTreeMap<String, String>, PgError>;
-    /// Standbys in `pg_stat_replication` with `sync_state = 'sync'` and application_name
-    /// `stolon_<x>`, returned as `<x>`, sorted.
+    /// Standbys in `pg_stat_replication` with `sync_state` `sync` (listed under `N (...)`) or
+    /// `quorum` (listed under `ANY N (...)`, streaming) and application_name `stolon_<x>`,
+    /// returned as `<x>`, sorted.
     async fn in_sync_standbys(&self) -> Result<Vec<String>, PgError>;
     /// `select count(*) > 0 from pg_settings where pending_restart`.
     async fn pending_restart(&self) -> Result<bool, PgError>;

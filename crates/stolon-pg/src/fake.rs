@@ -66,7 +66,8 @@ pub struct FakeState {
     pub roles: BTreeMap<String, RoleDef>,
     /// Replication slots.
     pub slots: BTreeSet<String>,
-    /// What `in_sync_standbys` returns.
+    /// What `in_sync_standbys` returns (the standbys a primary reports `sync`, or `quorum`
+    /// under `ANY N (...)`).
     pub in_sync_standbys: Vec<String>,
     /// What `file_settings` returns.
     pub file_settings: BTreeMap<String, String>,

@@ -181,7 +181,9 @@ pub(crate) async fn in_sync_standbys(c: &Client) -> Result<Vec<String>, PgError>
 pub(crate) fn filter_in_sync(pairs: Vec<(String, String)>) -> Vec<String> {
     let mut out: Vec<String> = pairs
         .into_iter()
-        .filter(|(_, state)| state == "sync")
+        // `sync` under `N (...)` or `FIRST N (...)`; `quorum` for every streaming standby listed
+        // under `ANY N (...)`.
+        .filter(|(_, state)| state == "sync" || state == "quorum")
         .filter_map(|(app, _)| app.strip_prefix("stolon_").map(str::to_string))
         .filter(|s| !s.is_empty())
         .collect();
@@ -422,10 +424,12 @@ mod tests {
             ("stolon_b".into(), "sync".into()),
             ("stolon_a".into(), "sync".into()),
             ("stolon_c".into(), "async".into()),
+            ("stolon_d".into(), "potential".into()),
+            ("stolon_e".into(), "quorum".into()),
             ("other".into(), "sync".into()),
             ("stolon_".into(), "sync".into()),
             ("stolon_a".into(), "sync".into()),
         ]);
-        assert_eq!(got, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(got, vec!["a".to_string(), "b".to_string(), "e".to_string()]);
     }
 }

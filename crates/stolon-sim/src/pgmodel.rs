@@ -70,7 +70,8 @@ pub fn parse_conninfo(s: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// The names in `synchronous_standby_names` (`a`, `a,b` or `N (a,b)`).
+/// The names in `synchronous_standby_names` (`a`, `a,b`, `N (a,b)`, `FIRST N (a,b)` or
+/// `ANY N (a,b)`).
 pub fn sync_names(value: &str) -> Vec<String> {
     let inner = match (value.find('('), value.rfind(')')) {
         (Some(a), Some(b)) if a < b => &value[a + 1..b],
@@ -285,6 +286,11 @@ mod tests {
             vec!["stolon_a", "stolon_b"]
         );
         assert_eq!(sync_names("stolon_a"), vec!["stolon_a"]);
+        assert_eq!(
+            sync_names("ANY 1 (stolon_a,stolon_b)"),
+            vec!["stolon_a", "stolon_b"]
+        );
+        assert_eq!(sync_names("FIRST 2 (a,b,c)"), vec!["a", "b", "c"]);
         assert!(sync_names("").is_empty());
         let ci = parse_conninfo(&conf["primary_conninfo"]);
         assert_eq!(ci["host"], "127.0.0.1");

@@ -63,6 +63,10 @@ pub enum Bug {
     /// The master's keeper confirms to proxies without holding every other keeper's
     /// acknowledgement (failsafe mode's rule broken).
     FailsafeConfirmWithoutAcks,
+    /// A quorum-mode failover elects the most advanced standby with a final position without
+    /// checking that enough synchronous standbys reported one
+    /// (`stolon_core::sentinel::testing::set_quorum_bug`).
+    QuorumElectWithoutEnoughPositions,
 }
 
 /// Parameters of one simulation.
@@ -72,6 +76,10 @@ pub struct SimConfig {
     pub seed: u64,
     /// `synchronousReplication` in the cluster spec.
     pub sync: bool,
+    /// Quorum commit (docs/synchronous-replication.md): with `sync`, the spec's `quorumCommit`
+    /// with `minSynchronousStandbys: 1, maxSynchronousStandbys: 2` (any 1 of 2 standbys
+    /// acknowledges a commit); without it both are 1.
+    pub quorum: bool,
     /// Number of keepers (each with its own fake PostgreSQL).
     pub keepers: usize,
     /// Number of sentinels.
@@ -115,6 +123,7 @@ impl SimConfig {
         SimConfig {
             seed,
             sync,
+            quorum: false,
             keepers: 3,
             sentinels: 2,
             proxies: 2,
@@ -148,6 +157,10 @@ impl SimConfig {
             "usePgrewind": self.use_pg_rewind,
             "failsafeMode": self.failsafe,
         });
+        if self.quorum {
+            v["quorumCommit"] = serde_json::json!(true);
+            v["maxSynchronousStandbys"] = serde_json::json!(2);
+        }
         if let Some(lag) = self.max_standby_lag {
             v["maxStandbyLag"] = serde_json::json!(lag);
         }
@@ -252,6 +265,9 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 struct Write {
     server: usize,
+    /// The proxy the client's connection went through: it closes the connection (the commit
+    /// is never acknowledged) once it no longer routes to `server`.
+    proxy: usize,
     system_id: u64,
     timeline: u32,
     lsn: u64,
@@ -343,6 +359,10 @@ pub struct World {
 impl World {
     /// Starts every component. Must run inside a tokio runtime (paused time recommended).
     pub fn start(cfg: SimConfig) -> World {
+        // The sentinels run on this thread (the simulation's runtime is single-threaded).
+        stolon_core::sentinel::testing::set_quorum_bug(
+            cfg.bug == Bug::QuorumElectWithoutEnoughPositions,
+        );
         let dir = tempfile::tempdir().expect("temp dir for the simulated data dirs");
         let kv = MemKv::new();
         let observer = kv.store(PREFIX, CLUSTER);
@@ -984,6 +1004,7 @@ impl World {
         s.lsn.0 += self.cfg.write_bytes;
         let w = Write {
             server: i,
+            proxy: p,
             system_id: s.system_id,
             timeline: s.timeline,
             lsn: s.lsn.0,
@@ -999,6 +1020,12 @@ impl World {
         for w in std::mem::take(&mut self.pending) {
             let v = &views[w.server];
             if !v.is_primary() || v.timeline != w.timeline || v.system_id != w.system_id {
+                self.stats.failed_writes += 1;
+                continue;
+            }
+            // The proxy closed the client's connection on a change of target (or fenced
+            // itself): whatever happens to the commit, the client never hears it acknowledged.
+            if self.routed_keeper(w.proxy) != Some(w.server) {
                 self.stats.failed_writes += 1;
                 continue;
             }
@@ -1170,11 +1197,18 @@ impl World {
                     .is_some_and(|s| s.synchronous_replication);
                 let new_db = cd.dbs.get(&new);
                 if sync {
+                    // Listed, or (quorum commit) known to share the promise: a standby just
+                    // dropped from the list stays known until the others caught up.
                     let listed = [old_prev, old_now].iter().flatten().any(|d| {
                         d.spec
                             .as_ref()
                             .and_then(|s| s.synchronous_standbys.as_ref())
                             .is_some_and(|l| l.contains(&new))
+                            || (d.status.synchronous_quorum.is_some()
+                                && d.status
+                                    .synchronous_standbys
+                                    .as_ref()
+                                    .is_some_and(|l| l.contains(&new)))
                     });
                     if !listed {
                         return Err(self.violation(format!(
@@ -1303,14 +1337,22 @@ fn master_uid(cd: &ClusterData) -> Option<String> {
         .filter(|m| !m.is_empty())
 }
 
-/// How many listed standbys must hold a commit: `N` of `N (a,b)`, else 1 (FIRST 1), 0 if none.
+/// How many listed standbys must hold a commit: `N` of `N (a,b)`, `FIRST N (a,b)` or
+/// `ANY N (a,b)` (any N of the listed ones), else 1 (a plain list is `FIRST 1`), 0 if none.
 fn sync_count(value: Option<&String>, listed: usize) -> usize {
     if listed == 0 {
         return 0;
     }
     value
         .and_then(|v| v.split_once('('))
-        .and_then(|(n, _)| n.trim().parse::<usize>().ok())
+        .and_then(|(head, _)| {
+            let head = head.trim();
+            let n = head
+                .strip_prefix("ANY ")
+                .or_else(|| head.strip_prefix("FIRST "))
+                .unwrap_or(head);
+            n.trim().parse::<usize>().ok()
+        })
         .unwrap_or(1)
         .min(listed)
 }
@@ -1328,6 +1370,10 @@ mod tests {
         assert_eq!(sync_count(Some(&"2 (a,b)".to_string()), 2), 2);
         assert_eq!(sync_count(Some(&"a".to_string()), 1), 1);
         assert_eq!(sync_count(Some(&String::new()), 0), 0);
+        assert_eq!(sync_count(Some(&"ANY 1 (a,b)".to_string()), 2), 1);
+        assert_eq!(sync_count(Some(&"ANY 2 (a,b,c)".to_string()), 3), 2);
+        assert_eq!(sync_count(Some(&"FIRST 2 (a,b,c)".to_string()), 3), 2);
+        assert_eq!(sync_count(Some(&"ANY 3 (a,b)".to_string()), 2), 2);
     }
 
     #[test]
@@ -1336,5 +1382,11 @@ mod tests {
             let s = SimConfig::new(1, sync).spec();
             s.validate().expect("valid spec");
         }
+        let mut cfg = SimConfig::new(1, true);
+        cfg.quorum = true;
+        let s = cfg.spec();
+        s.validate().expect("valid spec");
+        assert!(s.effective().quorum());
+        assert_eq!(s.effective().quorum_size(), 1);
     }
 }

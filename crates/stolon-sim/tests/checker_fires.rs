@@ -127,3 +127,64 @@ async fn a_proxy_that_does_not_fail_closed_is_caught() {
     let w = run(Bug::None).await.unwrap_or_else(|v| panic!("{v}"));
     assert_eq!(w.routed_keeper(1), None, "cut-off proxy still routes");
 }
+
+/// Quorum commit's pigeonhole rule: with any 1 of 2 standbys acknowledging, a standby that was
+/// cut off may lack writes the other acknowledged. The master and the other standby die
+/// together: the cut one alone must not be elected. A sentinel that elects the most advanced
+/// standby with a final position without counting enough of them loses acknowledged writes.
+#[tokio::test(start_paused = true)]
+async fn electing_without_enough_quorum_positions_is_caught() {
+    async fn run(bug: Bug) -> Result<World, Violation> {
+        let mut cfg = SimConfig::new(6, true);
+        cfg.quorum = true;
+        cfg.bug = bug;
+        let mut w = World::start(cfg);
+        w.run_until(
+            "a routed master, 2 streaming standbys, both listed and known",
+            Duration::from_secs(120),
+            |w| {
+                let Some(m) = w.routed_master() else {
+                    return false;
+                };
+                let known = w
+                    .cluster_data()
+                    .and_then(|cd| cd.master_db().cloned())
+                    .and_then(|db| db.status.synchronous_standbys)
+                    .map_or(0, |v| v.len());
+                w.stats().acked >= 30
+                    && (0..3).filter(|&i| i != m).all(|i| w.lsn(i) > 0)
+                    && known == 2
+            },
+        )
+        .await?;
+        w.run_for(Duration::from_secs(5)).await?;
+        let master = w.master_keeper().expect("a master");
+        let cut = (0..3).find(|&i| i != master).expect("a standby");
+        let other = (0..3).find(|&i| i != master && i != cut).expect("another");
+        w.inject(Fault::CutReplication(cut, true));
+        let acked = w.stats().acked;
+        w.run_until(
+            "a write acknowledged by the other standby alone",
+            Duration::from_secs(10),
+            |w| w.stats().acked > acked,
+        )
+        .await?;
+        w.inject(Fault::KillKeeper(master));
+        w.inject(Fault::KillKeeper(other));
+        // Only the cut standby is left; with the rule it is never elected.
+        w.run_for(Duration::from_secs(40)).await?;
+        assert_ne!(w.routed_master(), Some(cut), "the cut standby was elected");
+        Ok(w)
+    }
+    let v = match run(Bug::QuorumElectWithoutEnoughPositions).await {
+        Ok(w) => panic!("checker did not fire: {:?}", w.stats()),
+        Err(v) => v,
+    };
+    eprintln!("{v}");
+    assert!(v.what.contains("acknowledged write(s) lost"), "{v}");
+
+    // Control: the real rule refuses to elect the cut standby; nothing is lost.
+    let w = run(Bug::None).await.unwrap_or_else(|v| panic!("{v}"));
+    assert_eq!(w.stats().lost_acked, 0);
+    assert_eq!(w.stats().failovers, 0, "{:?}", w.stats());
+}

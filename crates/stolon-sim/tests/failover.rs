@@ -1,7 +1,7 @@
 //! Named scenario: the primary's keeper and its PostgreSQL die; a standby must become primary,
 //! both proxies must route to it, and no acknowledged write may be lost (asynchronous mode with
 //! the client paused before the kill, so the standbys hold everything; synchronous mode with the
-//! client writing up to the kill).
+//! client writing up to the kill; quorum commit, likewise).
 
 use std::time::Duration;
 
@@ -65,11 +65,16 @@ async fn kill_the_primary(cfg: SimConfig) -> Result<World, Violation> {
 }
 
 async fn scenario(sync: bool) {
+    scenario_with(SimConfig::new(1, sync)).await;
+}
+
+async fn scenario_with(cfg: SimConfig) {
+    let (sync, quorum) = (cfg.sync, cfg.quorum);
     let started = std::time::Instant::now();
-    match kill_the_primary(SimConfig::new(1, sync)).await {
+    match kill_the_primary(cfg).await {
         Ok(w) => {
             eprintln!(
-                "sync={sync}: virtual {:?}, real {:?}, {:?}",
+                "sync={sync} quorum={quorum}: virtual {:?}, real {:?}, {:?}",
                 w.elapsed(),
                 started.elapsed(),
                 w.stats()
@@ -89,4 +94,13 @@ async fn async_failover_after_killing_the_primary() {
 #[tokio::test(start_paused = true)]
 async fn sync_failover_after_killing_the_primary() {
     scenario(true).await;
+}
+
+/// Quorum commit (any 1 of 2 standbys): the failover waits for the proxies' fence and the
+/// standbys' final positions, then elects one holding every acknowledged write.
+#[tokio::test(start_paused = true)]
+async fn quorum_failover_after_killing_the_primary() {
+    let mut cfg = SimConfig::new(1, true);
+    cfg.quorum = true;
+    scenario_with(cfg).await;
 }

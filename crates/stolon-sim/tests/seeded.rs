@@ -1,7 +1,9 @@
 //! Seeded random runs: 20 seeds, each 60 s of virtual time with random faults (keeper and
 //! PostgreSQL crashes, keeper restarts with a new boot id, store outages and failing store calls
 //! per component, sentinel kills and restarts), every invariant checked after every 100 ms step.
-//! Odd seeds run with synchronous replication. `STOLON_SIM_SEED=<n>` runs only seed `n`;
+//! Odd seeds run with synchronous replication; the `quorum_*` tests run every seed again with
+//! synchronous replication and quorum commit (any 1 of 2 standbys acknowledges a commit), where
+//! no acknowledged write may be lost either. `STOLON_SIM_SEED=<n>` runs only seed `n`;
 //! `STOLON_SIM_FAIL_LATENCY_MS=<ms>` sets how long an injected store failure takes (default 500).
 //!
 //! Split over four tests so the test harness runs them on parallel threads.
@@ -12,14 +14,15 @@ use stolon_sim::{SimConfig, Stats, Violation, World};
 
 const VIRTUAL: Duration = Duration::from_secs(60);
 
-fn run_seed(seed: u64) -> Result<Stats, Violation> {
+fn run_seed(seed: u64, quorum: bool) -> Result<Stats, Violation> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
         .expect("tokio runtime");
     rt.block_on(async move {
-        let mut cfg = SimConfig::new(seed, seed % 2 == 1);
+        let mut cfg = SimConfig::new(seed, quorum || seed % 2 == 1);
+        cfg.quorum = quorum;
         cfg.random_faults = true;
         if let Some(ms) = std::env::var("STOLON_SIM_FAIL_LATENCY_MS")
             .ok()
@@ -36,6 +39,10 @@ fn run_seed(seed: u64) -> Result<Stats, Violation> {
 }
 
 fn run_seeds(seeds: std::ops::RangeInclusive<u64>) {
+    run_seeds_in(seeds, false);
+}
+
+fn run_seeds_in(seeds: std::ops::RangeInclusive<u64>, quorum: bool) {
     let only: Option<u64> = std::env::var("STOLON_SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok());
@@ -44,11 +51,11 @@ fn run_seeds(seeds: std::ops::RangeInclusive<u64>) {
             continue;
         }
         let started = Instant::now();
-        match run_seed(seed) {
+        match run_seed(seed, quorum) {
             Ok(s) => {
                 eprintln!(
-                    "seed {seed:2} sync={} real {:6.2?}: {s:?}",
-                    seed % 2 == 1,
+                    "seed {seed:2} sync={} quorum={quorum} real {:6.2?}: {s:?}",
+                    quorum || seed % 2 == 1,
                     started.elapsed()
                 );
                 // The cluster came up and served writes before the faults started.
@@ -82,8 +89,28 @@ fn seeds_16_to_20() {
     run_seeds(16..=20);
 }
 
+#[test]
+fn quorum_seeds_01_to_05() {
+    run_seeds_in(1..=5, true);
+}
+
+#[test]
+fn quorum_seeds_06_to_10() {
+    run_seeds_in(6..=10, true);
+}
+
+#[test]
+fn quorum_seeds_11_to_15() {
+    run_seeds_in(11..=15, true);
+}
+
+#[test]
+fn quorum_seeds_16_to_20() {
+    run_seeds_in(16..=20, true);
+}
+
 /// More seeds on demand: `STOLON_SIM_SEED_RANGE=21-200 cargo test -p stolon-sim --test seeded
-/// -- --ignored`.
+/// -- --ignored` (with `STOLON_SIM_QUORUM=1`, in quorum mode).
 #[test]
 #[ignore = "long: run on demand with STOLON_SIM_SEED_RANGE"]
 fn seed_range_from_env() {
@@ -92,7 +119,10 @@ fn seed_range_from_env() {
         .split_once('-')
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
         .expect("STOLON_SIM_SEED_RANGE is <first>-<last>");
-    run_seeds(a..=b);
+    run_seeds_in(
+        a..=b,
+        std::env::var("STOLON_SIM_QUORUM").is_ok_and(|v| v == "1"),
+    );
 }
 
 /// One seed with the components' logs: `STOLON_SIM_SEED=173 RUST_LOG=info cargo test -p

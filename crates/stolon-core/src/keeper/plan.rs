@@ -858,13 +858,20 @@ fn converge(a: &mut Actions, asg: &Assignment<'_>, v: &mut LocalView) {
 }
 
 /// The synchronous standbys the spec wants are exactly those the primary reports in sync (or
-/// synchronous replication is off).
+/// synchronous replication is off). With quorum commit (`synchronousQuorum` k), k of them
+/// streaming is enough: commits then flow.
 fn sync_standbys_synced(spec: &DbSpec, v: &LocalView) -> bool {
     if !spec.synchronous_replication {
         return true;
     }
     let mut want: Vec<String> = spec.synchronous_standbys.clone().unwrap_or_default();
     want.sort();
+    if let Some(k) = spec.synchronous_quorum {
+        let need = usize::from(k).clamp(1, want.len().max(1));
+        return v.in_sync_standbys.as_ref().is_some_and(|have| {
+            want.is_empty() || want.iter().filter(|u| have.contains(u)).count() >= need
+        });
+    }
     match &v.in_sync_standbys {
         Some(have) => {
             let mut have = have.clone();

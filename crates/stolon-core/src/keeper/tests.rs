@@ -1152,6 +1152,31 @@ fn sync_master_restart_allows_only_internal_until_standbys_in_sync() {
 }
 
 #[test]
+fn quorum_master_restart_opens_once_k_of_the_listed_standbys_stream() {
+    let mut c = cd(DbRole::Master, DbInitMode::New);
+    {
+        let s = spec_mut(&mut c, "db1");
+        s.synchronous_replication = true;
+        s.synchronous_standbys = Some(vec!["db7".into(), "db8".into()]);
+        s.synchronous_quorum = Some(1);
+    }
+    let mut o = converged(&c, DbRole::Master);
+    o.wait_sync_standbys_synced = true;
+    o.applied.as_mut().unwrap().hba = hba(&c, true);
+    o.in_sync_standbys = Some(vec![]);
+    let p = plan(Some(&c), &id(), &o);
+    assert!(!p.contains(&A::SetWaitSyncStandbys(false)), "{p:?}");
+    // Any one of the two (k = 1) is enough: commits flow.
+    o.in_sync_standbys = Some(vec!["db8".into()]);
+    let p = plan(Some(&c), &id(), &o);
+    assert!(p.contains(&A::SetWaitSyncStandbys(false)), "{p:?}");
+    // In the all-acknowledge form both are needed.
+    spec_mut(&mut c, "db1").synchronous_quorum = None;
+    let p = plan(Some(&c), &id(), &o);
+    assert!(!p.contains(&A::SetWaitSyncStandbys(false)), "{p:?}");
+}
+
+#[test]
 fn sync_standby_names_change_is_noted_and_reloaded() {
     let mut c = cd(DbRole::Master, DbInitMode::New);
     let o = converged(&c, DbRole::Master);
@@ -1942,4 +1967,39 @@ fn a_switchover_target_promotes_despite_a_promise_once_the_old_master_stopped() 
     done.phase = P::Completed;
     c.switchover = Some(done);
     assert!(!run(&c).contains(&A::Promote));
+}
+
+#[test]
+fn a_generation_only_bump_on_a_running_standby_only_marks_it_converged() {
+    // A quorum-mode failover asks the synchronous standbys for their final positions by bumping
+    // their generation without changing their spec (docs/synchronous-replication.md): the
+    // keeper must neither restart nor reload PostgreSQL for it.
+    let c = cd(DbRole::Standby, DbInitMode::None);
+    let o = converged(&c, DbRole::Standby);
+    let before = plan(Some(&c), &id(), &o);
+    let mut bumped = c.clone();
+    bumped.dbs.get_mut("db1").unwrap().generation = 4;
+    let after = plan(Some(&bumped), &id(), &o);
+    assert_eq!(
+        after.last(),
+        Some(&A::MarkConverged { generation: 4 }),
+        "{after:?}"
+    );
+    let disruptive = |p: &[KeeperAction]| {
+        p.iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    A::Stop | A::Start | A::Restart | A::Reload | A::WriteConfig(_) | A::Promote
+                )
+            })
+            .count()
+    };
+    assert_eq!(disruptive(&after), 0, "{after:?}");
+    // Everything but the convergence mark is what the keeper does without a bump.
+    assert_eq!(
+        after[..after.len() - 1],
+        before[..before.len().min(after.len() - 1)],
+        "{before:?} vs {after:?}"
+    );
 }

@@ -52,6 +52,10 @@ pub struct ClusterData {
     /// The last planned switchover (not in Stolon's format; docs/switchover.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switchover: Option<super::switchover::Switchover>,
+    /// A quorum-mode failover in progress (not in Stolon's format;
+    /// docs/synchronous-replication.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_failover: Option<super::quorum::QuorumFailover>,
 }
 
 /// Cluster phase.
@@ -308,6 +312,10 @@ pub struct DbSpec {
     /// External names to list in synchronous_standby_names (e.g. `stolonfakestandby`).
     #[serde(default)]
     pub external_synchronous_standbys: Option<Vec<String>>,
+    /// Quorum commit: a commit waits for this many of the listed standbys
+    /// (`ANY k (...)`); unset means every listed one (Stolon's form). Not a Stolon field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous_quorum: Option<u16>,
 }
 
 /// What the sentinel last learned of a DB from its keeper.
@@ -360,9 +368,17 @@ pub struct DbStatus {
     /// Standbys the instance currently reports in sync (not persisted).
     #[serde(skip)]
     pub cur_synchronous_standbys: Vec<String>,
-    /// Standbys known to be in sync.
+    /// Standbys known to be in sync. With quorum commit (`synchronousQuorum` set): every
+    /// acknowledged commit is on at least `synchronousQuorum` of them.
     #[serde(default)]
     pub synchronous_standbys: Option<Vec<String>>,
+    /// Quorum commit: how many of `synchronousStandbys` hold every acknowledged commit; unset
+    /// means all of them (Stolon's meaning). Not a Stolon field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous_quorum: Option<u16>,
+    /// Quorum commit: a shrink of the synchronous set waiting for catch-up. Not a Stolon field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_catch_up: Option<super::quorum::QuorumCatchUp>,
     /// Oldest WAL file in pg_wal.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub older_wal_file: String,
@@ -445,6 +461,7 @@ impl ClusterData {
             proxy: Some(Proxy::default()),
             history: Vec::new(),
             switchover: None,
+            quorum_failover: None,
         }
     }
 

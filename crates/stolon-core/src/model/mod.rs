@@ -7,12 +7,14 @@ pub mod history;
 pub mod json;
 pub mod member;
 pub mod patch;
+pub mod quorum;
 pub mod spec;
 pub mod switchover;
 
 pub use cluster::*;
 pub use history::{MasterChange, MasterChangeReason};
 pub use member::*;
+pub use quorum::*;
 pub use spec::*;
 pub use switchover::*;
 

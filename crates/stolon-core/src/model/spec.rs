@@ -201,6 +201,12 @@ pub struct ClusterSpec {
     /// Maximum synchronous standbys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_synchronous_standbys: Option<u16>,
+    /// Quorum commit (docs/synchronous-replication.md): with `synchronousReplication`, the master
+    /// lists up to `maxSynchronousStandbys` standbys and a commit waits for any
+    /// `max(1, minSynchronousStandbys)` of them (PostgreSQL's `ANY k (...)`), instead of every
+    /// listed one. Ignored without `synchronousReplication`. Not a Stolon field; off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_commit: Option<bool>,
     /// Extra wal senders beyond stolon's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub additional_wal_senders: Option<u16>,
@@ -464,6 +470,7 @@ impl ClusterSpec {
                 .unwrap_or(SuReplAccessMode::All),
             automatic_pg_restart: s.automatic_pg_restart.unwrap_or_default(),
             failsafe_mode: s.failsafe_mode.unwrap_or_default(),
+            quorum_commit: s.quorum_commit.unwrap_or_default(),
             spec: s,
         }
     }
@@ -631,6 +638,8 @@ pub struct EffectiveSpec {
     pub automatic_pg_restart: bool,
     /// See [`ClusterSpec::failsafe_mode`].
     pub failsafe_mode: bool,
+    /// See [`ClusterSpec::quorum_commit`].
+    pub quorum_commit: bool,
     /// The defaulted spec itself, for the remaining (structured) fields.
     pub spec: ClusterSpec,
 }
@@ -639,5 +648,16 @@ impl EffectiveSpec {
     /// Synchronous replication is in force (`synchronousReplication` and role master).
     pub fn sync_repl(&self) -> bool {
         self.synchronous_replication && self.role == ClusterRole::Master
+    }
+
+    /// Quorum commit is in force: synchronous replication with `quorumCommit`.
+    pub fn quorum(&self) -> bool {
+        self.sync_repl() && self.quorum_commit
+    }
+
+    /// How many listed synchronous standbys a commit waits for in quorum mode:
+    /// `max(1, minSynchronousStandbys)`.
+    pub fn quorum_size(&self) -> u16 {
+        self.min_synchronous_standbys.max(1)
     }
 }

@@ -92,7 +92,8 @@ pub fn wal_level(spec: &DbSpec, version: Option<PostgresBinaryVersion>) -> Strin
 
 /// `synchronous_standby_names` for the spec (§6.7 keeper side): empty unless synchronous
 /// replication is on and at least one name is listed; `stolon_<dbuid>` per sync standby followed by
-/// the external names; one name plain, several as `N (a,b,c)` (all must acknowledge).
+/// the external names; one name plain, several as `N (a,b,c)` (all must acknowledge), or with
+/// `synchronousQuorum` k as `ANY k (a,b,c)` (any k of them acknowledge).
 pub fn synchronous_standby_names(spec: &DbSpec) -> String {
     if !spec.synchronous_replication {
         return String::new();
@@ -104,8 +105,17 @@ pub fn synchronous_standby_names(spec: &DbSpec) -> String {
         .map(|u| stolon_name(u))
         .collect();
     names.extend(spec.external_synchronous_standbys.iter().flatten().cloned());
+    if names.is_empty() {
+        return String::new();
+    }
+    // Quorum commit: any k of the listed names (k capped at their number). The fake standby
+    // never connects, so it is listed only when fewer than k real standbys are, and then the
+    // commit still waits for it: it keeps blocking.
+    if let Some(k) = spec.synchronous_quorum {
+        let k = usize::from(k).clamp(1, names.len());
+        return format!("ANY {k} ({})", names.join(","));
+    }
     match names.len() {
-        0 => String::new(),
         1 => names.remove(0),
         n => format!("{n} ({})", names.join(",")),
     }

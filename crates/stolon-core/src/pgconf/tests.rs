@@ -171,6 +171,38 @@ fn sync_standby_names() {
 }
 
 #[test]
+fn quorum_sync_standby_names() {
+    let mut s = spec();
+    s.synchronous_replication = true;
+    s.synchronous_quorum = Some(1);
+    s.synchronous_standbys = Some(vec!["a".into(), "b".into()]);
+    assert_eq!(synchronous_standby_names(&s), "ANY 1 (stolon_a,stolon_b)");
+    s.synchronous_quorum = Some(2);
+    assert_eq!(synchronous_standby_names(&s), "ANY 2 (stolon_a,stolon_b)");
+    // k is capped at the number of names.
+    s.synchronous_quorum = Some(5);
+    assert_eq!(synchronous_standby_names(&s), "ANY 2 (stolon_a,stolon_b)");
+    // The fake standby still blocks: with fewer real standbys than k it is one of the k.
+    s.synchronous_quorum = Some(2);
+    s.synchronous_standbys = Some(vec!["a".into()]);
+    s.external_synchronous_standbys = Some(vec!["stolonfakestandby".into()]);
+    assert_eq!(
+        synchronous_standby_names(&s),
+        "ANY 2 (stolon_a,stolonfakestandby)"
+    );
+    s.synchronous_standbys = Some(vec![]);
+    s.synchronous_quorum = Some(1);
+    assert_eq!(synchronous_standby_names(&s), "ANY 1 (stolonfakestandby)");
+    // Nothing listed: nothing to wait for, whatever k.
+    s.external_synchronous_standbys = None;
+    assert_eq!(synchronous_standby_names(&s), "");
+    // Not synchronous: empty.
+    s.synchronous_replication = false;
+    s.synchronous_standbys = Some(vec!["a".into()]);
+    assert_eq!(synchronous_standby_names(&s), "");
+}
+
+#[test]
 fn render_quotes_and_sorts() {
     let mut p = PgParameters::new();
     p.insert("b".into(), "it's".into());

@@ -237,6 +237,44 @@ pub enum Event {
         /// Its final WAL position.
         final_xlog_pos: String,
     },
+    /// Quorum commit: the synchronous standbys known to hold every acknowledged commit changed
+    /// (docs/synchronous-replication.md).
+    QuorumSetKnown {
+        /// Master DB UID.
+        db: String,
+        /// The known set.
+        standbys: String,
+        /// How many of them hold every acknowledged commit.
+        quorum: u16,
+    },
+    /// Quorum-mode failover: the proxies' target is cleared; waiting for them to acknowledge.
+    QuorumFailoverFencing {
+        /// The failed master DB.
+        db: String,
+    },
+    /// Quorum-mode failover: the proxies are fenced; the synchronous standbys are asked for
+    /// their final positions (a generation bump).
+    QuorumFailoverRequestingPositions {
+        /// The failed master DB.
+        db: String,
+        /// The standbys asked.
+        standbys: String,
+    },
+    /// Quorum-mode failover: not enough final positions yet to know which standby holds every
+    /// acknowledged commit.
+    WaitingForQuorumPositions {
+        /// The failed master DB.
+        db: String,
+        /// What is there (`set: have/need`).
+        have: String,
+        /// What is missing.
+        need: String,
+    },
+    /// Quorum-mode failover abandoned: the master is good again.
+    QuorumFailoverAborted {
+        /// The master DB.
+        db: String,
+    },
 }
 
 impl Event {
@@ -282,6 +320,17 @@ impl Event {
                 "waiting for new defined synchronous standbys to be in sync"
             }
             SyncStandbysChanged { .. } => "synchronousStandbys changed",
+            QuorumSetKnown { .. } => "synchronous standbys known to hold every commit changed",
+            QuorumFailoverFencing { .. } => {
+                "quorum failover: proxies' target cleared, waiting for them to be fenced"
+            }
+            QuorumFailoverRequestingPositions { .. } => {
+                "quorum failover: proxies fenced, requesting the synchronous standbys' final positions"
+            }
+            WaitingForQuorumPositions { .. } => {
+                "quorum failover: waiting for enough final positions of the synchronous standbys"
+            }
+            QuorumFailoverAborted { .. } => "quorum failover abandoned: the master is good again",
             CannotDecide { .. } => "cannot update cluster data",
             FailoverPaused { .. } => "cluster paused: not replacing the failed master",
             Switchover { phase, .. } => {
@@ -326,6 +375,11 @@ impl Event {
             | AddingStandby { db, .. }
             | WaitingForSyncStandbys { db }
             | SyncStandbysChanged { db, .. }
+            | QuorumSetKnown { db, .. }
+            | QuorumFailoverFencing { db }
+            | QuorumFailoverRequestingPositions { db, .. }
+            | WaitingForQuorumPositions { db, .. }
+            | QuorumFailoverAborted { db }
             | FailoverPaused { db, .. }
             | SwitchoverOldMasterStopped { db, .. } => Some(db),
             Switchover { db, .. } if !db.is_empty() => Some(db),
@@ -378,6 +432,15 @@ impl Event {
             SyncStandbysChanged {
                 previous, current, ..
             } => Some(format!("previous=[{previous}] current=[{current}]")),
+            QuorumSetKnown {
+                standbys, quorum, ..
+            } => Some(format!("standbys=[{standbys}] quorum={quorum}")),
+            QuorumFailoverRequestingPositions { standbys, .. } => {
+                Some(format!("standbys=[{standbys}]"))
+            }
+            WaitingForQuorumPositions { have, need, .. } => {
+                Some(format!("have=[{have}] need=[{need}]"))
+            }
             _ => None,
         }
     }

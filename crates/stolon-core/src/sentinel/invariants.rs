@@ -4,7 +4,8 @@
 //!
 //! Pure. Checked: 1 (one master-type DB; proxies route only to the named master), 2 (a new target
 //! is named only from the cleared state, after every active proxy acknowledged it), 3 and 6 (a
-//! failover elects only a standby in both synchronous sets, or within `maxStandbyLag`), 5
+//! failover elects only a standby in both synchronous sets, or with quorum commit a synchronous
+//! standby through the final-positions phase or a switchover, or within `maxStandbyLag`), 5
 //! (generations only grow, and grow with every DB spec change).
 
 use std::collections::BTreeMap;
@@ -155,7 +156,39 @@ pub fn validate_invariants(
         };
         let old_now = next.dbs.get(prev_master).unwrap_or(old);
         let old_spec = old.spec.clone().unwrap_or_default();
-        if old_spec.synchronous_replication {
+        let quorum = old_spec.synchronous_quorum.is_some()
+            || old.status.synchronous_quorum.is_some()
+            || old.status.quorum_catch_up.is_some();
+        if old_spec.synchronous_replication && quorum {
+            // Quorum commit (docs/synchronous-replication.md): a member of either set, elected
+            // from the final positions of a quorum failover, or the target of a switchover
+            // (whose clean stop it caught up with).
+            let member = old_spec
+                .synchronous_standbys
+                .iter()
+                .chain(old.status.synchronous_standbys.iter())
+                .flatten()
+                .any(|u| *u == new.uid);
+            let from_positions = prev.quorum_failover.as_ref().is_some_and(|r| {
+                r.master_db_uid == old.uid
+                    && r.phase == crate::model::QuorumFailoverPhase::Positions
+                    && r.generations.contains_key(&new.uid)
+            });
+            let switchover = prev
+                .switchover
+                .as_ref()
+                .is_some_and(|s| s.target_db == new.uid && s.old_master_db == old.uid);
+            if !member || !(from_positions || switchover) {
+                return Err(InvariantViolation::SyncElection(format!(
+                    "elected {} outside a quorum failover's final positions of {} (spec {:?}, \
+                     status {:?})",
+                    new.uid,
+                    old.uid,
+                    old_spec.synchronous_standbys,
+                    old.status.synchronous_standbys
+                )));
+            }
+        } else if old_spec.synchronous_replication {
             let in_spec = old_spec
                 .synchronous_standbys
                 .as_ref()

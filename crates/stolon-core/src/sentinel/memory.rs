@@ -4,7 +4,7 @@
 //! (the core never reads a clock). A fresh [`SentinelMemory::default`] stands for Stolon's
 //! `firstRun`: the runtime creates one on every gain of leadership.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// A monotonic instant: time elapsed since an origin the runtime picked.
@@ -30,6 +30,13 @@ pub struct SentinelMemory {
     /// Synchronous standbys the master stopped reporting in sync, and since when: not chosen
     /// as new synchronous standbys for `failInterval` after (syncloss.rs).
     pub sync_lost: BTreeMap<String, MonoInstant>,
+    /// Quorum commit: the listed synchronous standbys the master last reported streaming (a
+    /// listed standby it stops reporting is lost, syncloss.rs). Empty after a takeover, so a new
+    /// leader detects losses only once it saw a standby stream.
+    pub sync_streaming: BTreeSet<String>,
+    /// Quorum commit: since when each listed synchronous standby has been listed (one listed
+    /// for `failInterval` without streaming is lost too).
+    pub sync_listed_since: BTreeMap<String, MonoInstant>,
     /// When the previous decision was made (`None` before the first).
     pub last_decision: Option<MonoInstant>,
 }

@@ -16,6 +16,7 @@ pub mod invariants;
 mod memory;
 mod pause;
 pub mod priority;
+mod quorum;
 pub mod switchover;
 mod syncloss;
 mod takeover;

@@ -139,6 +139,20 @@ fn rejections(cd: &ClusterData, ctx: &Ctx<'_>, master: &Db) -> String {
 }
 
 fn in_sync_sets(master: &Db, uid: &str) -> bool {
+    // Quorum commit: any standby known to share the promise (S_eff). The clean stop and the
+    // target's catch-up to the shutdown checkpoint make the switchover safe whichever it is.
+    let quorum = master.status.synchronous_quorum.is_some()
+        || master
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.synchronous_quorum.is_some());
+    if quorum {
+        return master
+            .status
+            .synchronous_standbys
+            .as_ref()
+            .is_some_and(|v| v.iter().any(|u| u == uid));
+    }
     let in_spec = master
         .spec
         .as_ref()

@@ -54,6 +54,29 @@ fn master_report_is_current(ctx: &Ctx<'_>, cd: &ClusterData, master: &Db) -> boo
     seen && keeper_fresh && db_ok && keeper_healthy
 }
 
+/// Quorum commit: the standbys of `listed` the master is expected to report streaming: those it
+/// reported streaming while listed, and those listed for longer than `failInterval` (a listed
+/// standby that never starts streaming is lost too, or it would stay listed for nothing).
+pub(crate) fn expected_streaming(
+    mem: &SentinelMemory,
+    listed: &[String],
+    spec: &EffectiveSpec,
+    now: MonoInstant,
+) -> Vec<String> {
+    let fail = spec.fail_interval.to_std();
+    listed
+        .iter()
+        .filter(|u| {
+            mem.sync_streaming.contains(*u)
+                || mem
+                    .sync_listed_since
+                    .get(*u)
+                    .is_some_and(|t| now.saturating_sub(*t) > fail)
+        })
+        .cloned()
+        .collect()
+}
+
 /// Whether `uid` was lost as a synchronous standby less than `failInterval` ago.
 pub(crate) fn recently_lost(ctx: &Ctx<'_>, uid: &str) -> bool {
     ctx.mem
@@ -73,25 +96,73 @@ pub(crate) fn remember_losses(
     now: MonoInstant,
 ) {
     let fail = spec.fail_interval.to_std();
+    // What a former master reported says nothing about the new one's standbys.
+    let master_of = |c: &ClusterData| c.cluster.as_ref().map(|c| c.status.master.clone());
+    if master_of(prev) != master_of(cd) {
+        mem.sync_streaming.clear();
+        mem.sync_listed_since.clear();
+    }
     let lost = match cd.master_db() {
         Some(master) => {
-            let known = prev
-                .dbs
-                .get(&master.uid)
-                .and_then(|db| db.status.synchronous_standbys.clone())
-                .unwrap_or_default();
+            // Quorum commit: the listed standbys expected to stream (S_eff also holds standbys
+            // that never streamed); otherwise those known in sync.
+            let quorum = master
+                .spec
+                .as_ref()
+                .is_some_and(|s| s.synchronous_quorum.is_some());
+            let list_of = |d: Option<&Db>| -> Vec<String> {
+                d.and_then(|db| db.spec.as_ref())
+                    .and_then(|s| s.synchronous_standbys.clone())
+                    .unwrap_or_default()
+            };
+            // Listed before this decision (one it dropped on purpose is not lost) and after.
+            let listed_before = list_of(prev.dbs.get(&master.uid));
+            let listed_after = list_of(Some(master));
+            let known: Vec<String> = if quorum {
+                expected_streaming(mem, &listed_before, spec, now)
+            } else {
+                prev.dbs
+                    .get(&master.uid)
+                    .and_then(|db| db.status.synchronous_standbys.clone())
+                    .unwrap_or_default()
+            };
             let view = mem.clone();
             let ctx = Ctx {
                 spec,
                 mem: &view,
                 now,
             };
-            if master_report_is_current(&ctx, cd, master) {
+            let current = master_report_is_current(&ctx, cd, master);
+            if current {
                 for u in &master.status.cur_synchronous_standbys {
                     mem.sync_lost.remove(u);
                 }
             }
-            lost_sync_standbys(&ctx, cd, master, &known)
+            let lost = lost_sync_standbys(&ctx, cd, master, &known);
+            if !quorum {
+                mem.sync_streaming.clear();
+                mem.sync_listed_since.clear();
+            } else {
+                if current {
+                    mem.sync_streaming.extend(
+                        master
+                            .status
+                            .cur_synchronous_standbys
+                            .iter()
+                            .filter(|u| listed_after.contains(u))
+                            .cloned(),
+                    );
+                }
+                for u in &listed_after {
+                    mem.sync_listed_since.entry(u.clone()).or_insert(now);
+                }
+                // Kept while listed before or after this decision: a decision whose write is
+                // lost leaves the store listing them, and the next one must see them again.
+                let listed = |u: &String| listed_before.contains(u) || listed_after.contains(u);
+                mem.sync_streaming.retain(|u| listed(u));
+                mem.sync_listed_since.retain(|u, _| listed(u));
+            }
+            lost
         }
         None => BTreeSet::new(),
     };

@@ -22,6 +22,23 @@ use super::classify::{DbKind, db_kind};
 use super::decide::{DecideInput, Decision, FirstChoice, decide};
 use super::memory::{InfoHistory, SentinelMemory};
 
+thread_local! {
+    static QUORUM_BUG: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Breaks the quorum failover rule on this thread (simulation checker tests only): with `true`,
+/// a quorum-mode failover elects the most advanced standby with a final report as soon as it
+/// has one, without checking that enough of the synchronous sets reported (the pigeonhole rule
+/// of `quorum.rs`). Every decision made on this thread afterwards is affected.
+pub fn set_quorum_bug(on: bool) {
+    QUORUM_BUG.with(|b| b.set(on));
+}
+
+/// Whether [`set_quorum_bug`] is on for this thread.
+pub(crate) fn quorum_bug() -> bool {
+    QUORUM_BUG.with(|b| b.get())
+}
+
 /// The DB UID the fixture gives a keeper's DB.
 pub fn db_uid(keeper: &str) -> String {
     format!("db_{keeper}")

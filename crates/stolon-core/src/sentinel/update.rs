@@ -32,7 +32,7 @@ pub(crate) fn update_cluster(
     ctx: &Ctx<'_>,
     active_proxies: &[String],
     proxies_info: &BTreeMap<String, ProxyInfo>,
-    _fresh: &Fresh<'_>,
+    fresh: &Fresh<'_>,
     now_wall: Timestamp,
     uids: &mut impl UidSource,
     chooser: &mut impl Chooser,
@@ -51,6 +51,7 @@ pub(crate) fn update_cluster(
             ctx,
             active_proxies,
             proxies_info,
+            fresh,
             now_wall,
             uids,
             events,
@@ -251,6 +252,7 @@ fn normal(
     ctx: &Ctx<'_>,
     active_proxies: &[String],
     proxies_info: &BTreeMap<String, ProxyInfo>,
+    fresh: &Fresh<'_>,
     now_wall: Timestamp,
     uids: &mut impl UidSource,
     events: &mut Vec<Event>,
@@ -308,6 +310,9 @@ fn normal(
         master_ok = false;
     }
 
+    // A quorum-mode failover recorded for another master, or for a master good again, is over.
+    super::quorum::drop_stale_record(cd, &cur, ctx, fresh, events);
+
     // A master stopped by a planned switchover is not failed over (docs/switchover.md).
     if !master_ok && super::switchover::master_stop_planned(cd, &cur_uid, ctx, now_wall) {
         master_ok = true;
@@ -323,37 +328,15 @@ fn normal(
             db: cur_uid.clone(),
         });
         let sync = cur.spec.as_ref().is_some_and(|s| s.synchronous_replication);
-        // Synchronous: only standbys listed in both the spec and the reported sync sets
-        // (invariant 3). Asynchronous: only within maxStandbyLag (invariant 6).
-        let candidates = ctx.best_new_masters(cd, &cur, !sync);
-        if candidates.is_empty() {
-            events.push(Event::NoEligibleMasters {
-                reasons: ctx.new_master_rejections(cd, &cur, !sync),
-            });
-        } else if sync {
-            let spec_set: BTreeSet<&String> = cur
-                .spec
-                .as_ref()
-                .and_then(|s| s.synchronous_standbys.as_ref())
-                .map(|v| v.iter().collect())
-                .unwrap_or_default();
-            let status_set: BTreeSet<&String> = cur
-                .status
-                .synchronous_standbys
-                .as_ref()
-                .map(|v| v.iter().collect())
-                .unwrap_or_default();
-            match candidates
-                .iter()
-                .find(|db| spec_set.contains(&db.uid) && status_set.contains(&db.uid))
+        if sync && super::quorum::failover_governs(cd, &cur) {
+            // Quorum commit: fence, collect final positions, then elect (quorum.rs).
+            if let Some(w) =
+                super::quorum::failover(cd, &cur, ctx, active_proxies, proxies_info, fresh, events)
             {
-                Some(db) => wanted = db.uid.clone(),
-                None => events.push(Event::NoEligibleSyncMasters {
-                    db: cur_uid.clone(),
-                }),
+                wanted = w;
             }
         } else {
-            wanted = candidates[0].uid.clone();
+            stolon_failover(cd, &cur, ctx, sync, &mut wanted, events);
         }
     }
 
@@ -403,6 +386,48 @@ fn normal(
     Ok(())
 }
 
+/// Stolon's failover choice (every mode but quorum commit): synchronous, only standbys listed in
+/// both the spec and the reported sync sets (invariant 3); asynchronous, only within
+/// maxStandbyLag (invariant 6).
+fn stolon_failover(
+    cd: &ClusterData,
+    cur: &Db,
+    ctx: &Ctx<'_>,
+    sync: bool,
+    wanted: &mut String,
+    events: &mut Vec<Event>,
+) {
+    let cur_uid = cur.uid.clone();
+    let candidates = ctx.best_new_masters(cd, cur, !sync);
+    if candidates.is_empty() {
+        events.push(Event::NoEligibleMasters {
+            reasons: ctx.new_master_rejections(cd, cur, !sync),
+        });
+    } else if sync {
+        let spec_set: BTreeSet<&String> = cur
+            .spec
+            .as_ref()
+            .and_then(|s| s.synchronous_standbys.as_ref())
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        let status_set: BTreeSet<&String> = cur
+            .status
+            .synchronous_standbys
+            .as_ref()
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        match candidates
+            .iter()
+            .find(|db| spec_set.contains(&db.uid) && status_set.contains(&db.uid))
+        {
+            Some(db) => *wanted = db.uid.clone(),
+            None => events.push(Event::NoEligibleSyncMasters { db: cur_uid }),
+        }
+    } else {
+        *wanted = candidates[0].uid.clone();
+    }
+}
+
 /// Fences a former master: no longer master-type, follows nothing, no sync duties. Its keeper
 /// must not run it as a primary; it stays electable until the new master has converged.
 fn fence(s: &mut DbSpec) {
@@ -412,6 +437,7 @@ fn fence(s: &mut DbSpec) {
     s.synchronous_replication = false;
     s.synchronous_standbys = None;
     s.external_synchronous_standbys = None;
+    s.synchronous_quorum = None;
 }
 
 /// 4. A new master: fence the old one, clear the proxies' target, carry the sync set over.
@@ -493,7 +519,11 @@ fn elect(cd: &mut ClusterData, old: &Db, wanted: &str, ctx: &Ctx<'_>, events: &m
             s.synchronous_replication = false;
             s.synchronous_standbys = None;
             s.external_synchronous_standbys = None;
+            s.synchronous_quorum = None;
         }
+    }
+    if e.sync_repl() && (e.quorum_commit || super::quorum::failover_governs(cd, old)) {
+        super::quorum::on_election(cd, wanted, ctx);
     }
     if let Some(p) = cd.proxy.as_mut()
         && !p.spec.master_db_uid.is_empty()
@@ -522,7 +552,9 @@ fn same_master(
     let master_good = master.status.healthy
         && ctx.convergence(&master, e.convergence_timeout.to_std()) == ConvergenceState::Converged;
 
-    // Proxy handshake (invariant 2).
+    // Proxy handshake (invariant 2). Not while a quorum failover of this master is under way:
+    // it is dropped first if the master really is back (quorum.rs).
+    let quorum_failover = super::quorum::failover_pending(cd, master_uid);
     let snapshot = cd.switchover.clone();
     let proxy = cd.proxy.get_or_insert_with(Default::default);
     if proxy.spec.master_db_uid.is_empty() {
@@ -533,7 +565,10 @@ fn same_master(
         });
         if !converged {
             events.push(Event::WaitingForProxies);
-        } else if master_good && !super::switchover::blocks_routing(snapshot.as_ref(), master_uid) {
+        } else if master_good
+            && !quorum_failover
+            && !super::switchover::blocks_routing(snapshot.as_ref(), master_uid)
+        {
             proxy.spec.master_db_uid = master_uid.to_string();
             proxy.spec.enabled_proxies = active_proxies.to_vec();
             proxy.generation += 1;
@@ -560,7 +595,7 @@ fn same_master(
         s.follow_config = None;
     }
 
-    if !master_good {
+    if !master_good || quorum_failover {
         return;
     }
 
@@ -634,8 +669,11 @@ fn same_master(
             s.synchronous_replication = false;
             s.synchronous_standbys = None;
             s.external_synchronous_standbys = None;
+            s.synchronous_quorum = None;
         }
         db.status.synchronous_standbys = None;
+        db.status.synchronous_quorum = None;
+        db.status.quorum_catch_up = None;
     }
 
     // f. Standby count.
@@ -722,6 +760,7 @@ fn same_master(
             s.synchronous_replication = false;
             s.synchronous_standbys = None;
             s.external_synchronous_standbys = None;
+            s.synchronous_quorum = None;
         }
     }
 }
@@ -745,6 +784,10 @@ fn sync_standbys(cd: &mut ClusterData, master_uid: &str, ctx: &Ctx<'_>, events: 
     let Some(master) = cd.dbs.get(master_uid).cloned() else {
         return;
     };
+    if super::quorum::governs(ctx, cd, &master) {
+        super::quorum::sync_standbys(cd, master_uid, ctx, events);
+        return;
+    }
     let (mut min, mut max, mut merge) = (
         usize::from(e.min_synchronous_standbys),
         usize::from(e.max_synchronous_standbys),
