@@ -1,25 +1,28 @@
 //! The etcd v3 backend: [`EtcdStore`] and [`EtcdElection`] (docs/architecture.md §4.1, §4.2).
 //!
-//! Endpoint failover: the store keeps one etcd client per endpoint (each on its own HTTP/2
-//! connection) and sends every request to the endpoint that last answered. When a request
-//! fails with a transport-level error (connection refused or reset, `Unavailable`, "no leader"
-//! under `require-leader`, "leader changed") or does not answer within its attempt deadline,
-//! the same request is tried on the next endpoint; every endpoint is tried at least once, and
-//! failed rounds are repeated (short pauses) until the store timeout has elapsed, which rides
-//! out an etcd leader election. The attempt deadline is short in the first round over the
-//! endpoints (1 s, or the store timeout when that is shorter) and doubles each later round,
-//! capped by what is left of the store timeout (but never below the first round's); with a
-//! single endpoint the one attempt gets the whole store timeout.
+//! Endpoint failover ([`run_attempts`]): the store keeps one etcd client per endpoint (each on
+//! its own HTTP/2 connection) and sends every request to the endpoint that last answered. When
+//! an attempt fails with a transport-level error (connection refused or reset, `Unavailable`,
+//! "no leader" under `require-leader`, "leader changed"), the request is tried on the next
+//! endpoint at once; every endpoint is tried at least once, and failed rounds are repeated
+//! (short pauses) until the store timeout has elapsed, which rides out an etcd leader election.
 //!
-//! Every request but compare-and-swap is also hedged: one still unanswered after
-//! [`HEDGE_AFTER`] (100 ms) is sent again to the next endpoint while the earlier attempts keep
-//! running, and the first answer wins ([`run_attempts`]). So a dead member costs a request
-//! nothing measurable (its connection is refused), a frozen or partitioned one about 100 ms, and
-//! a write that a member forwarded to a raft leader that just died, which etcd never answers,
-//! is sent again within 100 ms of the new leader's election instead of waiting out one attempt
-//! deadline per endpoint. HTTP/2 keepalive pings with a ping timeout of two attempt deadlines
-//! also close a connection to a member that stopped answering, which ends (and re-establishes
-//! elsewhere) the change watch running on it.
+//! An attempt that gets no answer is hedged: while a request is unanswered it is also sent to
+//! the next endpoint every [`HEDGE_AFTER`] (100 ms), the earlier attempts keep running, and the
+//! first answer wins. The first attempt may run for the whole store timeout, so a cluster that
+//! is merely slow still answers it. So a dead member costs a request nothing measurable (its
+//! connection is refused), a frozen or partitioned one about 100 ms, and a write that a member
+//! forwarded to a raft leader that just died, which etcd never answers, is sent again within
+//! 100 ms of the new leader's election. Compare-and-swap is not hedged (a duplicate could
+//! answer "compare failed" for the swap its twin made): it makes one attempt at a time, with a
+//! deadline that is short in the first round over the endpoints (1 s, or the store timeout when
+//! that is shorter) and doubles each later round, capped by what is left of the store timeout
+//! (but never below the first round's); with a single endpoint the one attempt gets the whole
+//! store timeout.
+//!
+//! HTTP/2 keepalive pings with a ping timeout of two first-round deadlines also close a
+//! connection to a member that stopped answering, which ends (and re-establishes elsewhere) the
+//! change watch running on it.
 //!
 //! Compare-and-swap is a transaction on the key's mod revision (create revision 0 when the key
 //! must be absent). Infos get a fresh lease per write; the lease the key had before is revoked
@@ -201,13 +204,14 @@ pub(crate) enum Hedge {
 ///
 /// With [`Hedge::On`], the first attempt (and, when it failed, the next one) may run until the
 /// store timeout has elapsed (at least one first-round deadline), so a cluster that is merely
-/// slow has the whole store timeout to answer. While it runs, every [`HEDGE_AFTER`] the request is also sent to the next endpoint;
-/// such a hedge runs for at most [`HEDGE_LIFETIME`] (so at most about six attempts are in flight
-/// at once). The first answer wins and the other attempts are cancelled. Hedges are what make a
-/// lost request cheap: a member that hangs or is cut off costs [`HEDGE_AFTER`], and a write sent
-/// to a member in the second or so before it notices that its raft leader died, which it
-/// forwards to the dead leader and etcd never answers (it does not fail it when a new leader is
-/// elected), is sent again within [`HEDGE_AFTER`] of the new leader's election.
+/// slow has the whole store timeout to answer. While it runs, the request is also sent to the
+/// next endpoint every [`HEDGE_AFTER`]; such a hedge runs for at most [`HEDGE_LIFETIME`] (so at
+/// most about six attempts are in flight at once). The first answer wins and the other attempts
+/// are cancelled. Hedges are what make a lost request cheap: a member that hangs or is cut off
+/// costs [`HEDGE_AFTER`], and a write sent to a member in the second or so before it notices
+/// that its raft leader died, which it forwards to the dead leader and etcd never answers (it
+/// does not fail it when a new leader is elected), is sent again within [`HEDGE_AFTER`] of the
+/// new leader's election.
 ///
 /// The whole call lasts at most about the store timeout plus one first-round attempt deadline.
 pub(crate) async fn run_attempts<C, T, F, Fut>(
