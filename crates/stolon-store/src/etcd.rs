@@ -31,7 +31,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -59,10 +59,16 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Bound of the attempt deadline of the first round over the endpoints.
 const ATTEMPT_MAX: Duration = Duration::from_secs(1);
 /// A hedged request still unanswered this long after its last attempt started is sent again
-/// (a healthy member answers in a few milliseconds).
+/// (a healthy member answers in a few milliseconds), unless the endpoints have been answering
+/// slowly (see [`Pace`]).
 const HEDGE_AFTER: Duration = Duration::from_millis(100);
-/// How long a hedge (an attempt sent while an earlier one still runs) may run.
-const HEDGE_LIFETIME: Duration = Duration::from_millis(500);
+/// The longest pause between the hedges of one request, whatever the endpoints' pace.
+const HEDGE_AFTER_MAX: Duration = Duration::from_secs(1);
+/// How many times the recent answer time a request waits before it is hedged.
+const HEDGE_PACE_FACTOR: u32 = 4;
+/// How long a hedge (an attempt sent while an earlier one still runs) may run, in hedging
+/// pauses (at most a first-round deadline).
+const HEDGE_LIFETIME_PAUSES: u32 = 5;
 /// Pause between failed rounds over all endpoints.
 const ROUND_PAUSE_MIN: Duration = Duration::from_millis(50);
 const ROUND_PAUSE_MAX: Duration = Duration::from_millis(500);
@@ -116,6 +122,7 @@ pub(crate) struct EndpointPool {
     clients: Vec<(String, Client)>,
     current: AtomicUsize,
     timeout: Duration,
+    pace: Pace,
 }
 
 impl EndpointPool {
@@ -167,6 +174,7 @@ impl EndpointPool {
             clients,
             current: AtomicUsize::new(0),
             timeout: cfg.timeout,
+            pace: Pace::default(),
         })
     }
 
@@ -177,7 +185,48 @@ impl EndpointPool {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        run_attempts(&self.clients, &self.current, self.timeout, hedge, what, op).await
+        let endpoints = Endpoints {
+            clients: &self.clients,
+            current: &self.current,
+            pace: &self.pace,
+        };
+        run_attempts(endpoints, self.timeout, hedge, what, op).await
+    }
+}
+
+/// How fast the endpoints have been answering: a moving average (weight 1/8) of the time
+/// answered attempts took. It sets the hedging pause: [`HEDGE_PACE_FACTOR`] times the average,
+/// between [`HEDGE_AFTER`] and [`HEDGE_AFTER_MAX`]. So a healthy cluster gets a hedge after
+/// 100 ms, and a cluster that is slow because it is overloaded is not sent many duplicates of
+/// requests it would have answered anyway.
+#[derive(Debug, Default)]
+pub(crate) struct Pace {
+    /// Microseconds; 0 until the first answer.
+    average_us: AtomicU64,
+}
+
+impl Pace {
+    /// Counts one answered attempt that took `took`.
+    fn record(&self, took: Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .average_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(if avg == 0 {
+                    sample
+                } else {
+                    // avg + (sample - avg) / 8, in signed arithmetic.
+                    let next = avg as i128 + (sample as i128 - avg as i128) / 8;
+                    next.clamp(1, u64::MAX as i128) as u64
+                })
+            });
+    }
+
+    /// The pause between the hedges of a request.
+    fn hedge_after(&self) -> Duration {
+        let avg = Duration::from_micros(self.average_us.load(Ordering::Relaxed));
+        avg.saturating_mul(HEDGE_PACE_FACTOR)
+            .clamp(HEDGE_AFTER, HEDGE_AFTER_MAX)
     }
 }
 
@@ -192,9 +241,19 @@ pub(crate) enum Hedge {
     Off,
 }
 
-/// Runs `op` on the endpoints of `clients`, starting with `current` (the last endpoint that
-/// answered), until one answers; returns that answer, or the last error once the store timeout
-/// has elapsed and every endpoint was tried at least once.
+/// The endpoints a request can go to.
+pub(crate) struct Endpoints<'a, C> {
+    /// Name and client of each.
+    pub clients: &'a [(String, C)],
+    /// The index of the last one that answered.
+    pub current: &'a AtomicUsize,
+    /// How fast they have been answering.
+    pub pace: &'a Pace,
+}
+
+/// Runs `op` on the endpoints, starting with the last one that answered, until one answers;
+/// returns that answer, or the last error once the store timeout has elapsed and every endpoint
+/// was tried at least once.
 ///
 /// An attempt that fails with a transport-level error, "no leader" or "leader changed" ends at
 /// once and the next endpoint is tried; a full round of such failures is followed by a short
@@ -205,18 +264,18 @@ pub(crate) enum Hedge {
 /// With [`Hedge::On`], the first attempt (and, when it failed, the next one) may run until the
 /// store timeout has elapsed (at least one first-round deadline), so a cluster that is merely
 /// slow has the whole store timeout to answer. While it runs, the request is also sent to the
-/// next endpoint every [`HEDGE_AFTER`]; such a hedge runs for at most [`HEDGE_LIFETIME`] (so at
-/// most about six attempts are in flight at once). The first answer wins and the other attempts
-/// are cancelled. Hedges are what make a lost request cheap: a member that hangs or is cut off
-/// costs [`HEDGE_AFTER`], and a write sent to a member in the second or so before it notices
-/// that its raft leader died, which it forwards to the dead leader and etcd never answers (it
-/// does not fail it when a new leader is elected), is sent again within [`HEDGE_AFTER`] of the
-/// new leader's election.
+/// next endpoint after each hedging pause (the [`Pace`]'s: [`HEDGE_AFTER`] while the endpoints
+/// answer fast); such a hedge runs for at most [`HEDGE_LIFETIME_PAUSES`] pauses (so at most
+/// about six attempts are in flight at once). The first answer wins and the other attempts are
+/// cancelled. Hedges are what make a lost request cheap: a member that hangs or is cut off
+/// costs one pause, and a write sent to a member in the second or so before it notices that its
+/// raft leader died, which it forwards to the dead leader and etcd never answers (it does not
+/// fail it when a new leader is elected), is sent again within one pause of the new leader's
+/// election.
 ///
 /// The whole call lasts at most about the store timeout plus one first-round attempt deadline.
 pub(crate) async fn run_attempts<C, T, F, Fut>(
-    clients: &[(String, C)],
-    current: &AtomicUsize,
+    endpoints: Endpoints<'_, C>,
     timeout: Duration,
     hedge: Hedge,
     what: &str,
@@ -227,15 +286,22 @@ where
     F: Fn(C) -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
+    let Endpoints {
+        clients,
+        current,
+        pace,
+    } = endpoints;
     let n = clients.len();
     if n == 0 {
         return Err(StoreError::Config("no store endpoints".into()));
     }
+    let hedge_after = pace.hedge_after();
+    let hedge_lifetime = hedge_after.saturating_mul(HEDGE_LIFETIME_PAUSES);
     let started = Instant::now();
     let first = current.load(Ordering::Relaxed) % n;
     let first_deadline = first_attempt_deadline(timeout);
     let max_pause = match hedge {
-        Hedge::On => HEDGE_AFTER,
+        Hedge::On => hedge_after,
         Hedge::Off => ROUND_PAUSE_MAX,
     };
     let mut idx = first;
@@ -262,7 +328,7 @@ where
             let deadline = match hedge {
                 Hedge::Off => attempt_deadline(timeout, elapsed, n, launched / n),
                 Hedge::On if long => timeout.saturating_sub(elapsed).max(first_deadline),
-                Hedge::On => HEDGE_LIFETIME.min(first_deadline),
+                Hedge::On => hedge_lifetime.min(first_deadline),
             };
             long_running |= long;
             let attempt = op(clients[idx].1.clone());
@@ -271,13 +337,14 @@ where
                 (
                     at,
                     long,
+                    now,
                     deadline,
                     tokio::time::timeout(deadline, attempt).await,
                 )
             });
             launched += 1;
             idx = (idx + 1) % n;
-            launch_at = now + HEDGE_AFTER;
+            launch_at = now + hedge_after;
             if !after_failure {
                 failed_in_row = 0;
             }
@@ -289,7 +356,7 @@ where
         }
         let wake = may_launch.then_some(launch_at);
         tokio::select! {
-            Some((at, long, deadline, outcome)) = in_flight.next() => {
+            Some((at, long, sent, deadline, outcome)) = in_flight.next() => {
                 let name = &clients[at].0;
                 if long {
                     long_running = false;
@@ -299,6 +366,7 @@ where
                         if at != first {
                             tracing::info!(endpoint = %name, "store: switched to endpoint");
                         }
+                        pace.record(sent.elapsed());
                         current.store(at, Ordering::Relaxed);
                         return Ok(v);
                     }
@@ -907,18 +975,32 @@ mod tests {
             }
         }
 
-        /// One request over the three endpoints with a store timeout of `timeout`.
+        /// One request over the three endpoints with a store timeout of `timeout`, from a
+        /// client that has seen no answer yet.
         async fn call(
             &self,
             timeout: Duration,
             hedge: Hedge,
             current: &AtomicUsize,
         ) -> Result<usize, StoreError> {
+            self.call_paced(timeout, hedge, current, &Pace::default())
+                .await
+        }
+
+        async fn call_paced(
+            &self,
+            timeout: Duration,
+            hedge: Hedge,
+            current: &AtomicUsize,
+            pace: &Pace,
+        ) -> Result<usize, StoreError> {
             let clients: Vec<(String, usize)> = (0..3).map(|i| (format!("m{i}"), i)).collect();
-            run_attempts(&clients, current, timeout, hedge, "test", |i| {
-                self.request(i)
-            })
-            .await
+            let endpoints = Endpoints {
+                clients: &clients,
+                current,
+                pace,
+            };
+            run_attempts(endpoints, timeout, hedge, "test", |i| self.request(i)).await
         }
 
         fn sent(&self) -> Vec<(usize, Duration)> {
@@ -928,9 +1010,8 @@ mod tests {
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
-    /// The long attempt, the hedges of the last [`HEDGE_LIFETIME`], and one just started.
-    const MOST_IN_FLIGHT: usize =
-        2 + (HEDGE_LIFETIME.as_millis() / HEDGE_AFTER.as_millis()) as usize;
+    /// The long attempt, the hedges of the last hedge lifetime, and one just started.
+    const MOST_IN_FLIGHT: usize = 2 + HEDGE_LIFETIME_PAUSES as usize;
 
     /// The raft leader (member 1) died at 0 and a new one is elected at 1.2 s: member 1 refuses
     /// everything, and members 0 and 2 never answer a write sent before the election (it went to
@@ -992,6 +1073,46 @@ mod tests {
         let sent = fake.sent();
         assert!(sent.len() > 1, "no hedge was sent: {sent:?}");
         assert!(sent.len() <= MOST_IN_FLIGHT, "{sent:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_cluster_gets_fewer_hedges() {
+        // Every member answers after 600 ms (an overloaded cluster). The first request is
+        // hedged every 100 ms; its answer sets the pace, and the next request waits for it
+        // without sending a duplicate.
+        let fake = Fake::new(|_, _| Answer::After(MS(600)));
+        let pace = Pace::default();
+        let current = AtomicUsize::new(0);
+        let timeout = Duration::from_secs(5);
+        fake.call_paced(timeout, Hedge::On, &current, &pace)
+            .await
+            .expect("first");
+        let first = fake.sent().len();
+        assert!(first > 1, "the first request was not hedged");
+        assert_eq!(pace.hedge_after(), HEDGE_AFTER_MAX);
+        fake.call_paced(timeout, Hedge::On, &current, &pace)
+            .await
+            .expect("second");
+        assert_eq!(fake.sent().len(), first + 1, "{:?}", fake.sent());
+    }
+
+    #[test]
+    fn the_hedging_pause_follows_the_answer_times() {
+        let pace = Pace::default();
+        assert_eq!(pace.hedge_after(), HEDGE_AFTER, "nothing answered yet");
+        pace.record(MS(2));
+        assert_eq!(pace.hedge_after(), HEDGE_AFTER, "fast answers");
+        for _ in 0..40 {
+            pace.record(MS(200));
+        }
+        let slow = pace.hedge_after();
+        assert!(slow > MS(600) && slow <= HEDGE_AFTER_MAX, "{slow:?}");
+        for _ in 0..40 {
+            pace.record(MS(3));
+        }
+        assert_eq!(pace.hedge_after(), HEDGE_AFTER, "fast again");
+        pace.record(Duration::from_secs(100_000));
+        assert_eq!(pace.hedge_after(), HEDGE_AFTER_MAX, "bounded");
     }
 
     #[tokio::test(start_paused = true)]
