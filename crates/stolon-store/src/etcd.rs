@@ -8,8 +8,9 @@
 //! (short pauses) until the store timeout has elapsed, which rides out an etcd leader election.
 //!
 //! An attempt that gets no answer is hedged: while a request is unanswered it is also sent to
-//! the next endpoint every [`HEDGE_AFTER`] (100 ms), the earlier attempts keep running, and the
-//! first answer wins. The first attempt may run for the whole store timeout, so a cluster that
+//! the next endpoint after every hedging pause ([`HEDGE_AFTER`], 100 ms, while the endpoints
+//! answer fast; up to 1 s when they have been answering slowly, see [`Pace`]), the earlier
+//! attempts keep running, and the first answer wins. The first attempt may run for the whole store timeout, so a cluster that
 //! is merely slow still answers it. So a dead member costs a request nothing measurable (its
 //! connection is refused), a frozen or partitioned one about 100 ms, and a write that a member
 //! forwarded to a raft leader that just died, which etcd never answers, is sent again within
