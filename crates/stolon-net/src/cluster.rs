@@ -387,6 +387,9 @@ impl NetCluster {
                 "zap".into(),
                 "--log-outputs".into(),
                 "stderr".into(),
+                // As docs/deployment.md recommends (etcd 3.4 defaults to false): without it, a
+                // vote refused under the leader lease can split the election after a leader dies.
+                "--pre-vote".into(),
             ];
             let mut etcd = Process::new(
                 &format!("etcd{i}"),

@@ -76,13 +76,13 @@ impl Workload {
                 let mut acks = Vec::new();
                 let mut k = c % targets.len();
                 let mut seq = 0i64;
-                let mut conn: Option<Client> = None;
+                let mut conn: Option<(Client, SocketAddr)> = None;
                 while !*rx.borrow() {
-                    let Some(cl) = conn.as_ref() else {
+                    let Some((cl, via)) = conn.as_ref() else {
                         let t = targets[k];
                         k = (k + 1) % targets.len();
                         match cluster::connect(ip4(t), t.port()).await {
-                            Ok(cl) => conn = Some(cl),
+                            Ok(cl) => conn = Some((cl, t)),
                             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                         }
                         continue;
@@ -104,7 +104,12 @@ impl Workload {
                             acked.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(PACE).await;
                         }
-                        Err(_) => {
+                        Err(e) => {
+                            eprintln!(
+                                "workload: client {c} insert {id} via {via} failed at {sent_ms} ms \
+                                 ({}): {e:#}",
+                                utc_time_of_day()
+                            );
                             conn = None;
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
@@ -157,4 +162,20 @@ fn ip4(a: SocketAddr) -> std::net::Ipv4Addr {
         std::net::IpAddr::V4(v) => v,
         std::net::IpAddr::V6(_) => std::net::Ipv4Addr::LOCALHOST,
     }
+}
+
+/// The wall-clock time (UTC, to the millisecond), to match a failed insert with the processes'
+/// logs.
+fn utc_time_of_day() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = d.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        d.subsec_millis()
+    )
 }

@@ -1,20 +1,29 @@
 //! The etcd v3 backend: [`EtcdStore`] and [`EtcdElection`] (docs/architecture.md §4.1, §4.2).
 //!
-//! Endpoint failover: the store keeps one etcd client per endpoint (each on its own HTTP/2
-//! connection) and sends every request to the endpoint that last answered. When a request
-//! fails with a transport-level error (connection refused or reset, `Unavailable`, "no leader"
-//! under `require-leader`) or does not answer within its attempt deadline, the same request is
-//! tried on the next endpoint; every endpoint is tried at least once, and failed rounds are
-//! repeated (short pauses) until the store timeout has elapsed, which rides out an etcd leader
-//! election. The attempt deadline is short in the first round over the endpoints (1 s, or the
-//! store timeout when that is shorter) and doubles each later round, capped by what is
-//! left of the store timeout (but never below the first round's); with a single endpoint the
-//! one attempt gets the whole store timeout. So one dead or partitioned endpoint of three costs a request at most one short
-//! attempt deadline (1 s at the default 5 s store timeout), well within a proxy's timeout, and
-//! the requests after it go straight to the endpoint that answered; a cluster that is merely
-//! slow still gets the whole store timeout in the later rounds. HTTP/2 keepalive pings with a
-//! ping timeout of two attempt deadlines also close a connection to a member that stopped
-//! answering, which ends (and re-establishes elsewhere) the change watch running on it.
+//! Endpoint failover ([`run_attempts`]): the store keeps one etcd client per endpoint (each on
+//! its own HTTP/2 connection) and sends every request to the endpoint that last answered. When
+//! an attempt fails with a transport-level error (connection refused or reset, `Unavailable`,
+//! "no leader" under `require-leader`, "leader changed"), the request is tried on the next
+//! endpoint at once; every endpoint is tried at least once, and failed rounds are repeated
+//! (short pauses) until the store timeout has elapsed, which rides out an etcd leader election.
+//!
+//! An attempt that gets no answer is hedged: while a request is unanswered it is also sent to
+//! the next endpoint after every hedging pause ([`HEDGE_AFTER`], 100 ms, while the endpoints
+//! answer fast; up to 1 s when they have been answering slowly, see [`Pace`]), the earlier
+//! attempts keep running, and the first answer wins. The first attempt may run for the whole store timeout, so a cluster that
+//! is merely slow still answers it. So a dead member costs a request nothing measurable (its
+//! connection is refused), a frozen or partitioned one about 100 ms, and a write that a member
+//! forwarded to a raft leader that just died, which etcd never answers, is sent again within
+//! 100 ms of the new leader's election. Compare-and-swap is not hedged (a duplicate could
+//! answer "compare failed" for the swap its twin made): it makes one attempt at a time, with a
+//! deadline that is short in the first round over the endpoints (1 s, or the store timeout when
+//! that is shorter) and doubles each later round, capped by what is left of the store timeout
+//! (but never below the first round's); with a single endpoint the one attempt gets the whole
+//! store timeout.
+//!
+//! HTTP/2 keepalive pings with a ping timeout of two first-round deadlines also close a
+//! connection to a member that stopped answering, which ends (and re-establishes elsewhere) the
+//! change watch running on it.
 //!
 //! Compare-and-swap is a transaction on the key's mod revision (create revision 0 when the key
 //! must be absent). Infos get a fresh lease per write; the lease the key had before is revoked
@@ -23,7 +32,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,8 +40,10 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
     TxnOp, WatchOptions,
 };
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
 
 use crate::config::{StoreConfig, split_host_port};
 use crate::election::{DEFAULT_ELECTION_TTL, LeaseElection};
@@ -48,6 +59,17 @@ use stolon_core::model::{ClusterData, KeeperInfo, ProxyInfo, SentinelInfo};
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Bound of the attempt deadline of the first round over the endpoints.
 const ATTEMPT_MAX: Duration = Duration::from_secs(1);
+/// A hedged request still unanswered this long after its last attempt started is sent again
+/// (a healthy member answers in a few milliseconds), unless the endpoints have been answering
+/// slowly (see [`Pace`]).
+const HEDGE_AFTER: Duration = Duration::from_millis(100);
+/// The longest pause between the hedges of one request, whatever the endpoints' pace.
+const HEDGE_AFTER_MAX: Duration = Duration::from_secs(1);
+/// How many times the recent answer time a request waits before it is hedged.
+const HEDGE_PACE_FACTOR: u32 = 4;
+/// How long a hedge (an attempt sent while an earlier one still runs) may run, in hedging
+/// pauses (at most a first-round deadline).
+const HEDGE_LIFETIME_PAUSES: u32 = 5;
 /// Pause between failed rounds over all endpoints.
 const ROUND_PAUSE_MIN: Duration = Duration::from_millis(50);
 const ROUND_PAUSE_MAX: Duration = Duration::from_millis(500);
@@ -101,6 +123,7 @@ pub(crate) struct EndpointPool {
     clients: Vec<(String, Client)>,
     current: AtomicUsize,
     timeout: Duration,
+    pace: Pace,
 }
 
 impl EndpointPool {
@@ -152,63 +175,236 @@ impl EndpointPool {
             clients,
             current: AtomicUsize::new(0),
             timeout: cfg.timeout,
+            pace: Pace::default(),
         })
     }
 
-    /// Runs `op` on the current endpoint, moving on to the next ones on transport failures,
-    /// "no leader" answers and attempt deadlines. Every endpoint is tried at least once; while
-    /// the store timeout has not elapsed, failed rounds are repeated after a short pause (this
-    /// rides out an etcd leader election after the leader died). Each attempt is bounded by
-    /// [`attempt_deadline`], so a request takes at most about the store timeout plus one
-    /// first-round attempt deadline (a little more when every endpoint hangs and the store
-    /// timeout is shorter than a round).
-    async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
+    /// Runs `op` on the endpoints as [`run_attempts`] says (hedged unless `hedge` is
+    /// [`Hedge::Off`]).
+    async fn call<T, F, Fut>(&self, what: &str, hedge: Hedge, op: F) -> Result<T, StoreError>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let n = self.clients.len();
-        let started = tokio::time::Instant::now();
-        let first = self.current.load(Ordering::Relaxed) % n;
-        let mut idx = first;
-        let mut tries = 0usize;
-        let mut pause = ROUND_PAUSE_MIN;
-        let mut last;
-        loop {
-            let (name, client) = &self.clients[idx];
-            let budget = attempt_deadline(self.timeout, started.elapsed(), n, tries / n);
-            match tokio::time::timeout(budget, op(client.clone())).await {
-                Ok(Ok(v)) => {
-                    if idx != first {
-                        tracing::info!(endpoint = %name, "store: switched to endpoint");
-                    }
-                    self.current.store(idx, Ordering::Relaxed);
-                    return Ok(v);
-                }
-                Ok(Err(e)) => match classify(e) {
-                    Failure::Retry(err) => {
-                        tracing::debug!(endpoint = %name, error = %err, "store: {what} failed, trying next endpoint");
-                        last = with_endpoint(err, name);
-                    }
-                    Failure::Fatal(err) => return Err(with_endpoint(err, name)),
-                },
-                Err(_) => {
-                    tracing::debug!(endpoint = %name, deadline = ?budget, "store: {what} timed out, trying next endpoint");
-                    last = StoreError::Timeout(self.timeout);
-                }
-            }
-            tries += 1;
+        let endpoints = Endpoints {
+            clients: &self.clients,
+            current: &self.current,
+            pace: &self.pace,
+        };
+        run_attempts(endpoints, self.timeout, hedge, what, op).await
+    }
+}
+
+/// How fast the endpoints have been answering: a moving average (weight 1/8) of the time
+/// answered attempts took. It sets the hedging pause: [`HEDGE_PACE_FACTOR`] times the average,
+/// between [`HEDGE_AFTER`] and [`HEDGE_AFTER_MAX`]. So a healthy cluster gets a hedge after
+/// 100 ms, and a cluster that is slow because it is overloaded is not sent many duplicates of
+/// requests it would have answered anyway.
+#[derive(Debug, Default)]
+pub(crate) struct Pace {
+    /// Microseconds; 0 until the first answer.
+    average_us: AtomicU64,
+}
+
+impl Pace {
+    /// Counts one answered attempt that took `took`.
+    fn record(&self, took: Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .average_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(if avg == 0 {
+                    sample
+                } else {
+                    // avg + (sample - avg) / 8, in signed arithmetic.
+                    let next = avg as i128 + (sample as i128 - avg as i128) / 8;
+                    next.clamp(1, u64::MAX as i128) as u64
+                })
+            });
+    }
+
+    /// The pause between the hedges of a request.
+    fn hedge_after(&self) -> Duration {
+        let avg = Duration::from_micros(self.average_us.load(Ordering::Relaxed));
+        avg.saturating_mul(HEDGE_PACE_FACTOR)
+            .clamp(HEDGE_AFTER, HEDGE_AFTER_MAX)
+    }
+}
+
+/// Whether a request may be sent again while an earlier attempt is still unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hedge {
+    /// Yes: the request is idempotent, or a duplicate is harmless (a lease granted twice: the
+    /// unused one expires after its TTL).
+    On,
+    /// No: a compare-and-swap, whose duplicate could answer "compare failed" for a swap its
+    /// twin made.
+    Off,
+}
+
+/// The endpoints a request can go to.
+pub(crate) struct Endpoints<'a, C> {
+    /// Name and client of each.
+    pub clients: &'a [(String, C)],
+    /// The index of the last one that answered.
+    pub current: &'a AtomicUsize,
+    /// How fast they have been answering.
+    pub pace: &'a Pace,
+}
+
+/// Runs `op` on the endpoints, starting with the last one that answered, until one answers;
+/// returns that answer, or the last error once the store timeout has elapsed and every endpoint
+/// was tried at least once.
+///
+/// An attempt that fails with a transport-level error, "no leader" or "leader changed" ends at
+/// once and the next endpoint is tried; a full round of such failures is followed by a short
+/// pause.
+///
+/// With [`Hedge::Off`] there is one attempt at a time, each bounded by [`attempt_deadline`].
+///
+/// With [`Hedge::On`], the first attempt (and, when it failed, the next one) may run until the
+/// store timeout has elapsed (at least one first-round deadline), so a cluster that is merely
+/// slow has the whole store timeout to answer. While it runs, the request is also sent to the
+/// next endpoint after each hedging pause (the [`Pace`]'s: [`HEDGE_AFTER`] while the endpoints
+/// answer fast); such a hedge runs for at most [`HEDGE_LIFETIME_PAUSES`] pauses (so at most
+/// about six attempts are in flight at once). The first answer wins and the other attempts are
+/// cancelled. Hedges are what make a lost request cheap: a member that hangs or is cut off
+/// costs one pause, and a write sent to a member in the second or so before it notices that its
+/// raft leader died, which it forwards to the dead leader and etcd never answers (it does not
+/// fail it when a new leader is elected), is sent again within one pause of the new leader's
+/// election.
+///
+/// The whole call lasts at most about the store timeout plus one first-round attempt deadline.
+pub(crate) async fn run_attempts<C, T, F, Fut>(
+    endpoints: Endpoints<'_, C>,
+    timeout: Duration,
+    hedge: Hedge,
+    what: &str,
+    op: F,
+) -> Result<T, StoreError>
+where
+    C: Clone,
+    F: Fn(C) -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let Endpoints {
+        clients,
+        current,
+        pace,
+    } = endpoints;
+    let n = clients.len();
+    if n == 0 {
+        return Err(StoreError::Config("no store endpoints".into()));
+    }
+    let hedge_after = pace.hedge_after();
+    let hedge_lifetime = hedge_after.saturating_mul(HEDGE_LIFETIME_PAUSES);
+    let started = Instant::now();
+    let first = current.load(Ordering::Relaxed) % n;
+    let first_deadline = first_attempt_deadline(timeout);
+    let max_pause = match hedge {
+        Hedge::On => hedge_after,
+        Hedge::Off => ROUND_PAUSE_MAX,
+    };
+    let mut idx = first;
+    let mut launched = 0usize;
+    // Attempts that ended without an answer since the last one started on the hedging pace
+    // (not right after a failure): a full round of them is followed by a pause.
+    let mut failed_in_row = 0usize;
+    let mut after_failure = false;
+    let mut pause = ROUND_PAUSE_MIN;
+    let mut last = StoreError::Timeout(timeout);
+    // When the next attempt may start (with `Hedge::Off`: once the running one has ended).
+    let mut launch_at = started;
+    let mut in_flight = FuturesUnordered::new();
+    // Whether an attempt with the long deadline is running.
+    let mut long_running = false;
+    loop {
+        let now = Instant::now();
+        let elapsed = now.duration_since(started);
+        // Every endpoint gets one try; beyond that, new attempts only within the store timeout.
+        let may_launch =
+            (launched < n || elapsed < timeout) && (hedge == Hedge::On || in_flight.is_empty());
+        if may_launch && now >= launch_at {
+            let long = hedge == Hedge::On && !long_running;
+            let deadline = match hedge {
+                Hedge::Off => attempt_deadline(timeout, elapsed, n, launched / n),
+                Hedge::On if long => timeout.saturating_sub(elapsed).max(first_deadline),
+                Hedge::On => hedge_lifetime.min(first_deadline),
+            };
+            long_running |= long;
+            let attempt = op(clients[idx].1.clone());
+            let at = idx;
+            in_flight.push(async move {
+                (
+                    at,
+                    long,
+                    now,
+                    deadline,
+                    tokio::time::timeout(deadline, attempt).await,
+                )
+            });
+            launched += 1;
             idx = (idx + 1) % n;
-            // Later requests start from an endpoint that has not just failed.
-            self.current.store(idx, Ordering::Relaxed);
-            if tries >= n && started.elapsed() >= self.timeout {
-                return Err(last);
+            launch_at = now + hedge_after;
+            if !after_failure {
+                failed_in_row = 0;
             }
-            if tries.is_multiple_of(n) {
-                let left = self.timeout.saturating_sub(started.elapsed());
-                tokio::time::sleep(pause.min(left)).await;
-                pause = (pause * 2).min(ROUND_PAUSE_MAX);
+            after_failure = false;
+            continue;
+        }
+        if in_flight.is_empty() && !may_launch {
+            return Err(last);
+        }
+        let wake = may_launch.then_some(launch_at);
+        tokio::select! {
+            Some((at, long, sent, deadline, outcome)) = in_flight.next() => {
+                let name = &clients[at].0;
+                if long {
+                    long_running = false;
+                }
+                let timed_out = match outcome {
+                    Ok(Ok(v)) => {
+                        if at != first {
+                            tracing::info!(endpoint = %name, "store: switched to endpoint");
+                        }
+                        pace.record(sent.elapsed());
+                        current.store(at, Ordering::Relaxed);
+                        return Ok(v);
+                    }
+                    Ok(Err(e)) => match classify(e) {
+                        Failure::Retry(err) => {
+                            tracing::debug!(endpoint = %name, error = %err, "store: {what} failed, trying next endpoint");
+                            last = with_endpoint(err, name);
+                            false
+                        }
+                        Failure::Fatal(err) => return Err(with_endpoint(err, name)),
+                    },
+                    Err(_) => {
+                        tracing::debug!(endpoint = %name, ?deadline, "store: {what} timed out, trying next endpoint");
+                        last = StoreError::Timeout(timeout);
+                        true
+                    }
+                };
+                // Later requests start from an endpoint that has not just failed.
+                let _ = current.compare_exchange(at, (at + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+                if timed_out && !in_flight.is_empty() {
+                    // A hedge ran out while others still run: the hedging pace goes on.
+                    continue;
+                }
+                failed_in_row += 1;
+                after_failure = true;
+                let now = Instant::now();
+                launch_at = if failed_in_row.is_multiple_of(n) {
+                    let left = timeout.saturating_sub(now.duration_since(started));
+                    let wait = pause.min(left);
+                    pause = (pause * 2).min(max_pause);
+                    now + wait
+                } else {
+                    now
+                };
             }
+            _ = sleep_until(wake.unwrap_or(started)), if wake.is_some() => {}
+            else => return Err(last),
         }
     }
 }
@@ -291,7 +487,7 @@ async fn watch_loop(pool: Arc<EndpointPool>, prefix: String, tx: Arc<watch::Send
     loop {
         let start = last_rev;
         let opened = pool
-            .call("watch", |mut c| {
+            .call("watch", Hedge::On, |mut c| {
                 let prefix = prefix.clone();
                 async move {
                     let mut opts = WatchOptions::new().with_prefix();
@@ -361,7 +557,11 @@ impl KvBackend for EtcdBackend {
     async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
         let resp = self
             .pool
-            .call("get", |mut c| async move { c.get(key, None).await })
+            .call(
+                "get",
+                Hedge::On,
+                |mut c| async move { c.get(key, None).await },
+            )
             .await?;
         Ok(resp
             .kvs()
@@ -372,7 +572,7 @@ impl KvBackend for EtcdBackend {
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> Result<i64, StoreError> {
         let resp = self
             .pool
-            .call("put", |mut c| {
+            .call("put", Hedge::On, |mut c| {
                 let value = value.clone();
                 async move {
                     let opts = lease.map(|l| PutOptions::new().with_lease(l));
@@ -395,7 +595,7 @@ impl KvBackend for EtcdBackend {
         };
         let resp = self
             .pool
-            .call("compare-and-swap", |mut c| {
+            .call("compare-and-swap", Hedge::Off, |mut c| {
                 let txn =
                     Txn::new()
                         .when([cmp.clone()])
@@ -415,7 +615,7 @@ impl KvBackend for EtcdBackend {
     async fn list(&self, prefix: &str) -> Result<Vec<KvEntry>, StoreError> {
         let resp = self
             .pool
-            .call("list", |mut c| async move {
+            .call("list", Hedge::On, |mut c| async move {
                 let opts = GetOptions::new()
                     .with_prefix()
                     .with_sort(SortTarget::Create, SortOrder::Ascend);
@@ -438,7 +638,7 @@ impl KvBackend for EtcdBackend {
         let secs = ttl_secs(ttl);
         let resp = self
             .pool
-            .call("lease grant", |mut c| async move {
+            .call("lease grant", Hedge::On, |mut c| async move {
                 c.lease_grant(secs, None).await
             })
             .await?;
@@ -448,7 +648,7 @@ impl KvBackend for EtcdBackend {
     async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
         let r = self
             .pool
-            .call("lease keepalive", |mut c| async move {
+            .call("lease keepalive", Hedge::On, |mut c| async move {
                 match c.lease_keep_alive(lease).await {
                     Ok(_) => Ok(true),
                     // etcd-client reports a TTL <= 0 answer (lease unknown) this way.
@@ -462,7 +662,7 @@ impl KvBackend for EtcdBackend {
 
     async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
         self.pool
-            .call("lease revoke", |mut c| async move {
+            .call("lease revoke", Hedge::On, |mut c| async move {
                 match c.lease_revoke(lease).await {
                     Ok(_) => Ok(()),
                     Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
@@ -481,7 +681,7 @@ impl KvBackend for EtcdBackend {
     async fn lease_ages(&self, prefix: &str) -> Result<Vec<(String, Duration)>, StoreError> {
         let resp = self
             .pool
-            .call("list", |mut c| async move {
+            .call("list", Hedge::On, |mut c| async move {
                 let opts = GetOptions::new().with_prefix().with_keys_only();
                 c.get(prefix, Some(opts)).await
             })
@@ -494,7 +694,7 @@ impl KvBackend for EtcdBackend {
             }
             let ttl = self
                 .pool
-                .call("lease time-to-live", |mut c| async move {
+                .call("lease time-to-live", Hedge::On, |mut c| async move {
                     c.lease_time_to_live(lease, None).await
                 })
                 .await?;
@@ -711,6 +911,292 @@ mod tests {
             attempt_deadline(S5, Duration::from_secs(1), 3, 100),
             Duration::from_secs(4)
         );
+    }
+
+    /// A fake cluster of three endpoints for [`run_attempts`], on Tokio's paused clock: how each
+    /// endpoint treats a request depends on when it was sent. Records every attempt.
+    struct Fake {
+        /// Per endpoint: what it does with a request sent at a given instant (since `origin`).
+        behaviour: Box<dyn Fn(usize, Duration) -> Answer + Send + Sync>,
+        origin: Instant,
+        sent: std::sync::Mutex<Vec<(usize, Duration)>>,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
+    }
+
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// Answers `Ok(endpoint)` after this long.
+        After(Duration),
+        /// Refuses at once (connection refused, "no leader").
+        Refuse,
+        /// Never answers (a request lost on its way to a dead leader, a frozen member).
+        Never,
+        /// Rejects the request for good.
+        Reject,
+    }
+
+    struct InFlight<'a>(&'a Fake);
+
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Fake {
+        fn new(behaviour: impl Fn(usize, Duration) -> Answer + Send + Sync + 'static) -> Fake {
+            Fake {
+                behaviour: Box::new(behaviour),
+                origin: Instant::now(),
+                sent: std::sync::Mutex::new(Vec::new()),
+                in_flight: AtomicUsize::new(0),
+                most_in_flight: AtomicUsize::new(0),
+            }
+        }
+
+        async fn request(&self, endpoint: usize) -> Result<usize, etcd_client::Error> {
+            let at = self.origin.elapsed();
+            self.sent.lock().unwrap().push((endpoint, at));
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            let _guard = InFlight(self);
+            match (self.behaviour)(endpoint, at) {
+                Answer::After(d) => {
+                    tokio::time::sleep(d).await;
+                    Ok(endpoint)
+                }
+                Answer::Refuse => Err(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+                    "etcdserver: no leader",
+                ))),
+                Answer::Never => std::future::pending().await,
+                Answer::Reject => Err(etcd_client::Error::GRpcStatus(
+                    tonic::Status::invalid_argument("etcdserver: bad request"),
+                )),
+            }
+        }
+
+        /// One request over the three endpoints with a store timeout of `timeout`, from a
+        /// client that has seen no answer yet.
+        async fn call(
+            &self,
+            timeout: Duration,
+            hedge: Hedge,
+            current: &AtomicUsize,
+        ) -> Result<usize, StoreError> {
+            self.call_paced(timeout, hedge, current, &Pace::default())
+                .await
+        }
+
+        async fn call_paced(
+            &self,
+            timeout: Duration,
+            hedge: Hedge,
+            current: &AtomicUsize,
+            pace: &Pace,
+        ) -> Result<usize, StoreError> {
+            let clients: Vec<(String, usize)> = (0..3).map(|i| (format!("m{i}"), i)).collect();
+            let endpoints = Endpoints {
+                clients: &clients,
+                current,
+                pace,
+            };
+            run_attempts(endpoints, timeout, hedge, "test", |i| self.request(i)).await
+        }
+
+        fn sent(&self) -> Vec<(usize, Duration)> {
+            self.sent.lock().unwrap().clone()
+        }
+    }
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    /// The long attempt, the hedges of the last hedge lifetime, and one just started.
+    const MOST_IN_FLIGHT: usize = 2 + HEDGE_LIFETIME_PAUSES as usize;
+
+    /// The raft leader (member 1) died at 0 and a new one is elected at 1.2 s: member 1 refuses
+    /// everything, and members 0 and 2 never answer a write sent before the election (it went to
+    /// the dead leader) but answer one sent after it at once.
+    fn leader_died(endpoint: usize, sent: Duration) -> Answer {
+        match endpoint {
+            1 => Answer::Refuse,
+            _ if sent < MS(1200) => Answer::Never,
+            _ => Answer::After(MS(5)),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_lost_to_a_dead_leader_is_sent_again_after_the_election() {
+        let fake = Fake::new(leader_died);
+        let current = AtomicUsize::new(0);
+        let r = fake.call(Duration::from_secs(2), Hedge::On, &current).await;
+        let answered_by = r.expect("the write succeeds once a leader is elected");
+        let took = fake.origin.elapsed();
+        // Paused clock: these instants are exact, not measured.
+        assert!(
+            took <= MS(1200) + HEDGE_AFTER + MS(5),
+            "answered {took:?} after the request, the election was at 1.2 s"
+        );
+        assert_eq!(current.load(Ordering::SeqCst), answered_by);
+        assert!(
+            fake.most_in_flight.load(Ordering::SeqCst) <= MOST_IN_FLIGHT,
+            "too many attempts at once"
+        );
+        assert_eq!(
+            fake.in_flight.load(Ordering::SeqCst),
+            0,
+            "the losing attempts are cancelled"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_hedging_the_same_write_fails_after_the_store_timeout() {
+        // The contrast that shows what hedging buys: one attempt at a time, each waiting out its
+        // 1 s deadline on a member that will never answer it.
+        let fake = Fake::new(leader_died);
+        let r = fake
+            .call(Duration::from_secs(2), Hedge::Off, &AtomicUsize::new(0))
+            .await;
+        assert!(matches!(r, Err(StoreError::Timeout(_))), "got {r:?}");
+        assert_eq!(fake.most_in_flight.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_member_is_waited_for_not_abandoned() {
+        // Every member answers after 600 ms: the hedges do not cancel the first attempt, which
+        // answers first.
+        let fake = Fake::new(|_, _| Answer::After(MS(600)));
+        let r = fake
+            .call(Duration::from_secs(2), Hedge::On, &AtomicUsize::new(0))
+            .await;
+        assert_eq!(r.expect("slow but alive"), 0);
+        assert_eq!(fake.origin.elapsed(), MS(600));
+        let sent = fake.sent();
+        assert!(sent.len() > 1, "no hedge was sent: {sent:?}");
+        assert!(sent.len() <= MOST_IN_FLIGHT, "{sent:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_cluster_gets_fewer_hedges() {
+        // Every member answers after 600 ms (an overloaded cluster). The first request is
+        // hedged every 100 ms; its answer sets the pace, and the next request waits for it
+        // without sending a duplicate.
+        let fake = Fake::new(|_, _| Answer::After(MS(600)));
+        let pace = Pace::default();
+        let current = AtomicUsize::new(0);
+        let timeout = Duration::from_secs(5);
+        fake.call_paced(timeout, Hedge::On, &current, &pace)
+            .await
+            .expect("first");
+        let first = fake.sent().len();
+        assert!(first > 1, "the first request was not hedged");
+        assert_eq!(pace.hedge_after(), HEDGE_AFTER_MAX);
+        fake.call_paced(timeout, Hedge::On, &current, &pace)
+            .await
+            .expect("second");
+        assert_eq!(fake.sent().len(), first + 1, "{:?}", fake.sent());
+    }
+
+    #[test]
+    fn the_hedging_pause_follows_the_answer_times() {
+        let pace = Pace::default();
+        assert_eq!(pace.hedge_after(), HEDGE_AFTER, "nothing answered yet");
+        pace.record(MS(2));
+        assert_eq!(pace.hedge_after(), HEDGE_AFTER, "fast answers");
+        for _ in 0..40 {
+            pace.record(MS(200));
+        }
+        let slow = pace.hedge_after();
+        assert!(slow > MS(600) && slow <= HEDGE_AFTER_MAX, "{slow:?}");
+        for _ in 0..40 {
+            pace.record(MS(3));
+        }
+        assert_eq!(pace.hedge_after(), HEDGE_AFTER, "fast again");
+        pace.record(Duration::from_secs(100_000));
+        assert_eq!(pace.hedge_after(), HEDGE_AFTER_MAX, "bounded");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_compare_and_swap_is_never_sent_twice_at_once() {
+        let fake = Fake::new(|endpoint, _| match endpoint {
+            0 => Answer::Never,
+            _ => Answer::After(MS(5)),
+        });
+        let r = fake
+            .call(Duration::from_secs(5), Hedge::Off, &AtomicUsize::new(0))
+            .await;
+        assert_eq!(r.expect("the next member answers"), 1);
+        assert_eq!(fake.most_in_flight.load(Ordering::SeqCst), 1);
+        // Member 0 was given its whole first-round deadline before member 1 was tried.
+        assert_eq!(
+            fake.sent(),
+            vec![(0, Duration::ZERO), (1, Duration::from_secs(1))]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frozen_member_costs_one_hedge_interval() {
+        let fake = Fake::new(|endpoint, _| match endpoint {
+            0 => Answer::Never,
+            _ => Answer::After(MS(5)),
+        });
+        let current = AtomicUsize::new(0);
+        let r = fake.call(Duration::from_secs(5), Hedge::On, &current).await;
+        assert_eq!(r.expect("the next member answers"), 1);
+        assert_eq!(fake.origin.elapsed(), HEDGE_AFTER + MS(5));
+        // The next request goes straight to the member that answered.
+        assert_eq!(current.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_member_is_skipped_at_once() {
+        let fake = Fake::new(|endpoint, _| match endpoint {
+            0 => Answer::Refuse,
+            _ => Answer::After(MS(5)),
+        });
+        let current = AtomicUsize::new(0);
+        let r = fake.call(Duration::from_secs(2), Hedge::On, &current).await;
+        assert_eq!(r.expect("member 1 answers"), 1);
+        assert_eq!(fake.origin.elapsed(), MS(5));
+        assert_eq!(current.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_everywhere_are_retried_until_the_store_timeout() {
+        let fake = Fake::new(|_, _| Answer::Refuse);
+        let r = fake
+            .call(Duration::from_secs(2), Hedge::On, &AtomicUsize::new(0))
+            .await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "got {r:?}");
+        assert!(fake.origin.elapsed() >= Duration::from_secs(2));
+        let sent = fake.sent();
+        for endpoint in 0..3 {
+            assert!(
+                sent.iter().filter(|(e, _)| *e == endpoint).count() >= 2,
+                "endpoint {endpoint} not retried: {sent:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_everywhere_ends_within_the_timeout_plus_one_attempt() {
+        let fake = Fake::new(|_, _| Answer::Never);
+        let timeout = Duration::from_secs(2);
+        let r = fake.call(timeout, Hedge::On, &AtomicUsize::new(0)).await;
+        assert!(matches!(r, Err(StoreError::Timeout(_))), "got {r:?}");
+        assert!(fake.origin.elapsed() <= timeout + first_attempt_deadline(timeout));
+        assert!(fake.most_in_flight.load(Ordering::SeqCst) <= MOST_IN_FLIGHT);
+        assert_eq!(fake.in_flight.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejected_request_is_not_retried() {
+        let fake = Fake::new(|_, _| Answer::Reject);
+        let r = fake
+            .call(Duration::from_secs(2), Hedge::On, &AtomicUsize::new(0))
+            .await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "got {r:?}");
+        assert_eq!(fake.sent().len(), 1);
     }
 
     #[test]
