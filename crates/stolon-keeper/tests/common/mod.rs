@@ -434,6 +434,7 @@ pub fn db_spec(cd: &ClusterData, keeper: &str, role: DbRole, mode: DbInitMode) -
         include_previous_config: false,
         synchronous_standbys: Some(vec![]),
         external_synchronous_standbys: Some(vec![]),
+        synchronous_quorum: None,
     }
 }
 
