@@ -769,3 +769,59 @@ impl Drop for NetCluster {
         self.nodes.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stolon_core::model::{ClusterSpec, decode_spec_value};
+
+    /// The `defaults` timings are what a spec without them decodes to, and the spec decodes.
+    #[test]
+    fn default_timings_are_the_spec_defaults() {
+        let cfg = NetConfig::defaults(true);
+        let spec = decode_spec_value(cfg.spec()).expect("the spec decodes");
+        let want = ClusterSpec::default().with_defaults();
+        assert_eq!(spec.sleep_interval, want.sleep_interval);
+        assert_eq!(spec.fail_interval, want.fail_interval);
+        assert_eq!(spec.proxy_timeout, want.proxy_timeout);
+        assert_eq!(spec.request_timeout, want.request_timeout);
+        assert_eq!(spec.proxy_check_interval, want.proxy_check_interval);
+        assert_eq!(
+            Duration::from_secs(cfg.store_timeout_s),
+            stolon_store::config::DEFAULT_STORE_TIMEOUT
+        );
+        assert_eq!(spec.synchronous_replication, Some(true));
+        assert_eq!(
+            cfg.spec()["pgParameters"]["wal_sender_timeout"],
+            json!("5s")
+        );
+    }
+
+    #[test]
+    fn timings_by_name() {
+        assert_eq!(
+            NetConfig::by_timings("fast", false).map(|c| c.fail_interval_s),
+            Some(3)
+        );
+        assert_eq!(
+            NetConfig::by_timings("defaults", true).map(|c| c.fail_interval_s),
+            Some(20)
+        );
+        assert!(NetConfig::by_timings("slow", true).is_none());
+    }
+
+    #[test]
+    fn quorum_spec() {
+        let plain = NetConfig::fast(true).spec();
+        assert!(plain.get("quorumCommit").is_none());
+        assert_eq!(plain["maxSynchronousStandbys"], json!(1));
+        let q = NetConfig {
+            quorum: true,
+            ..NetConfig::fast(true)
+        }
+        .spec();
+        assert_eq!(q["quorumCommit"], json!(true));
+        assert_eq!(q["minSynchronousStandbys"], json!(1));
+        assert_eq!(q["maxSynchronousStandbys"], json!(2));
+    }
+}
