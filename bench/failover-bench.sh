@@ -22,7 +22,7 @@
 # sets wal_sender_timeout 5s, see docs/deployment.md). At the end one table: per case and timing,
 # median and max failover and longest gap, failed and lost writes, and the goal.
 #
-#   bench/failover-bench.sh                          everything, 5 runs per case (several hours)
+#   bench/failover-bench.sh                          everything, 5 runs per case (about 70 minutes)
 #   CASES=network TIMINGS=fast bench/failover-bench.sh
 #   RUNS=1 CASES=crash bench/failover-bench.sh       smoke run of the crash part
 #   NET_FAULTS=standby-cut,etcd-member-down ...      only these network cases
