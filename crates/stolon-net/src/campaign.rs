@@ -21,7 +21,8 @@ pub enum Fault {
     MasterKeeperKilled,
     /// The master's host dies with the leader sentinel on it (every process killed).
     MasterHostDies,
-    /// A standby's host cut off from the other hosts.
+    /// A standby's host cut off from the other hosts: with synchronous replication the master's
+    /// synchronous standby (the commit stall case).
     StandbyCut,
     /// The master's packets to its peers dropped, theirs to it delivered.
     MasterOneWayCut,
@@ -175,11 +176,20 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
         _ => {}
     }
     let standby = (m + 1) % c.nodes.len();
-    // The standby `standby-cut` cuts: the synchronous one when there is one (its loss stalls
-    // commits).
-    let cut_standby = match c.sync_standby().await {
-        Ok(Some(s)) if s != m => s,
-        _ => standby,
+    // The standby `standby-cut` cuts: with synchronous replication the master's synchronous
+    // standby (its loss stalls commits), which a converged cluster lists; otherwise any.
+    let cut_standby = if c.cfg.synchronous {
+        wait_for(
+            "the master's synchronous standby in clusterdata",
+            Duration::from_secs(30),
+            async || match c.sync_standby().await? {
+                Some(s) if s != m => Ok(s),
+                other => bail!("synchronous standby {other:?}"),
+            },
+        )
+        .await?
+    } else {
+        standby
     };
     let fail = Duration::from_secs(c.cfg.fail_interval_s);
     let epoch = Instant::now();
@@ -191,7 +201,10 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let fault_ms = ms(epoch);
-    let hold = fail * 4;
+    // Four `failInterval`s (12 s at the fast timings), at most `failInterval` + 10 s: with the
+    // default timings a failover or a synchronous standby's replacement takes about one
+    // `failInterval`, and a master fault is held until a new master is named anyway.
+    let hold = (fail * 4).min(fail + Duration::from_secs(10));
     match fault {
         Fault::MasterCutFromPeers | Fault::MasterCutLeaderAway | Fault::MasterCutLeaderOn => {
             c.topo.cut_from_peers(m)?;
@@ -390,10 +403,10 @@ fn median_max(mut v: Vec<u64>) -> (Option<u64>, Option<u64>) {
 }
 
 /// Per-fault summary table: cycles, acknowledged, failed (sent, not acknowledged), lost, split brain, cycles that failed over,
-/// failover median and max, longest write gap, recovery median and max.
+/// failover median and max, longest write gap median and max, recovery median and max.
 pub fn summary_table(reports: &[CycleReport]) -> String {
     let mut out = String::from(
-        "| fault | cycles | acked | failed | lost | split brain | failed over | failover median (s) | failover max (s) | longest gap max (s) | recovery median (s) | recovery max (s) | not converged |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| fault | cycles | acked | failed | lost | split brain | failed over | failover median (s) | failover max (s) | longest gap median (s) | longest gap max (s) | recovery median (s) | recovery max (s) | not converged |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for f in EVERY {
         let rs: Vec<&CycleReport> = reports.iter().filter(|r| r.fault == f).collect();
@@ -403,10 +416,10 @@ pub fn summary_table(reports: &[CycleReport]) -> String {
         let failovers: Vec<u64> = rs.iter().filter_map(|r| r.verdict.failover_ms).collect();
         let n_failovers = failovers.len();
         let (fm, fx) = median_max(failovers);
-        let (_, gx) = median_max(rs.iter().map(|r| r.verdict.longest_gap_ms).collect());
+        let (gm, gx) = median_max(rs.iter().map(|r| r.verdict.longest_gap_ms).collect());
         let (rm, rx) = median_max(rs.iter().filter_map(|r| r.verdict.recovery_ms).collect());
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             f.name(),
             rs.len(),
             rs.iter().map(|r| r.verdict.acknowledged).sum::<usize>(),
@@ -423,6 +436,7 @@ pub fn summary_table(reports: &[CycleReport]) -> String {
             n_failovers,
             opt_s(fm),
             opt_s(fx),
+            opt_s(gm),
             opt_s(gx),
             opt_s(rm),
             opt_s(rx),

@@ -63,15 +63,25 @@ pub struct NetConfig {
     pub proxy_timeout_s: u64,
     /// `requestTimeout` (s).
     pub request_timeout_s: u64,
+    /// `proxyCheckInterval` (s).
+    pub proxy_check_interval_s: u64,
     /// `--store-timeout` of every component (s).
     pub store_timeout_s: u64,
+    /// PostgreSQL's `wal_sender_timeout` (s), in the spec's `pgParameters`: how soon the master
+    /// notices a synchronous standby cut off by the network (docs/deployment.md).
+    pub wal_sender_timeout_s: u64,
     /// Failsafe mode (docs/failsafe.md): the spec's `failsafeMode`, and the shared secret given
     /// to every keeper and proxy.
     pub failsafe: bool,
+    /// Quorum commit: the spec's `quorumCommit` with one to two synchronous standbys (commits
+    /// wait for any one of them) instead of exactly one.
+    pub quorum: bool,
 }
 
 impl NetConfig {
-    /// The fast timings of the CI campaign.
+    /// The fast timings of the CI campaign: `sleepInterval 1s, failInterval 3s,
+    /// proxyTimeout 3s, requestTimeout 3s, proxyCheckInterval 1s`, `--store-timeout 2s`,
+    /// `wal_sender_timeout 2s`.
     pub fn fast(synchronous: bool) -> NetConfig {
         NetConfig {
             synchronous,
@@ -79,34 +89,72 @@ impl NetConfig {
             fail_interval_s: 3,
             proxy_timeout_s: 3,
             request_timeout_s: 3,
+            proxy_check_interval_s: 1,
             store_timeout_s: 2,
+            wal_sender_timeout_s: 2,
             failsafe: false,
+            quorum: false,
+        }
+    }
+
+    /// The defaults a deployment gets without tuning: the spec's default `sleepInterval`,
+    /// `failInterval`, `proxyTimeout`, `requestTimeout` and `proxyCheckInterval`, and the
+    /// default `--store-timeout`. PostgreSQL's own default `wal_sender_timeout` (60 s) is replaced
+    /// by the 5 s that docs/deployment.md recommends for synchronous replication.
+    pub fn defaults(synchronous: bool) -> NetConfig {
+        use stolon_core::model::spec::defaults as d;
+        let secs = |g: stolon_core::duration::GoDuration| g.to_std().as_secs();
+        NetConfig {
+            synchronous,
+            sleep_interval_s: secs(d::SLEEP_INTERVAL),
+            fail_interval_s: secs(d::FAIL_INTERVAL),
+            proxy_timeout_s: secs(d::PROXY_TIMEOUT),
+            request_timeout_s: secs(d::REQUEST_TIMEOUT),
+            proxy_check_interval_s: secs(d::PROXY_CHECK_INTERVAL),
+            store_timeout_s: stolon_store::config::DEFAULT_STORE_TIMEOUT.as_secs(),
+            wal_sender_timeout_s: 5,
+            failsafe: false,
+            quorum: false,
+        }
+    }
+
+    /// The timing set named `fast` or `defaults`.
+    pub fn by_timings(name: &str, synchronous: bool) -> Option<NetConfig> {
+        match name {
+            "fast" => Some(NetConfig::fast(synchronous)),
+            "defaults" => Some(NetConfig::defaults(synchronous)),
+            _ => None,
         }
     }
 
     /// The initial cluster spec.
     pub fn spec(&self) -> Value {
-        json!({
+        let max_sync = if self.quorum { 2 } else { 1 };
+        let mut spec = json!({
             "initMode": "new",
             "sleepInterval": format!("{}s", self.sleep_interval_s),
             "failInterval": format!("{}s", self.fail_interval_s),
             "proxyTimeout": format!("{}s", self.proxy_timeout_s),
-            "proxyCheckInterval": "1s",
+            "proxyCheckInterval": format!("{}s", self.proxy_check_interval_s),
             "requestTimeout": format!("{}s", self.request_timeout_s),
             "convergenceTimeout": "30s",
             "synchronousReplication": self.synchronous,
             "failsafeMode": self.failsafe,
             "minSynchronousStandbys": 1,
-            "maxSynchronousStandbys": 1,
+            "maxSynchronousStandbys": max_sync,
             "usePgrewind": true,
             "pgParameters": {
                 "log_destination": "stderr",
                 "logging_collector": "false",
                 "wal_keep_size": "256MB",
                 // The master notices a cut-off synchronous standby within this (docs/deployment.md).
-                "wal_sender_timeout": "2s",
+                "wal_sender_timeout": format!("{}s", self.wal_sender_timeout_s),
             },
-        })
+        });
+        if self.quorum {
+            spec["quorumCommit"] = json!(true);
+        }
+        spec
     }
 }
 
@@ -722,5 +770,61 @@ impl Drop for NetCluster {
             n.keeper = Process::new("gone", n.keeper.spec().clone(), n.keeper.log_path().into());
         }
         self.nodes.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stolon_core::model::{ClusterSpec, decode_spec_value};
+
+    /// The `defaults` timings are what a spec without them decodes to, and the spec decodes.
+    #[test]
+    fn default_timings_are_the_spec_defaults() {
+        let cfg = NetConfig::defaults(true);
+        let spec = decode_spec_value(cfg.spec()).expect("the spec decodes");
+        let want = ClusterSpec::default().with_defaults();
+        assert_eq!(spec.sleep_interval, want.sleep_interval);
+        assert_eq!(spec.fail_interval, want.fail_interval);
+        assert_eq!(spec.proxy_timeout, want.proxy_timeout);
+        assert_eq!(spec.request_timeout, want.request_timeout);
+        assert_eq!(spec.proxy_check_interval, want.proxy_check_interval);
+        assert_eq!(
+            Duration::from_secs(cfg.store_timeout_s),
+            stolon_store::config::DEFAULT_STORE_TIMEOUT
+        );
+        assert_eq!(spec.synchronous_replication, Some(true));
+        assert_eq!(
+            cfg.spec()["pgParameters"]["wal_sender_timeout"],
+            json!("5s")
+        );
+    }
+
+    #[test]
+    fn timings_by_name() {
+        assert_eq!(
+            NetConfig::by_timings("fast", false).map(|c| c.fail_interval_s),
+            Some(3)
+        );
+        assert_eq!(
+            NetConfig::by_timings("defaults", true).map(|c| c.fail_interval_s),
+            Some(20)
+        );
+        assert!(NetConfig::by_timings("slow", true).is_none());
+    }
+
+    #[test]
+    fn quorum_spec() {
+        let plain = NetConfig::fast(true).spec();
+        assert!(plain.get("quorumCommit").is_none());
+        assert_eq!(plain["maxSynchronousStandbys"], json!(1));
+        let q = NetConfig {
+            quorum: true,
+            ..NetConfig::fast(true)
+        }
+        .spec();
+        assert_eq!(q["quorumCommit"], json!(true));
+        assert_eq!(q["minSynchronousStandbys"], json!(1));
+        assert_eq!(q["maxSynchronousStandbys"], json!(2));
     }
 }

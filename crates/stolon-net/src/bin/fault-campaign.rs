@@ -1,7 +1,10 @@
 //! Runs a fault campaign on the multi-host harness:
-//! `fault-campaign [--cycles N] [--async] [--failsafe] [--faults NAME,NAME...]`.
+//! `fault-campaign [--cycles N] [--async] [--failsafe] [--quorum] [--timings fast|defaults]
+//! [--faults NAME,NAME...]`.
 //! A cycle is one fault (the eight faults in turn, or those named, by their table names);
-//! prints a table row per cycle, the per-fault
+//! `--timings` picks the spec timings (`fast`, the CI campaign's, by default; `defaults`, the
+//! spec's and the store client's defaults); `--quorum` starts the cluster with quorum commit
+//! (one to two synchronous standbys). Prints a table row per cycle, the per-fault
 //! summary table and one summary line. Exits non-zero if a cycle lost an acknowledged write
 //! with synchronous replication, saw a split brain, or did not converge.
 
@@ -11,7 +14,10 @@ use stolon_net::campaign::{self, ALL, Fault, TABLE_HEADER};
 use stolon_net::cluster::{NetCluster, NetConfig};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: fault-campaign [--cycles N] [--async] [--failsafe] [--faults NAME,NAME...]");
+    eprintln!(
+        "usage: fault-campaign [--cycles N] [--async] [--failsafe] [--quorum] \
+         [--timings fast|defaults] [--faults NAME,NAME...]"
+    );
     ExitCode::from(2)
 }
 
@@ -20,6 +26,8 @@ async fn main() -> ExitCode {
     let mut cycles = None;
     let mut synchronous = true;
     let mut failsafe = false;
+    let mut quorum = false;
+    let mut timings = "fast".to_string();
     let mut faults: Vec<Fault> = ALL.to_vec();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -33,6 +41,17 @@ async fn main() -> ExitCode {
             },
             "--async" => synchronous = false,
             "--failsafe" => failsafe = true,
+            "--quorum" => quorum = true,
+            "--timings" => match args.next() {
+                Some(t) if NetConfig::by_timings(&t, true).is_some() => timings = t,
+                other => {
+                    eprintln!(
+                        "fault-campaign: --timings must be fast or defaults, not {:?}",
+                        other.unwrap_or_default()
+                    );
+                    return usage();
+                }
+            },
             "--faults" => {
                 let names = args.next().unwrap_or_default();
                 let mut chosen = Vec::new();
@@ -59,17 +78,29 @@ async fn main() -> ExitCode {
         }
     }
     let cycles = cycles.unwrap_or(faults.len());
+    let Some(base_cfg) = NetConfig::by_timings(&timings, synchronous) else {
+        return usage();
+    };
     let cfg = NetConfig {
         failsafe,
-        ..NetConfig::fast(synchronous)
+        quorum,
+        ..base_cfg
     };
     println!(
-        "campaign: {cycles} cycles, {}",
+        "campaign: {cycles} cycles, {}{}{}, {timings} timings (sleepInterval {}s, failInterval {}s, \
+         proxyTimeout {}s, --store-timeout {}s, wal_sender_timeout {}s)",
         if synchronous {
             "synchronous"
         } else {
             "asynchronous"
-        }
+        },
+        if quorum { ", quorum commit" } else { "" },
+        if failsafe { ", failsafe mode" } else { "" },
+        cfg.sleep_interval_s,
+        cfg.fail_interval_s,
+        cfg.proxy_timeout_s,
+        cfg.store_timeout_s,
+        cfg.wal_sender_timeout_s,
     );
     let mut c = match NetCluster::start(3, cfg).await {
         Ok(c) => c,
