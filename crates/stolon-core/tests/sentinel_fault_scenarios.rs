@@ -10,8 +10,8 @@ use pretty_assertions::assert_eq;
 use stolon_core::model::ClusterData;
 use stolon_core::sentinel::testing::{ClusterFixture, db_uid};
 use stolon_core::sentinel::{
-    Decision, Event, memory_at_takeover, proxy_active_window, remember_proxies_at_takeover,
-    validate_invariants,
+    Decision, Event, memory_at_takeover, proxy_active_window, remember_expired_keepers_at_takeover,
+    remember_proxies_at_takeover, validate_invariants,
 };
 use stolon_core::timestamp::Timestamp;
 
@@ -507,4 +507,42 @@ fn takeover_age_of_a_proxy_gives_way_to_its_next_publish() {
     let d = f.step();
     assert!(d.active_proxies.contains(&"p1".to_string()));
     assert_eq!(f.memory.proxy_infos["p1"].first_seen, seen + HALF);
+}
+
+#[test]
+fn takeover_fails_a_master_whose_info_expired_at_once() {
+    // The master's host was lost with the old leader long enough ago that k1's info expired:
+    // the store no longer has it, so k1 has not published for at least the info TTL.
+    let mut f = taken_over(&[("k2", 0)]);
+    f.keepers_info.remove("k1");
+    let mut without_credit = f.clone();
+    remember_expired_keepers_at_takeover(
+        &mut f.memory,
+        f.cd.keepers.keys(),
+        &f.keepers_info,
+        f.now_mono,
+    );
+    assert_eq!(
+        time_to_election(&mut f, &["k1"], Duration::from_secs(1)),
+        Some(Duration::ZERO)
+    );
+    // Without the credit the new leader waits a whole failInterval (3 s here) from the takeover.
+    let waited = time_to_election(&mut without_credit, &["k1"], Duration::from_secs(1))
+        .expect("an election");
+    assert!(waited >= Duration::from_secs(3), "waited {waited:?}");
+}
+
+#[test]
+fn takeover_credits_only_keepers_without_an_info() {
+    // k1 published 1 s ago: its clock is its info's age, not the expiry credit.
+    let mut f = taken_over(&[("k1", 1), ("k2", 0)]);
+    remember_expired_keepers_at_takeover(
+        &mut f.memory,
+        f.cd.keepers.keys(),
+        &f.keepers_info,
+        f.now_mono,
+    );
+    assert!(f.memory.keeper_error_since.is_empty());
+    let waited = time_to_election(&mut f, &["k1"], Duration::from_secs(1)).expect("an election");
+    assert!(waited >= Duration::from_secs(2), "waited {waited:?}");
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use stolon_core::model::{ClusterData, SentinelInfo};
 use stolon_core::sentinel::{
-    DecideInput, Event, SentinelMemory, Severity, decide, memory_at_takeover,
-    remember_proxies_at_takeover, validate_invariants,
+    DecideInput, Event, SentinelMemory, Severity, decide, expired_info_silence, memory_at_takeover,
+    remember_expired_keepers_at_takeover, remember_proxies_at_takeover, validate_invariants,
 };
 use stolon_core::timestamp::Timestamp;
 use stolon_core::uid::{UidSource, uid_from_bytes};
@@ -233,6 +233,26 @@ impl Sentinel {
                     let now = Instant::now().duration_since(self.origin);
                     tracing::info!(?ages, ?proxy_ages, "keeper and proxy info ages at takeover");
                     self.memory = memory_at_takeover(&keepers, &ages, now);
+                    if let Some(cd) = read.data.as_ref() {
+                        let expired: Vec<&String> = cd
+                            .keepers
+                            .keys()
+                            .filter(|k| !keepers.contains_key(*k))
+                            .collect();
+                        if !expired.is_empty() {
+                            tracing::info!(
+                                ?expired,
+                                "keepers without an info at takeover: silent for at least {:?}",
+                                expired_info_silence()
+                            );
+                        }
+                        remember_expired_keepers_at_takeover(
+                            &mut self.memory,
+                            cd.keepers.keys(),
+                            &keepers,
+                            now,
+                        );
+                    }
                     remember_proxies_at_takeover(&mut self.memory, &proxies, &proxy_ages, now);
                 }
                 Ok(_) => {}

@@ -32,4 +32,7 @@ pub use decide::{Chooser, DecideInput, Decision, FirstChoice, decide, proxy_acti
 pub use event::{Event, Severity};
 pub use invariants::{InvariantViolation, validate_handshake, validate_invariants};
 pub use memory::{Convergence, InfoHistory, MonoInstant, SentinelMemory};
-pub use takeover::{memory_at_takeover, remember_proxies_at_takeover};
+pub use takeover::{
+    expired_info_silence, memory_at_takeover, remember_expired_keepers_at_takeover,
+    remember_proxies_at_takeover,
+};

@@ -13,6 +13,17 @@
 //! never judged silent for longer than it was, and the rule applied is the usual one (failed
 //! after `failInterval` without a new info).
 //!
+//! A keeper listed in the clusterdata whose info is gone from the store at the takeover
+//! ([`remember_expired_keepers_at_takeover`]) is older still: the store deletes an info when its
+//! lease expires, every publish takes a fresh lease of at least [`MIN_INFO_TTL`], and the store
+//! only ever extends a lease's life (never shortens it, e.g. across its own leader changes). So
+//! the keeper has not published for at least that TTL, by the store's clock; the memory starts
+//! its failure clock that long before the takeover, shortened by [`EXPIRED_INFO_DRIFT`] for the
+//! drift between the store's clock and ours. This applies only where the store expires infos
+//! by leases and reports their ages (etcd): the runtime calls it only when it could read ages.
+//! A keeper that withdrew its info on a clean stop stopped its PostgreSQL first, so it is not
+//! failed wrongly either.
+//!
 //! Proxies likewise ([`remember_proxies_at_takeover`]): a proxy that fenced itself because it
 //! lost the store together with the old leader need not be waited for a whole new activity
 //! window after the election. Here an earlier first sighting makes the proxy inactive sooner,
@@ -29,7 +40,18 @@ use std::time::Duration;
 
 use crate::model::{KeeperInfo, ProxyInfo};
 
+use crate::keeper::MIN_INFO_TTL;
+
 use super::memory::{InfoHistory, MonoInstant, SentinelMemory};
+
+/// How much of [`MIN_INFO_TTL`] a keeper whose info expired is credited with, in twentieths:
+/// 19/20 of it, a 5 % allowance for the store's clock running faster than ours.
+pub const EXPIRED_INFO_DRIFT: u32 = 20;
+
+/// The silence credited to a keeper whose info expired before a takeover.
+pub fn expired_info_silence() -> Duration {
+    MIN_INFO_TTL * (EXPIRED_INFO_DRIFT - 1) / EXPIRED_INFO_DRIFT
+}
 
 /// The memory of a leader that takes over at `now`, having read `keepers_info` and, for some of
 /// those keepers, a lower bound of how long ago their info was written (`info_ages`).
@@ -60,6 +82,24 @@ pub fn memory_at_takeover(
         mem.keeper_infos.insert(uid.clone(), history);
     }
     mem
+}
+
+/// Records, in the memory of a leader that takes over at `now`, the keepers of the clusterdata
+/// (`cd_keepers`) that have no info in the store at all (`keepers_info` as read): their failure
+/// clocks start [`expired_info_silence`] before `now`, since their infos expired (see the module
+/// docs). Keepers with an info are left to [`memory_at_takeover`].
+pub fn remember_expired_keepers_at_takeover<'a>(
+    mem: &mut SentinelMemory,
+    cd_keepers: impl IntoIterator<Item = &'a String>,
+    keepers_info: &BTreeMap<String, KeeperInfo>,
+    now: MonoInstant,
+) {
+    for uid in cd_keepers {
+        if !keepers_info.contains_key(uid) {
+            mem.keeper_error_since
+                .insert(uid.clone(), now.saturating_sub(expired_info_silence()));
+        }
+    }
 }
 
 /// Records, in the memory of a leader that takes over at `now`, the proxies of `proxies_info`
