@@ -12,6 +12,7 @@
 #     master-cut-leader-on    the same with the leader sentinel on the cut host
 #     master-host-dies        every process of the master's host killed, leader sentinel on it
 #     standby-cut             the synchronous standby's host cut off (the commit stall)
+#     standby-cut-quorum      the same with quorum commit (quorumCommit, one of two standbys)
 #     etcd-member-down        the etcd member on the master's host killed for 20 s
 #   failover = fault to the first write acknowledged by the new primary; longest gap = the
 #   longest time without an acknowledged write from the fault on (for standby-cut, the commit
@@ -38,7 +39,7 @@ cd "$(dirname "$0")/.."
 CASES=${CASES:-crash,network}
 TIMINGS=${TIMINGS:-fast,defaults}
 RUNS=${RUNS:-5}
-NET_FAULTS=${NET_FAULTS:-master-cut-leader-away,master-cut-leader-on,master-host-dies,standby-cut,etcd-member-down}
+NET_FAULTS=${NET_FAULTS:-master-cut-leader-away,master-cut-leader-on,master-host-dies,standby-cut,standby-cut-quorum,etcd-member-down}
 LOG_DIR=${LOG_DIR:-target/failover-bench}
 
 die() {
@@ -54,8 +55,8 @@ for t in ${TIMINGS//,/ }; do
 done
 for f in ${NET_FAULTS//,/ }; do
     case $f in
-    master-cut-leader-away | master-cut-leader-on | master-host-dies | standby-cut | etcd-member-down) ;;
-    *) die "NET_FAULTS takes master-cut-leader-away, master-cut-leader-on, master-host-dies, standby-cut and etcd-member-down, not '$f'" ;;
+    master-cut-leader-away | master-cut-leader-on | master-host-dies | standby-cut | standby-cut-quorum | etcd-member-down) ;;
+    *) die "NET_FAULTS takes master-cut-leader-away, master-cut-leader-on, master-host-dies, standby-cut, standby-cut-quorum and etcd-member-down, not '$f'" ;;
     esac
 done
 has() { [[ ,$1, == *,$2,* ]]; }
@@ -99,28 +100,32 @@ if has "$CASES" network; then
         for f in ${NET_FAULTS//,/ }; do
             log=$LOG_DIR/network-$t-$f.log
             echo "== network: $f, $t timings, $RUNS cycles (log: $log)"
-            target/release/fault-campaign --timings "$t" --faults "$f" --cycles "$RUNS" 2>&1 |
+            fault=$f repl=sync extra=()
+            if [[ $f == standby-cut-quorum ]]; then
+                fault=standby-cut repl="sync, quorum" extra=(--quorum)
+            fi
+            target/release/fault-campaign --timings "$t" --faults "$fault" --cycles "$RUNS" "${extra[@]}" 2>&1 |
                 tee "$log" || true
             case $f in
             master-cut-leader-away) v=$((fi_s + 2)) goal="failover <= $v s (failInterval + 2 s)" m=failover ;;
             master-cut-leader-on | master-host-dies) v=$((fi_s + 3)) goal="failover <= $v s (failInterval + 3 s)" m=failover ;;
-            standby-cut) v=2 goal="longest gap <= 2 s (commits resume within 2 s)" m=gap ;;
+            standby-cut | standby-cut-quorum) v=2 goal="longest gap <= 2 s (commits resume within 2 s)" m=gap ;;
             etcd-member-down) v=0 goal="0 failed writes (no proxy closes a connection)" m=failed ;;
             esac
             # The campaign's per-fault summary row: | fault | cycles | acked | failed | lost |
             # split brain | failed over | failover median | failover max | gap median | gap max |
             # recovery median | recovery max | not converged |
-            line=$(grep -E "^\| $f \| [0-9]+ \|" "$log" | tail -n 1 || true)
+            line=$(grep -E "^\| $fault \| [0-9]+ \|" "$log" | tail -n 1 || true)
             if [[ -z $line ]]; then
-                rows+=("$(printf '%s\t%s\tsync\t0/%s\t-\t-\t-\t-\t-\t-\t%s\t%s\t%s' "$f" "$t" "$RUNS" "$goal" "$v" "$m")")
+                rows+=("$(printf '%s\t%s\t%s\t0/%s\t-\t-\t-\t-\t-\t-\t%s\t%s\t%s' "$f" "$t" "$repl" "$RUNS" "$goal" "$v" "$m")")
                 continue
             fi
             IFS='|' read -r _ _ cycles _ failed lost split _ fmed fmax gmed gmax _ _ nc _ <<<"${line// /}"
             ok=$((cycles - nc))
             note=""
             ((split > 0)) && note=" split brain $split"
-            rows+=("$(printf '%s%s\t%s\tsync\t%s/%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' \
-                "$f" "$note" "$t" "$ok" "$RUNS" "$fmed" "$fmax" "$gmed" "$gmax" "$failed" "$lost" "$goal" "$v" "$m")")
+            rows+=("$(printf '%s%s\t%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' \
+                "$f" "$note" "$t" "$repl" "$ok" "$RUNS" "$fmed" "$fmax" "$gmed" "$gmax" "$failed" "$lost" "$goal" "$v" "$m")")
         done
     done
 fi
