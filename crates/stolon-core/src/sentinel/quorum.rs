@@ -64,9 +64,7 @@ use crate::model::{
     ClusterData, Db, ProxyInfo, QuorumCatchUp, QuorumFailover, QuorumFailoverPhase,
 };
 
-use super::classify::{
-    ConvergenceState, Ctx, DbStatusKind, FAKE_STANDBY_NAME, keeper_of, most_advanced_first,
-};
+use super::classify::{ConvergenceState, Ctx, DbStatusKind, FAKE_STANDBY_NAME, keeper_of};
 use super::decide::Fresh;
 use super::event::Event;
 
@@ -161,26 +159,7 @@ pub(crate) fn sync_standbys(
         })
         .cloned()
         .collect();
-    if set.len() > max {
-        let mut dbs: Vec<&Db> = set.iter().filter_map(|u| cd.dbs.get(u)).collect();
-        dbs.sort_by(|a, b| most_advanced_first(a, b));
-        set = dbs.into_iter().take(max).map(|d| d.uid.clone()).collect();
-    }
-    for db in ctx.best_standbys(cd, &master, false) {
-        if set.len() >= max {
-            break;
-        }
-        if lost.contains(&db.uid) || super::syncloss::recently_lost(ctx, &db.uid) {
-            continue;
-        }
-        let can_sync = cd
-            .keepers
-            .get(keeper_of(db))
-            .is_some_and(|k| k.status.can_be_synchronous_replica != Some(false));
-        if can_sync && !set.contains(&db.uid) {
-            set.push(db.uid.clone());
-        }
-    }
+    super::update::trim_and_fill_sync_set(cd, ctx, &master, &mut set, &lost, max, max);
     set.sort();
     let external = if set.len() < min {
         vec![FAKE_STANDBY_NAME.to_string()]

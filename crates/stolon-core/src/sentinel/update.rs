@@ -778,6 +778,40 @@ fn same_set(a: &[String], b: &[String]) -> bool {
     a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
 }
 
+/// Keeps the `max` most advanced standbys of `set`, then adds the best other standbys of
+/// `master` that may be synchronous (not in `lost`, not lost recently) until `set` holds
+/// `fill_to` of them.
+pub(super) fn trim_and_fill_sync_set(
+    cd: &ClusterData,
+    ctx: &Ctx<'_>,
+    master: &Db,
+    set: &mut Vec<String>,
+    lost: &BTreeSet<String>,
+    max: usize,
+    fill_to: usize,
+) {
+    if set.len() > max {
+        let mut dbs: Vec<&Db> = set.iter().filter_map(|u| cd.dbs.get(u)).collect();
+        dbs.sort_by(|a, b| most_advanced_first(a, b));
+        *set = dbs.into_iter().take(max).map(|d| d.uid.clone()).collect();
+    }
+    for db in ctx.best_standbys(cd, master, false) {
+        if set.len() >= fill_to {
+            break;
+        }
+        if lost.contains(&db.uid) || super::syncloss::recently_lost(ctx, &db.uid) {
+            continue;
+        }
+        let can_sync = cd
+            .keepers
+            .get(keeper_of(db))
+            .is_some_and(|k| k.status.can_be_synchronous_replica != Some(false));
+        if can_sync && !set.contains(&db.uid) {
+            set.push(db.uid.clone());
+        }
+    }
+}
+
 /// Synchronous standby management (§6.7), master healthy and converged.
 fn sync_standbys(cd: &mut ClusterData, master_uid: &str, ctx: &Ctx<'_>, events: &mut Vec<Event>) {
     let e = ctx.spec;
@@ -854,29 +888,11 @@ fn sync_standbys(cd: &mut ClusterData, master_uid: &str, ctx: &Ctx<'_>, events: 
             })
             .cloned()
             .collect();
-        if set.len() > max {
-            let mut dbs: Vec<&Db> = set.iter().filter_map(|u| cd.dbs.get(u)).collect();
-            dbs.sort_by(|a, b| most_advanced_first(a, b));
-            set = dbs.into_iter().take(max).map(|d| d.uid.clone()).collect();
-        }
         // After a loss, enough standbys still known in sync: drop the lost ones first (commits
         // resume at once) and grow the set again in a later round.
         let shrink_only = !lost.is_empty() && set.len() >= min.max(1);
-        for db in ctx.best_standbys(cd, &master, false) {
-            if set.len() >= max || shrink_only {
-                break;
-            }
-            if lost.contains(&db.uid) || super::syncloss::recently_lost(ctx, &db.uid) {
-                continue;
-            }
-            let can_sync = cd
-                .keepers
-                .get(keeper_of(db))
-                .is_some_and(|k| k.status.can_be_synchronous_replica != Some(false));
-            if can_sync && !set.contains(&db.uid) {
-                set.push(db.uid.clone());
-            }
-        }
+        let fill_to = if shrink_only { 0 } else { max };
+        trim_and_fill_sync_set(cd, ctx, &master, &mut set, &lost, max, fill_to);
         if set.len() < min {
             for u in &spec_list {
                 if set.len() >= min {
