@@ -9,7 +9,8 @@
 //!
 //! An attempt that gets no answer is hedged: while a request is unanswered it is also sent to
 //! the next endpoint after every hedging pause ([`HEDGE_AFTER`], 100 ms, while the endpoints
-//! answer fast; up to 1 s when they have been answering slowly, see [`Pace`]), the earlier
+//! answer fast; up to 1 s when they have been answering slowly, see [`Pace`], and never more than
+//! a quarter of the store timeout), the earlier
 //! attempts keep running, and the first answer wins. The first attempt may run for the whole store timeout, so a cluster that
 //! is merely slow still answers it. So a dead member costs a request nothing measurable (its
 //! connection is refused), a frozen or partitioned one about 100 ms, and a write that a member
@@ -65,6 +66,9 @@ const ATTEMPT_MAX: Duration = Duration::from_secs(1);
 const HEDGE_AFTER: Duration = Duration::from_millis(100);
 /// The longest pause between the hedges of one request, whatever the endpoints' pace.
 const HEDGE_AFTER_MAX: Duration = Duration::from_secs(1);
+/// A request is hedged at the latest after this fraction of its store timeout, whatever the
+/// endpoints' pace.
+const HEDGES_PER_BUDGET: u32 = 4;
 /// How many times the recent answer time a request waits before it is hedged.
 const HEDGE_PACE_FACTOR: u32 = 4;
 /// How long a hedge (an attempt sent while an earlier one still runs) may run, in hedging
@@ -296,7 +300,9 @@ where
     if n == 0 {
         return Err(StoreError::Config("no store endpoints".into()));
     }
-    let hedge_after = pace.hedge_after();
+    // However slow the pace, a request is hedged within a quarter of its budget, so a member
+    // that stops answering costs at most that much of it.
+    let hedge_after = pace.hedge_after().min(timeout / HEDGES_PER_BUDGET);
     let hedge_lifetime = hedge_after.saturating_mul(HEDGE_LIFETIME_PAUSES);
     let started = Instant::now();
     let first = current.load(Ordering::Relaxed) % n;
@@ -1197,6 +1203,26 @@ mod tests {
             .await;
         assert!(matches!(r, Err(StoreError::Unavailable(_))), "got {r:?}");
         assert_eq!(fake.sent().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_pace_still_hedges_within_the_budget() {
+        // The endpoints have been answering slowly (pace at its 1 s bound), the store timeout is
+        // 1 s, and member 0 freezes: the request still reaches member 1 within a quarter of the
+        // budget and succeeds.
+        let fake = Fake::new(|endpoint, _| match endpoint {
+            0 => Answer::Never,
+            _ => Answer::After(MS(5)),
+        });
+        let pace = Pace::default();
+        pace.record(Duration::from_secs(100_000));
+        assert_eq!(pace.hedge_after(), HEDGE_AFTER_MAX);
+        let timeout = Duration::from_secs(1);
+        let r = fake
+            .call_paced(timeout, Hedge::On, &AtomicUsize::new(0), &pace)
+            .await;
+        assert_eq!(r.expect("hedged to a live member"), 1);
+        assert_eq!(fake.origin.elapsed(), timeout / HEDGES_PER_BUDGET + MS(5));
     }
 
     #[test]

@@ -155,7 +155,10 @@ async fn frozen_member_is_skipped() {
         .await
         .expect("3-member etcd");
     let mut cfg = etcd.store_config("frozen");
-    cfg.timeout = Duration::from_secs(1);
+    // Member 0 may be the raft leader: then no member answers a read until the other two have
+    // elected a new one (etcd's election timeout, 1 s, and a round or two), so the budget of the
+    // first request must hold an election.
+    cfg.timeout = Duration::from_secs(3);
     let store = store_for(&cfg).await;
     store
         .put_cluster_data(&sample_cluster_data("init"), None)
