@@ -61,10 +61,10 @@ fn rendered(f: &ClusterFixture, keeper: &str) -> String {
     synchronous_standby_names(f.cd.dbs[&db_uid(keeper)].spec.as_ref().expect("spec"))
 }
 
-/// Master k1, standbys k2 and k3 both listed and streaming, proxy p1; quorum commit with
-/// `minSynchronousStandbys: 1, maxSynchronousStandbys: 2` (any 1 of 2), settled.
-fn quorum_cluster() -> ClusterFixture {
-    let mut f = ClusterFixture::new()
+/// Master k1, standbys k2 and k3 both listed and reported in sync, proxy p1, one to two
+/// synchronous standbys, `quorumCommit` as given; not yet stepped.
+fn two_listed_standbys(quorum_commit: Option<bool>) -> ClusterFixture {
+    ClusterFixture::new()
         .fast()
         .master("k1")
         .standby("k2")
@@ -75,8 +75,14 @@ fn quorum_cluster() -> ClusterFixture {
         .spec(|s| {
             s.min_synchronous_standbys = Some(1);
             s.max_synchronous_standbys = Some(2);
-            s.quorum_commit = Some(true);
-        });
+            s.quorum_commit = quorum_commit;
+        })
+}
+
+/// Master k1, standbys k2 and k3 both listed and streaming, proxy p1; quorum commit with
+/// `minSynchronousStandbys: 1, maxSynchronousStandbys: 2` (any 1 of 2), settled.
+fn quorum_cluster() -> ClusterFixture {
+    let mut f = two_listed_standbys(Some(true));
     for _ in 0..6 {
         step(&mut f, &[]);
     }
@@ -97,18 +103,7 @@ fn quorum_mode_renders_any_1_of_the_two_listed_standbys() {
 
 #[test]
 fn all_ack_mode_is_unchanged_by_default() {
-    let mut f = ClusterFixture::new()
-        .fast()
-        .master("k1")
-        .standby("k2")
-        .standby("k3")
-        .sync_standbys(&["k2", "k3"])
-        .reported_sync(&["k2", "k3"])
-        .proxy("p1")
-        .spec(|s| {
-            s.min_synchronous_standbys = Some(1);
-            s.max_synchronous_standbys = Some(2);
-        });
+    let mut f = two_listed_standbys(None);
     for _ in 0..4 {
         step(&mut f, &[]);
     }

@@ -27,10 +27,11 @@ fn listed_sync_keepers(w: &World) -> Vec<usize> {
         .collect()
 }
 
-async fn cut_the_sync_standby(cfg: SimConfig) -> Result<World, Violation> {
-    let mut w = World::start(cfg);
+/// Runs `w` until it has a routed master, two streaming standbys and `listed` of them listed as
+/// synchronous, then 5 s more.
+async fn settle_with_listed(w: &mut World, listed: usize) -> Result<(), Violation> {
     w.run_until(
-        "a routed master, 2 streaming standbys, one of them listed as synchronous",
+        &format!("a routed master, 2 streaming standbys, {listed} listed as synchronous"),
         Duration::from_secs(120),
         |w| {
             let Some(m) = w.routed_master() else {
@@ -38,11 +39,16 @@ async fn cut_the_sync_standby(cfg: SimConfig) -> Result<World, Violation> {
             };
             w.stats().acked >= 30
                 && (0..3).filter(|&i| i != m).all(|i| w.lsn(i) > 0)
-                && listed_sync_keepers(w).len() == 1
+                && listed_sync_keepers(w).len() == listed
         },
     )
     .await?;
-    w.run_for(Duration::from_secs(5)).await?;
+    w.run_for(Duration::from_secs(5)).await
+}
+
+async fn cut_the_sync_standby(cfg: SimConfig) -> Result<World, Violation> {
+    let mut w = World::start(cfg);
+    settle_with_listed(&mut w, 1).await?;
     let master = w.master_keeper().expect("a master");
     let lost = listed_sync_keepers(&w)[0];
     w.inject(Fault::CutReplication(lost, true));
@@ -133,20 +139,7 @@ async fn cut_one_quorum_standby() -> Result<(World, Duration, Duration), Violati
     let mut cfg = SimConfig::new(1, true);
     cfg.quorum = true;
     let mut w = World::start(cfg);
-    w.run_until(
-        "a routed master, 2 streaming standbys, both listed as synchronous",
-        Duration::from_secs(120),
-        |w| {
-            let Some(m) = w.routed_master() else {
-                return false;
-            };
-            w.stats().acked >= 30
-                && (0..3).filter(|&i| i != m).all(|i| w.lsn(i) > 0)
-                && listed_sync_keepers(w).len() == 2
-        },
-    )
-    .await?;
-    w.run_for(Duration::from_secs(5)).await?;
+    settle_with_listed(&mut w, 2).await?;
     let master = w.master_keeper().expect("a master");
     let mut before = Stall::new(&w);
     before.run(&mut w, Duration::from_secs(5)).await?;
