@@ -23,8 +23,9 @@
 //! store timeout.
 //!
 //! HTTP/2 keepalive pings with a ping timeout of two first-round deadlines also close a
-//! connection to a member that stopped answering, which ends (and re-establishes elsewhere) the
-//! change watch running on it.
+//! connection to a member that stopped answering. The change watch does not wait for them: after
+//! a second without a message it asks its member for a progress report, and re-establishes
+//! itself elsewhere when none comes within a first-round deadline.
 //!
 //! Compare-and-swap is a transaction on the key's mod revision (create revision 0 when the key
 //! must be absent). Infos get a fresh lease per write; the lease the key had before is revoked
@@ -77,6 +78,11 @@ const HEDGE_LIFETIME_PAUSES: u32 = 5;
 /// Pause between failed rounds over all endpoints.
 const ROUND_PAUSE_MIN: Duration = Duration::from_millis(50);
 const ROUND_PAUSE_MAX: Duration = Duration::from_millis(500);
+/// A change watch silent this long is asked for a progress report; a watch that then stays
+/// silent for a first-round attempt deadline is on a member that stopped answering, and is
+/// re-established elsewhere (the connection's keepalive would notice only after
+/// [`KEEPALIVE_INTERVAL`]).
+const WATCH_PROBE_AFTER: Duration = Duration::from_secs(1);
 /// Watch re-establishment back-off bounds.
 const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -514,8 +520,30 @@ async fn watch_loop(pool: Arc<EndpointPool>, prefix: String, tx: Arc<watch::Send
             }
         };
         bump(&tx);
+        let mut probed = false;
         loop {
-            match stream.message().await {
+            let wait = if probed {
+                first_attempt_deadline(pool.timeout)
+            } else {
+                WATCH_PROBE_AFTER
+            };
+            let message = match tokio::time::timeout(wait, stream.message()).await {
+                Ok(m) => m,
+                Err(_) if probed => {
+                    tracing::debug!("store watch: no answer to a progress request, moving");
+                    break;
+                }
+                Err(_) => {
+                    if let Err(e) = stream.request_progress().await {
+                        tracing::debug!(error = %e, "store watch: cannot request progress");
+                        break;
+                    }
+                    probed = true;
+                    continue;
+                }
+            };
+            probed = false;
+            match message {
                 Ok(Some(resp)) => {
                     backoff = WATCH_BACKOFF_MIN;
                     if resp.created()

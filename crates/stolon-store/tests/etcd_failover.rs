@@ -226,6 +226,51 @@ async fn frozen_member_costs_less_than_the_store_timeout() {
         .expect("healthy after resume");
 }
 
+/// The change watch on a member that freezes (a partition, from the client) moves to another
+/// member without waiting for the connection's keepalive (a ping every 10 s, answered within
+/// 2 s): a write by another client wakes `changes()` within 6 s of the freeze. Without the
+/// watch's own progress probe this fails whenever the next keepalive ping is more than 4 s away.
+#[tokio::test]
+async fn the_change_watch_leaves_a_frozen_member() {
+    let etcd = EtcdServer::start_cluster_async(3)
+        .await
+        .expect("3-member etcd");
+    let cfg = etcd.store_config("frozen-watch");
+    let store = store_for(&cfg).await;
+    let mut changes = store.changes();
+    let rev = store
+        .put_cluster_data(&sample_cluster_data("init"), None)
+        .await
+        .expect("write");
+    // The watch and the write went to member 0, the first endpoint; let the write's
+    // notification arrive before the freeze.
+    tokio::time::timeout(Duration::from_secs(10), changes.changed())
+        .await
+        .expect("the write's notification")
+        .expect("store alive");
+    etcd.pause_member(0).expect("pause");
+    let frozen_at = Instant::now();
+    changes.borrow_and_update();
+    let other = store_for(&cfg).await;
+    other
+        .put_cluster_data(&sample_cluster_data("after-freeze"), Some(&rev))
+        .await
+        .expect("write by another client");
+    let left = Duration::from_secs(6).saturating_sub(frozen_at.elapsed());
+    tokio::time::timeout(left, changes.changed())
+        .await
+        .expect("changes() fires within 6 s of the freeze")
+        .expect("store alive");
+    eprintln!(
+        "watch moved off the frozen member {:?} after the freeze",
+        frozen_at.elapsed()
+    );
+    etcd.resume_member(0).expect("resume");
+    etcd.wait_healthy_async(Duration::from_secs(30))
+        .await
+        .expect("healthy after resume");
+}
+
 /// The Kubernetes backend is not built yet; the error says so.
 #[tokio::test]
 async fn kubernetes_backend_not_built_yet() {
