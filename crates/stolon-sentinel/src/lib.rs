@@ -37,14 +37,15 @@ const ELECTION_RETRY: Duration = Duration::from_secs(2);
 const ELECTION_TTL_MIN: Duration = Duration::from_secs(4);
 const ELECTION_TTL_MAX: Duration = Duration::from_secs(20);
 
-/// The election lease TTL for a `sleepInterval`: four intervals, between 4 s and 20 s. The
-/// default sleepInterval (5 s) keeps Stolon's 20 s; shorter intervals make a lost leader
-/// replaced sooner (about the TTL after it died). The leader refreshes its lease every third of
-/// the TTL and steps down after three quarters of it without a refresh, so even the shortest
-/// TTL leaves it two refresh attempts before it gives up.
+/// The election lease TTL for a `sleepInterval`: three intervals, between 4 s and 20 s (15 s at
+/// the default interval of 5 s, 4 s at 1 s). A lost leader is replaced about the TTL after it
+/// died, and etcd adds the TTL again from a new etcd leader's election when the lost host held
+/// the etcd leader too, so the TTL should stay below `failInterval`. The leader refreshes its
+/// lease every third of the TTL and steps down after three quarters of it without a refresh,
+/// so even the shortest TTL leaves it two refresh attempts before it gives up.
 pub fn election_ttl(sleep_interval: Duration) -> Duration {
     sleep_interval
-        .saturating_mul(4)
+        .saturating_mul(3)
         .clamp(ELECTION_TTL_MIN, ELECTION_TTL_MAX)
 }
 
@@ -212,6 +213,9 @@ impl Sentinel {
                 return;
             }
         };
+        // Proxies are judged at this instant, taken before their infos are requested: any info
+        // committed before it is in the answer (stolon_core::sentinel::DecideInput).
+        let proxies_read_at = Instant::now();
         let proxies = match self.store.get_proxies_info().await {
             Ok(p) => p,
             Err(e) => {
@@ -269,6 +273,7 @@ impl Sentinel {
             memory: &self.memory,
             initial_spec: self.cfg.initial_spec.as_ref(),
             now_mono: now.duration_since(self.origin),
+            proxies_read_at: proxies_read_at.duration_since(self.origin),
             now_wall: Self::now_wall(),
         };
         let mut chooser = |n: usize| rand::random::<usize>() % n.max(1);
@@ -483,13 +488,13 @@ mod election_ttl_tests {
     use super::*;
 
     #[test]
-    fn election_ttl_is_four_sleep_intervals_between_4_and_20_seconds() {
+    fn election_ttl_is_three_sleep_intervals_between_4_and_20_seconds() {
         let s = Duration::from_secs;
-        // Stolon's default interval keeps Stolon's 20 s.
-        assert_eq!(election_ttl(s(5)), s(20));
-        assert_eq!(election_ttl(s(2)), s(8));
+        assert_eq!(election_ttl(s(5)), s(15));
+        assert_eq!(election_ttl(s(2)), s(6));
         assert_eq!(election_ttl(s(1)), s(4));
         assert_eq!(election_ttl(Duration::from_millis(100)), s(4));
+        assert_eq!(election_ttl(s(7)), s(20));
         assert_eq!(election_ttl(s(30)), s(20));
         assert_eq!(election_ttl(Duration::MAX), s(20));
     }

@@ -185,7 +185,8 @@ async fn two_sentinels_one_leads_and_a_killed_leader_is_replaced() {
         "leader uid {leader_uid} not in its log"
     );
 
-    // SIGKILL the leader: the other leads within the election lease (20 s) plus slack.
+    // SIGKILL the leader: the other leads within the election lease (15 s at the default
+    // sleepInterval) plus slack.
     s[leader].sigkill();
     let other = 1 - leader;
     wait_for(
