@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pretty_assertions::assert_eq;
+use stolon_core::duration::GoDuration;
 use stolon_core::model::ClusterData;
 use stolon_core::sentinel::testing::{ClusterFixture, db_uid};
 use stolon_core::sentinel::{
-    Decision, Event, memory_at_takeover, proxy_active_window, remember_expired_keepers_at_takeover,
-    remember_proxies_at_takeover, validate_invariants,
+    Decision, Event, PROXY_REACTION, memory_at_takeover, proxy_active_window,
+    remember_expired_keepers_at_takeover, remember_proxies_at_takeover, validate_invariants,
 };
 use stolon_core::timestamp::Timestamp;
 
@@ -393,15 +394,44 @@ fn time_to_new_master(f: &mut ClusterFixture) -> Option<Duration> {
 }
 
 #[test]
-fn a_marked_proxy_window_is_its_timeout_stretched_for_drift_plus_one_sleep_interval() {
+fn a_marked_proxy_window_is_its_timeout_stretched_for_drift_plus_its_reaction_bound() {
     let f = with_proxy(true);
-    // 15 s × 1.01 / 0.99, rounded up to the nanosecond, then sleepInterval (1 s).
-    assert_eq!(
-        p1_window(&f),
-        Duration::from_nanos(15_303_030_304) + Duration::from_secs(1)
-    );
+    // 15 s × 1.01 / 0.99, rounded up to the nanosecond, then the proxy's reaction bound
+    // (half a second, shorter than this sleepInterval of 1 s).
+    let stretched = Duration::from_nanos(15_303_030_304);
+    assert_eq!(p1_window(&f), stretched + PROXY_REACTION);
+    assert_eq!(PROXY_REACTION, HALF);
+    // A sleepInterval shorter than the bound is the bound.
+    let f = with_proxy(true).spec(|s| s.sleep_interval = Some(GoDuration::from_millis(200)));
+    assert_eq!(p1_window(&f), stretched + Duration::from_millis(200));
     let f = with_proxy(false);
     assert_eq!(p1_window(&f), Duration::from_secs(30), "Stolon's rule");
+}
+
+#[test]
+fn a_silent_proxy_is_judged_at_the_instant_before_its_info_was_read() {
+    // p1 went silent; the sentinel's read of the proxy infos took 300 ms. Judged at the end of
+    // that read, p1's window has passed; judged at its start, it has not: an info p1 committed
+    // during the read could be missing from the answer, and p1 still counts as active.
+    let lag = Duration::from_millis(300);
+    let mut f = with_proxy(true);
+    let window = p1_window(&f);
+    f.tick(window + Duration::from_millis(200), &["p1"]);
+    f.proxies_read_lag = lag;
+    let d = f.step();
+    assert!(
+        d.active_proxies.contains(&"p1".to_string()),
+        "judged at the read's start"
+    );
+    // The same decision with a read that took no time: inactive.
+    let mut g = with_proxy(true);
+    g.tick(window + Duration::from_millis(200), &["p1"]);
+    let d = g.step();
+    assert!(d.active_proxies.is_empty(), "judged after the window");
+    // Once the read's start is past the window, p1 no longer counts.
+    f.tick(Duration::from_millis(200), &["p1"]);
+    let d = f.step();
+    assert!(d.active_proxies.is_empty());
 }
 
 #[test]

@@ -365,6 +365,7 @@ impl Sim {
             memory: &self.memory,
             initial_spec: Some(&spec),
             now_mono: self.now,
+            proxies_read_at: self.now,
             now_wall: wall,
         };
         let mut choose_last = |n: usize| n - 1;

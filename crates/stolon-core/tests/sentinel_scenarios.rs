@@ -107,6 +107,7 @@ fn init_new_with_many_keepers_uses_the_injected_choice_over_sorted_healthy_keepe
         memory: &f.memory,
         initial_spec: None,
         now_mono: f.now_mono,
+        proxies_read_at: f.now_mono,
         now_wall: f.now_wall,
     };
     let d = stolon_core::sentinel::decide(&input, &mut uids, &mut chooser);

@@ -56,6 +56,11 @@ pub struct DecideInput<'a> {
     pub initial_spec: Option<&'a ClusterSpec>,
     /// Monotonic now.
     pub now_mono: MonoInstant,
+    /// The monotonic instant taken just before the proxy infos were requested (at most
+    /// `now_mono`). Proxies are judged active at this instant: an info a proxy committed before
+    /// it is in `proxies_info` (docs/invariants.md, "Why a proxy no longer active has fenced
+    /// itself").
+    pub proxies_read_at: MonoInstant,
     /// Wall-clock now, for changeTime and lastHealthyTime.
     pub now_wall: Timestamp,
 }
@@ -142,7 +147,13 @@ pub fn decide(
 
     let mut cd = prev.clone();
     let fresh = update_keepers_status(&mut cd, input, &spec, &mut mem, first_run, &mut events);
-    let active_proxies = active_proxies(input.proxies_info, &spec, &mut mem, now);
+    let active_proxies = active_proxies(
+        input.proxies_info,
+        &spec,
+        &mut mem,
+        input.proxies_read_at.min(now),
+        now,
+    );
 
     mem.last_decision = Some(now);
     let ctx_mem = mem.clone();
@@ -527,11 +538,14 @@ fn update_keepers_status<'a>(
     fresh
 }
 
-/// Proxies judged active (docs/architecture.md §6.3), sorted by UID.
+/// Proxies judged active (docs/architecture.md §6.3), sorted by UID: at `read_at`, the instant
+/// before their infos were read. An info not seen before is first seen at `now`, after the read
+/// returned.
 fn active_proxies(
     infos: &BTreeMap<String, ProxyInfo>,
     spec: &crate::model::EffectiveSpec,
     mem: &mut SentinelMemory,
+    read_at: MonoInstant,
     now: MonoInstant,
 ) -> Vec<String> {
     mem.proxy_infos.retain(|uid, _| infos.contains_key(uid));
@@ -540,7 +554,7 @@ fn active_proxies(
         let window = proxy_active_window(info, spec);
         match mem.proxy_infos.get(uid) {
             Some(h) if h.info_uid == info.info_uid => {
-                if now.saturating_sub(h.first_seen) <= window {
+                if read_at.saturating_sub(h.first_seen) <= window {
                     active.push(uid.clone());
                 }
             }
@@ -575,18 +589,25 @@ fn proxy_timeout(info: &ProxyInfo, spec: &crate::model::EffectiveSpec) -> Durati
 /// own clock, after the start of the check that wrote that info, which is before the write and
 /// so before the sentinel first saw it. On the sentinel's clock that is at most
 /// `proxyTimeout × (1 + ρ) / (1 − ρ)` after the first sighting (ρ: the drift bound,
-/// [`crate::failsafe::MAX_DRIFT_PPM`]); one `sleepInterval` more leaves the proxy time to act on
-/// its deadline (its timer firing, its sockets closing). Any other proxy (Stolon's) counts its
-/// timeout from a successful check without publishing in it, so it keeps Stolon's rule: twice
-/// its `proxyTimeout`.
+/// [`crate::failsafe::MAX_DRIFT_PPM`]); [`PROXY_REACTION`] more (or the `sleepInterval`, if
+/// shorter) leaves the proxy time to act on its deadline (its timer firing, its sockets
+/// closing). The sentinel judges at an instant taken before it requested the infos, so a later
+/// info, which the proxy commits before its deadline, cannot be missed. Any other proxy
+/// (Stolon's) counts its timeout from a successful check without publishing in it, so it keeps
+/// Stolon's rule: twice its `proxyTimeout`.
 pub fn proxy_active_window(info: &ProxyInfo, spec: &crate::model::EffectiveSpec) -> Duration {
     let timeout = proxy_timeout(info, spec);
     if info.fences_from_check_start {
-        stretch_for_drift(timeout).saturating_add(spec.sleep_interval.to_std())
+        stretch_for_drift(timeout).saturating_add(spec.sleep_interval.to_std().min(PROXY_REACTION))
     } else {
         timeout.saturating_mul(2)
     }
 }
+
+/// How long a stolon-rs proxy may take, after its fencing deadline, to route nowhere: its timer
+/// firing late on a busy host and its client sockets being shut. Both are local to the proxy's
+/// host; a host stalled for longer breaks every timeout, this one included.
+pub const PROXY_REACTION: Duration = Duration::from_millis(500);
 
 /// `d × (1 + ρ) / (1 − ρ)`, rounded up: a span counted on one clock ends, on any other clock
 /// within the drift bound, no later than this.

@@ -28,7 +28,9 @@ pub use classify::{
     DbKind, FAKE_STANDBY_NAME, NOT_INCREASING_XLOG_TIMES, Validity, db_kind,
     is_different_timeline_branch, keeper_of, most_advanced_first, validity,
 };
-pub use decide::{Chooser, DecideInput, Decision, FirstChoice, decide, proxy_active_window};
+pub use decide::{
+    Chooser, DecideInput, Decision, FirstChoice, PROXY_REACTION, decide, proxy_active_window,
+};
 pub use event::{Event, Severity};
 pub use invariants::{InvariantViolation, validate_handshake, validate_invariants};
 pub use memory::{Convergence, InfoHistory, MonoInstant, SentinelMemory};

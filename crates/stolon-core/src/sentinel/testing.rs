@@ -57,6 +57,8 @@ pub struct ClusterFixture {
     pub memory: SentinelMemory,
     /// Monotonic now.
     pub now_mono: Duration,
+    /// How long before `now_mono` the proxy infos were requested (the store read's duration).
+    pub proxies_read_lag: Duration,
     /// Wall now.
     pub now_wall: Timestamp,
     /// UIDs for new DBs (`new0001`, ...).
@@ -99,6 +101,7 @@ impl ClusterFixture {
                 ..Default::default()
             },
             now_mono: Duration::from_secs(1000),
+            proxies_read_lag: Duration::ZERO,
             now_wall,
             uids: SeqUids::new("new"),
             seq: 0,
@@ -471,6 +474,7 @@ impl ClusterFixture {
             memory: &self.memory,
             initial_spec: None,
             now_mono: self.now_mono,
+            proxies_read_at: self.now_mono.saturating_sub(self.proxies_read_lag),
             now_wall: self.now_wall,
         };
         decide(&input, &mut self.uids, &mut FirstChoice)
