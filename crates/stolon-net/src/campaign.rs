@@ -111,6 +111,8 @@ pub struct CycleReport {
     pub master_before: usize,
     /// Master host after recovery.
     pub master_after: Option<usize>,
+    /// The host of etcd's raft leader just before the fault, if the members told.
+    pub etcd_leader: Option<usize>,
     /// The checker's verdict.
     pub verdict: Verdict,
 }
@@ -200,6 +202,15 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    // Where etcd's raft leader is matters to a fault of the master's host: when it is there, the
+    // other members elect a new one first, and etcd restarts every lease's TTL then (the old
+    // leader sentinel's included).
+    let etcd_leader = c.etcd_leader().await;
+    eprintln!(
+        "{}: master on host {m}, etcd raft leader on host {}",
+        fault.name(),
+        etcd_leader.map_or_else(|| "unknown".to_string(), |h| h.to_string())
+    );
     let fault_ms = ms(epoch);
     // Four `failInterval`s (12 s at the fast timings), at most `failInterval` + 10 s: with the
     // default timings a failover or a synchronous standby's replacement takes about one
@@ -323,6 +334,7 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
         fault,
         master_before: m,
         master_after,
+        etcd_leader,
         verdict,
     })
 }
@@ -356,13 +368,13 @@ fn opt_s(v: Option<u64>) -> String {
 }
 
 /// Header of the per-cycle table.
-pub const TABLE_HEADER: &str = "| cycle | fault | master | acked | failed | lost | split brain | longest gap (s) | failover (s) | recovery (s) | old primary acks after fault | old primary tail (s) | lost acked at (s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+pub const TABLE_HEADER: &str = "| cycle | fault | master | acked | failed | lost | split brain | longest gap (s) | failover (s) | recovery (s) | old primary acks after fault | old primary tail (s) | lost acked at (s) | etcd leader |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// One row of the per-cycle table.
 pub fn table_row(cycle: usize, r: &CycleReport) -> String {
     let v = &r.verdict;
     format!(
-        "| {cycle} | {} | {}->{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {cycle} | {} | {}->{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         r.fault.name(),
         r.master_before,
         r.master_after.map_or("?".into(), |m| m.to_string()),
@@ -384,6 +396,7 @@ pub fn table_row(cycle: usize, r: &CycleReport) -> String {
             a as f64 / 1000.0,
             b as f64 / 1000.0
         )),
+        r.etcd_leader.map_or("?".into(), |h| h.to_string()),
     )
 }
 

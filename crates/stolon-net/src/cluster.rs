@@ -628,6 +628,35 @@ impl NetCluster {
         Ok(self.nodes.iter().position(|n| n.keeper_uid() == uid))
     }
 
+    /// The host index of etcd's raft leader, as the members answering within a second report it
+    /// (`None` when none answers or the leader is none of them).
+    pub async fn etcd_leader(&self) -> Option<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            let ep = format!("http://{}:{ETCD_CLIENT_PORT}", n.host.addr);
+            let status = tokio::time::timeout(Duration::from_secs(1), async {
+                let mut c = etcd_client::Client::connect([ep], None).await.ok()?;
+                c.status().await.ok()
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(st) = status {
+                if let Some(h) = st.header() {
+                    ids.push((h.member_id(), i));
+                }
+                if st.leader() != 0 {
+                    leader = Some(st.leader());
+                }
+            }
+        }
+        let leader = leader?;
+        ids.into_iter()
+            .find(|(id, _)| *id == leader)
+            .map(|(_, i)| i)
+    }
+
     /// The host index of the leader sentinel.
     pub async fn leader_sentinel(&self) -> Result<usize> {
         let uid = self
