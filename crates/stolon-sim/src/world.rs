@@ -108,6 +108,10 @@ pub struct SimConfig {
     /// Zero makes failures instant; the sentinel loop can then spin without yielding to the
     /// paused clock when its decision timer is past and every check fails at the first read.
     pub store_fail_latency: Duration,
+    /// How long after the store every successful call of a sentinel is answered (see
+    /// [`stolon_store::FaultHandle::set_answer_delay`]): infos written meanwhile are missing from
+    /// what the sentinel read, and it decides that much later.
+    pub sentinel_answer_delay: Duration,
     /// Injected bug.
     pub bug: Bug,
     /// Failsafe mode (docs/failsafe.md): the spec's `failsafeMode`, the keepers and proxies on
@@ -137,6 +141,7 @@ impl SimConfig {
             use_pg_rewind: (seed / 2).is_multiple_of(2),
             require_no_lost_writes: sync,
             store_fail_latency: Duration::from_millis(500),
+            sentinel_answer_delay: Duration::ZERO,
             bug: Bug::None,
             failsafe: false,
         }
@@ -426,6 +431,7 @@ impl World {
         for i in 0..w.cfg.sentinels {
             let faults = FaultHandle::new();
             faults.set_latency(w.cfg.store_fail_latency);
+            faults.set_answer_delay(w.cfg.sentinel_answer_delay);
             w.sentinels.push(SentinelSlot {
                 faults,
                 task: None,

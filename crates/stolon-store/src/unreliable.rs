@@ -32,6 +32,7 @@ struct FaultState {
     failed: AtomicU64,
     passed: AtomicU64,
     latency_ms: AtomicU64,
+    answer_delay_ms: AtomicU64,
 }
 
 /// Controls the wrappers made with it. Cheap to clone; clones control the same faults.
@@ -66,6 +67,23 @@ impl FaultHandle {
     pub fn set_latency(&self, latency: Duration) {
         let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         self.state.latency_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Calls that pass are answered this long (tokio time) after the wrapped store answered them:
+    /// the answer shows the store as it was when the request reached it, as a slow reply on a
+    /// real network does. Zero (the default): at once.
+    pub fn set_answer_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.answer_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Returns `r` after the answer delay.
+    async fn answer<T>(&self, r: T) -> T {
+        let delay = Duration::from_millis(self.state.answer_delay_ms.load(Ordering::SeqCst));
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        r
     }
 
     /// Calls failed on purpose so far.
@@ -130,7 +148,9 @@ impl Unreliable {
 impl Store for Unreliable {
     async fn get_cluster_data(&self) -> Result<ClusterDataRead, StoreError> {
         self.faults.gate("get_cluster_data").await?;
-        self.inner.get_cluster_data().await
+        self.faults
+            .answer(self.inner.get_cluster_data().await)
+            .await
     }
 
     async fn put_cluster_data(
@@ -139,41 +159,53 @@ impl Store for Unreliable {
         expected: Option<&Revision>,
     ) -> Result<Revision, StoreError> {
         self.faults.gate("put_cluster_data").await?;
-        self.inner.put_cluster_data(cd, expected).await
+        self.faults
+            .answer(self.inner.put_cluster_data(cd, expected).await)
+            .await
     }
 
     async fn force_put_cluster_data(&self, cd: &ClusterData) -> Result<Revision, StoreError> {
         self.faults.gate("force_put_cluster_data").await?;
-        self.inner.force_put_cluster_data(cd).await
+        self.faults
+            .answer(self.inner.force_put_cluster_data(cd).await)
+            .await
     }
 
     async fn put_keeper_info(&self, info: &KeeperInfo, ttl: Duration) -> Result<(), StoreError> {
         self.faults.gate("put_keeper_info").await?;
-        self.inner.put_keeper_info(info, ttl).await
+        self.faults
+            .answer(self.inner.put_keeper_info(info, ttl).await)
+            .await
     }
 
     async fn get_keepers_info(&self) -> Result<BTreeMap<String, KeeperInfo>, StoreError> {
         self.faults.gate("get_keepers_info").await?;
-        self.inner.get_keepers_info().await
+        self.faults
+            .answer(self.inner.get_keepers_info().await)
+            .await
     }
 
     async fn keeper_info_ages(
         &self,
     ) -> Result<std::collections::BTreeMap<String, Duration>, StoreError> {
         self.faults.gate("keeper_info_ages").await?;
-        self.inner.keeper_info_ages().await
+        self.faults
+            .answer(self.inner.keeper_info_ages().await)
+            .await
     }
 
     async fn proxy_info_ages(
         &self,
     ) -> Result<std::collections::BTreeMap<String, Duration>, StoreError> {
         self.faults.gate("proxy_info_ages").await?;
-        self.inner.proxy_info_ages().await
+        self.faults.answer(self.inner.proxy_info_ages().await).await
     }
 
     async fn delete_keeper_info(&self, uid: &str) -> Result<(), StoreError> {
         self.faults.gate("delete_keeper_info").await?;
-        self.inner.delete_keeper_info(uid).await
+        self.faults
+            .answer(self.inner.delete_keeper_info(uid).await)
+            .await
     }
 
     async fn put_sentinel_info(
@@ -182,22 +214,30 @@ impl Store for Unreliable {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         self.faults.gate("put_sentinel_info").await?;
-        self.inner.put_sentinel_info(info, ttl).await
+        self.faults
+            .answer(self.inner.put_sentinel_info(info, ttl).await)
+            .await
     }
 
     async fn get_sentinels_info(&self) -> Result<Vec<SentinelInfo>, StoreError> {
         self.faults.gate("get_sentinels_info").await?;
-        self.inner.get_sentinels_info().await
+        self.faults
+            .answer(self.inner.get_sentinels_info().await)
+            .await
     }
 
     async fn put_proxy_info(&self, info: &ProxyInfo, ttl: Duration) -> Result<(), StoreError> {
         self.faults.gate("put_proxy_info").await?;
-        self.inner.put_proxy_info(info, ttl).await
+        self.faults
+            .answer(self.inner.put_proxy_info(info, ttl).await)
+            .await
     }
 
     async fn get_proxies_info(&self) -> Result<BTreeMap<String, ProxyInfo>, StoreError> {
         self.faults.gate("get_proxies_info").await?;
-        self.inner.get_proxies_info().await
+        self.faults
+            .answer(self.inner.get_proxies_info().await)
+            .await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -226,17 +266,19 @@ impl UnreliableElection {
 impl Election for UnreliableElection {
     async fn campaign(&self, candidate: &str) -> Result<watch::Receiver<bool>, StoreError> {
         self.faults.gate("campaign").await?;
-        self.inner.campaign(candidate).await
+        self.faults
+            .answer(self.inner.campaign(candidate).await)
+            .await
     }
 
     async fn leader(&self) -> Result<Option<String>, StoreError> {
         self.faults.gate("leader").await?;
-        self.inner.leader().await
+        self.faults.answer(self.inner.leader().await).await
     }
 
     async fn resign(&self) -> Result<(), StoreError> {
         self.faults.gate("resign").await?;
-        self.inner.resign().await
+        self.faults.answer(self.inner.resign().await).await
     }
 
     fn set_ttl(&self, ttl: std::time::Duration) -> bool {
