@@ -27,6 +27,9 @@
 #   CASES=network TIMINGS=fast bench/failover-bench.sh
 #   RUNS=1 CASES=crash bench/failover-bench.sh       smoke run of the crash part
 #   NET_FAULTS=standby-cut,etcd-member-down ...      only these network cases
+#   ETCD_LEADER=on-master CASES=network ...          move etcd's raft leader onto the master's
+#                                                    host before each master fault (or away; by
+#                                                    default it stays where etcd elected it)
 #   CONFIGS=fast-sync CASES=crash ...                crash configurations by name (fast-async
 #                                                    fast-sync default-async default-sync);
 #                                                    by default those of TIMINGS
@@ -41,6 +44,7 @@ TIMINGS=${TIMINGS:-fast,defaults}
 RUNS=${RUNS:-5}
 NET_FAULTS=${NET_FAULTS:-master-cut-leader-away,master-cut-leader-on,master-host-dies,standby-cut,standby-cut-quorum,etcd-member-down}
 LOG_DIR=${LOG_DIR:-target/failover-bench}
+ETCD_LEADER=${ETCD_LEADER:-anywhere}
 
 die() {
     echo "failover-bench.sh: $*" >&2
@@ -59,6 +63,8 @@ for f in ${NET_FAULTS//,/ }; do
     *) die "NET_FAULTS takes master-cut-leader-away, master-cut-leader-on, master-host-dies, standby-cut, standby-cut-quorum and etcd-member-down, not '$f'" ;;
     esac
 done
+[[ $ETCD_LEADER == anywhere || $ETCD_LEADER == on-master || $ETCD_LEADER == away ]] ||
+    die "ETCD_LEADER takes anywhere, on-master and away, not '$ETCD_LEADER'"
 has() { [[ ,$1, == *,$2,* ]]; }
 
 [ -x /usr/bin/etcd ] || bash scripts/install-deps.sh
@@ -104,7 +110,8 @@ if has "$CASES" network; then
             if [[ $f == standby-cut-quorum ]]; then
                 fault=standby-cut repl="sync, quorum" extra=(--quorum)
             fi
-            target/release/fault-campaign --timings "$t" --faults "$fault" --cycles "$RUNS" "${extra[@]}" 2>&1 |
+            target/release/fault-campaign --timings "$t" --etcd-leader "$ETCD_LEADER" --faults "$fault" \
+                --cycles "$RUNS" "${extra[@]}" 2>&1 |
                 tee "$log" || true
             case $f in
             master-cut-leader-away) v=$((fi_s + 2)) goal="failover <= $v s (failInterval + 2 s)" m=failover ;;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::checker::{self, History, Verdict};
-use crate::cluster::{KEEPER_HTTP_PORT, NetCluster, wait_for};
+use crate::cluster::{EtcdLeader, KEEPER_HTTP_PORT, NetCluster, wait_for};
 use crate::workload::{ID_STRIDE, Targets, Workload};
 
 /// The faults.
@@ -176,6 +176,25 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
             c.wait_converged(RECOVERY_LIMIT).await?;
         }
         _ => {}
+    }
+    let master_fault = matches!(
+        fault,
+        Fault::MasterHostDies
+            | Fault::MasterCutLeaderOn
+            | Fault::MasterCutLeaderAway
+            | Fault::MasterCutFromPeers
+            | Fault::MasterIsolated
+            | Fault::MasterOneWayCut
+            | Fault::MasterKeeperKilled
+    );
+    let etcd_target = match c.cfg.etcd_leader {
+        EtcdLeader::OnMaster if master_fault => Some(m),
+        EtcdLeader::Away if master_fault => Some((m + 1) % c.nodes.len()),
+        _ => None,
+    };
+    if let Some(h) = etcd_target {
+        c.move_etcd_leader_to(h).await?;
+        c.wait_converged(RECOVERY_LIMIT).await?;
     }
     let standby = (m + 1) % c.nodes.len();
     // The standby `standby-cut` cuts: with synchronous replication the master's synchronous

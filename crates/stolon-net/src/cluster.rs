@@ -76,6 +76,32 @@ pub struct NetConfig {
     /// Quorum commit: the spec's `quorumCommit` with one to two synchronous standbys (commits
     /// wait for any one of them) instead of exactly one.
     pub quorum: bool,
+    /// Where a master fault's cycle puts etcd's raft leader before the fault.
+    pub etcd_leader: EtcdLeader,
+}
+
+/// Where a master fault's cycle puts etcd's raft leader before the fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EtcdLeader {
+    /// Wherever etcd elected it (not moved).
+    #[default]
+    Anywhere,
+    /// On the master's host, which the fault then takes.
+    OnMaster,
+    /// On a host the fault does not touch.
+    Away,
+}
+
+impl EtcdLeader {
+    /// The placement named `anywhere`, `on-master` or `away`.
+    pub fn by_name(name: &str) -> Option<EtcdLeader> {
+        match name {
+            "anywhere" => Some(EtcdLeader::Anywhere),
+            "on-master" => Some(EtcdLeader::OnMaster),
+            "away" => Some(EtcdLeader::Away),
+            _ => None,
+        }
+    }
 }
 
 impl NetConfig {
@@ -94,6 +120,7 @@ impl NetConfig {
             wal_sender_timeout_s: 2,
             failsafe: false,
             quorum: false,
+            etcd_leader: EtcdLeader::Anywhere,
         }
     }
 
@@ -115,6 +142,7 @@ impl NetConfig {
             wal_sender_timeout_s: 5,
             failsafe: false,
             quorum: false,
+            etcd_leader: EtcdLeader::Anywhere,
         }
     }
 
@@ -657,6 +685,55 @@ impl NetCluster {
             .map(|(_, i)| i)
     }
 
+    /// Moves etcd's raft leader to host `h` (etcd's leadership transfer) and waits until every
+    /// answering member reports it there (at most 30 s).
+    pub async fn move_etcd_leader_to(&self, h: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.etcd_leader().await == Some(h) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("etcd's leader did not move to host {h}");
+            }
+            if let Err(e) = self.request_etcd_leader_move(h).await {
+                eprintln!("moving etcd's leader to host {h}: {e:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// One leadership transfer request to the current raft leader.
+    async fn request_etcd_leader_move(&self, h: usize) -> Result<()> {
+        let client = |i: usize| {
+            let ep = format!("http://{}:{ETCD_CLIENT_PORT}", self.nodes[i].host.addr);
+            async move {
+                tokio::time::timeout(
+                    Duration::from_secs(2),
+                    etcd_client::Client::connect([ep], None),
+                )
+                .await
+                .context("connect timed out")?
+                .context("connect")
+            }
+        };
+        let mut target = client(h).await?;
+        let target_id = target
+            .status()
+            .await
+            .context("status of the target member")?
+            .header()
+            .map(|hd| hd.member_id())
+            .context("no member id")?;
+        let from = self.etcd_leader().await.context("no etcd leader")?;
+        let mut leader = client(from).await?;
+        tokio::time::timeout(Duration::from_secs(5), leader.move_leader(target_id))
+            .await
+            .context("move-leader timed out")?
+            .context("move-leader")?;
+        Ok(())
+    }
+
     /// The host index of the leader sentinel.
     pub async fn leader_sentinel(&self) -> Result<usize> {
         let uid = self
@@ -840,6 +917,16 @@ mod tests {
             Some(20)
         );
         assert!(NetConfig::by_timings("slow", true).is_none());
+    }
+
+    #[test]
+    fn etcd_leader_placements_by_name() {
+        assert_eq!(EtcdLeader::by_name("anywhere"), Some(EtcdLeader::Anywhere));
+        assert_eq!(EtcdLeader::by_name("on-master"), Some(EtcdLeader::OnMaster));
+        assert_eq!(EtcdLeader::by_name("away"), Some(EtcdLeader::Away));
+        assert_eq!(EtcdLeader::by_name("on_master"), None);
+        assert_eq!(NetConfig::fast(true).etcd_leader, EtcdLeader::Anywhere);
+        assert_eq!(NetConfig::defaults(true).etcd_leader, EtcdLeader::Anywhere);
     }
 
     #[test]

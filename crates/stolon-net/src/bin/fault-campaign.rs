@@ -1,22 +1,25 @@
 //! Runs a fault campaign on the multi-host harness:
 //! `fault-campaign [--cycles N] [--async] [--failsafe] [--quorum] [--timings fast|defaults]
-//! [--faults NAME,NAME...]`.
+//! [--etcd-leader anywhere|on-master|away] [--faults NAME,NAME...]`.
 //! A cycle is one fault (the eight faults in turn, or those named, by their table names);
 //! `--timings` picks the spec timings (`fast`, the CI campaign's, by default; `defaults`, the
 //! spec's and the store client's defaults); `--quorum` starts the cluster with quorum commit
-//! (one to two synchronous standbys). Prints a table row per cycle, the per-fault
+//! (one to two synchronous standbys); `--etcd-leader` moves etcd's raft leader, before each
+//! fault of the master, onto the master's host or onto another one (by default it stays where
+//! etcd elected it). Prints a table row per cycle, the per-fault
 //! summary table and one summary line. Exits non-zero if a cycle lost an acknowledged write
 //! with synchronous replication, saw a split brain, or did not converge.
 
 use std::process::ExitCode;
 
 use stolon_net::campaign::{self, ALL, Fault, TABLE_HEADER};
-use stolon_net::cluster::{NetCluster, NetConfig};
+use stolon_net::cluster::{EtcdLeader, NetCluster, NetConfig};
 
 fn usage() -> ExitCode {
     eprintln!(
         "usage: fault-campaign [--cycles N] [--async] [--failsafe] [--quorum] \
-         [--timings fast|defaults] [--faults NAME,NAME...]"
+         [--timings fast|defaults] [--etcd-leader anywhere|on-master|away] \
+         [--faults NAME,NAME...]"
     );
     ExitCode::from(2)
 }
@@ -28,6 +31,7 @@ async fn main() -> ExitCode {
     let mut failsafe = false;
     let mut quorum = false;
     let mut timings = "fast".to_string();
+    let mut etcd_leader = EtcdLeader::Anywhere;
     let mut faults: Vec<Fault> = ALL.to_vec();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -52,6 +56,18 @@ async fn main() -> ExitCode {
                     return usage();
                 }
             },
+            "--etcd-leader" => {
+                let v = args.next().unwrap_or_default();
+                match EtcdLeader::by_name(&v) {
+                    Some(p) => etcd_leader = p,
+                    None => {
+                        eprintln!(
+                            "fault-campaign: --etcd-leader must be anywhere, on-master or away, not {v:?}"
+                        );
+                        return usage();
+                    }
+                }
+            }
             "--faults" => {
                 let names = args.next().unwrap_or_default();
                 let mut chosen = Vec::new();
@@ -84,10 +100,11 @@ async fn main() -> ExitCode {
     let cfg = NetConfig {
         failsafe,
         quorum,
+        etcd_leader,
         ..base_cfg
     };
     println!(
-        "campaign: {cycles} cycles, {}{}{}, {timings} timings (sleepInterval {}s, failInterval {}s, \
+        "campaign: {cycles} cycles, {}{}{}{}, {timings} timings (sleepInterval {}s, failInterval {}s, \
          proxyTimeout {}s, --store-timeout {}s, wal_sender_timeout {}s)",
         if synchronous {
             "synchronous"
@@ -96,6 +113,11 @@ async fn main() -> ExitCode {
         },
         if quorum { ", quorum commit" } else { "" },
         if failsafe { ", failsafe mode" } else { "" },
+        match etcd_leader {
+            EtcdLeader::Anywhere => "",
+            EtcdLeader::OnMaster => ", etcd's leader moved to the master's host",
+            EtcdLeader::Away => ", etcd's leader moved off the master's host",
+        },
         cfg.sleep_interval_s,
         cfg.fail_interval_s,
         cfg.proxy_timeout_s,
