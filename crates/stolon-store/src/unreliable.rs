@@ -77,15 +77,6 @@ impl FaultHandle {
         self.state.answer_delay_ms.store(ms, Ordering::SeqCst);
     }
 
-    /// Returns `r` after the answer delay.
-    async fn answer<T>(&self, r: T) -> T {
-        let delay = Duration::from_millis(self.state.answer_delay_ms.load(Ordering::SeqCst));
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        r
-    }
-
     /// Calls failed on purpose so far.
     pub fn failed_calls(&self) -> u64 {
         self.state.failed.load(Ordering::SeqCst)
@@ -94,6 +85,22 @@ impl FaultHandle {
     /// Calls passed through so far.
     pub fn passed_calls(&self) -> u64 {
         self.state.passed.load(Ordering::SeqCst)
+    }
+
+    /// Runs `call` on the wrapped store unless this call must fail ([`Self::gate`]), and returns
+    /// its answer after the answer delay.
+    async fn call<T>(
+        &self,
+        op: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.gate(op).await?;
+        let answer = call.await;
+        let delay = Duration::from_millis(self.state.answer_delay_ms.load(Ordering::SeqCst));
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        answer
     }
 
     /// `Err` if this call must fail (after the latency, if any), counting it either way.
@@ -147,9 +154,8 @@ impl Unreliable {
 #[async_trait]
 impl Store for Unreliable {
     async fn get_cluster_data(&self) -> Result<ClusterDataRead, StoreError> {
-        self.faults.gate("get_cluster_data").await?;
         self.faults
-            .answer(self.inner.get_cluster_data().await)
+            .call("get_cluster_data", self.inner.get_cluster_data())
             .await
     }
 
@@ -158,53 +164,54 @@ impl Store for Unreliable {
         cd: &ClusterData,
         expected: Option<&Revision>,
     ) -> Result<Revision, StoreError> {
-        self.faults.gate("put_cluster_data").await?;
         self.faults
-            .answer(self.inner.put_cluster_data(cd, expected).await)
+            .call(
+                "put_cluster_data",
+                self.inner.put_cluster_data(cd, expected),
+            )
             .await
     }
 
     async fn force_put_cluster_data(&self, cd: &ClusterData) -> Result<Revision, StoreError> {
-        self.faults.gate("force_put_cluster_data").await?;
         self.faults
-            .answer(self.inner.force_put_cluster_data(cd).await)
+            .call(
+                "force_put_cluster_data",
+                self.inner.force_put_cluster_data(cd),
+            )
             .await
     }
 
     async fn put_keeper_info(&self, info: &KeeperInfo, ttl: Duration) -> Result<(), StoreError> {
-        self.faults.gate("put_keeper_info").await?;
         self.faults
-            .answer(self.inner.put_keeper_info(info, ttl).await)
+            .call("put_keeper_info", self.inner.put_keeper_info(info, ttl))
             .await
     }
 
     async fn get_keepers_info(&self) -> Result<BTreeMap<String, KeeperInfo>, StoreError> {
-        self.faults.gate("get_keepers_info").await?;
         self.faults
-            .answer(self.inner.get_keepers_info().await)
+            .call("get_keepers_info", self.inner.get_keepers_info())
             .await
     }
 
     async fn keeper_info_ages(
         &self,
     ) -> Result<std::collections::BTreeMap<String, Duration>, StoreError> {
-        self.faults.gate("keeper_info_ages").await?;
         self.faults
-            .answer(self.inner.keeper_info_ages().await)
+            .call("keeper_info_ages", self.inner.keeper_info_ages())
             .await
     }
 
     async fn proxy_info_ages(
         &self,
     ) -> Result<std::collections::BTreeMap<String, Duration>, StoreError> {
-        self.faults.gate("proxy_info_ages").await?;
-        self.faults.answer(self.inner.proxy_info_ages().await).await
+        self.faults
+            .call("proxy_info_ages", self.inner.proxy_info_ages())
+            .await
     }
 
     async fn delete_keeper_info(&self, uid: &str) -> Result<(), StoreError> {
-        self.faults.gate("delete_keeper_info").await?;
         self.faults
-            .answer(self.inner.delete_keeper_info(uid).await)
+            .call("delete_keeper_info", self.inner.delete_keeper_info(uid))
             .await
     }
 
@@ -213,30 +220,26 @@ impl Store for Unreliable {
         info: &SentinelInfo,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.faults.gate("put_sentinel_info").await?;
         self.faults
-            .answer(self.inner.put_sentinel_info(info, ttl).await)
+            .call("put_sentinel_info", self.inner.put_sentinel_info(info, ttl))
             .await
     }
 
     async fn get_sentinels_info(&self) -> Result<Vec<SentinelInfo>, StoreError> {
-        self.faults.gate("get_sentinels_info").await?;
         self.faults
-            .answer(self.inner.get_sentinels_info().await)
+            .call("get_sentinels_info", self.inner.get_sentinels_info())
             .await
     }
 
     async fn put_proxy_info(&self, info: &ProxyInfo, ttl: Duration) -> Result<(), StoreError> {
-        self.faults.gate("put_proxy_info").await?;
         self.faults
-            .answer(self.inner.put_proxy_info(info, ttl).await)
+            .call("put_proxy_info", self.inner.put_proxy_info(info, ttl))
             .await
     }
 
     async fn get_proxies_info(&self) -> Result<BTreeMap<String, ProxyInfo>, StoreError> {
-        self.faults.gate("get_proxies_info").await?;
         self.faults
-            .answer(self.inner.get_proxies_info().await)
+            .call("get_proxies_info", self.inner.get_proxies_info())
             .await
     }
 
@@ -265,20 +268,17 @@ impl UnreliableElection {
 #[async_trait]
 impl Election for UnreliableElection {
     async fn campaign(&self, candidate: &str) -> Result<watch::Receiver<bool>, StoreError> {
-        self.faults.gate("campaign").await?;
         self.faults
-            .answer(self.inner.campaign(candidate).await)
+            .call("campaign", self.inner.campaign(candidate))
             .await
     }
 
     async fn leader(&self) -> Result<Option<String>, StoreError> {
-        self.faults.gate("leader").await?;
-        self.faults.answer(self.inner.leader().await).await
+        self.faults.call("leader", self.inner.leader()).await
     }
 
     async fn resign(&self) -> Result<(), StoreError> {
-        self.faults.gate("resign").await?;
-        self.faults.answer(self.inner.resign().await).await
+        self.faults.call("resign", self.inner.resign()).await
     }
 
     fn set_ttl(&self, ttl: std::time::Duration) -> bool {
