@@ -491,6 +491,55 @@ fn bump(tx: &watch::Sender<u64>) {
     tx.send_modify(|c| *c = c.wrapping_add(1));
 }
 
+/// Whether a change watch's member still answers: after [`WATCH_PROBE_AFTER`] of silence the
+/// watch asks for a progress report, and after a further `answer_within` of silence it moves.
+#[derive(Debug, Clone, Copy)]
+struct WatchLiveness {
+    answer_within: Duration,
+    probed: bool,
+}
+
+/// What the change watch does after a wait on its stream ended in silence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Silence {
+    /// Ask the member for a progress report.
+    Probe,
+    /// The member did not answer the report: re-establish the watch elsewhere.
+    Move,
+}
+
+impl WatchLiveness {
+    fn new(answer_within: Duration) -> Self {
+        WatchLiveness {
+            answer_within,
+            probed: false,
+        }
+    }
+
+    /// How long to wait for the next message.
+    fn wait(&self) -> Duration {
+        if self.probed {
+            self.answer_within
+        } else {
+            WATCH_PROBE_AFTER
+        }
+    }
+
+    /// A message arrived: the member answers.
+    fn message(&mut self) {
+        self.probed = false;
+    }
+
+    /// The wait ended without a message.
+    fn silence(&mut self) -> Silence {
+        if std::mem::replace(&mut self.probed, true) {
+            Silence::Move
+        } else {
+            Silence::Probe
+        }
+    }
+}
+
 /// Keeps a watch on `prefix` alive for ever, bumping the counter on every event and whenever
 /// the watch is (re-)established (changes may have been missed meanwhile).
 async fn watch_loop(pool: Arc<EndpointPool>, prefix: String, tx: Arc<watch::Sender<u64>>) {
@@ -520,29 +569,25 @@ async fn watch_loop(pool: Arc<EndpointPool>, prefix: String, tx: Arc<watch::Send
             }
         };
         bump(&tx);
-        let mut probed = false;
+        let mut liveness = WatchLiveness::new(first_attempt_deadline(pool.timeout));
         loop {
-            let wait = if probed {
-                first_attempt_deadline(pool.timeout)
-            } else {
-                WATCH_PROBE_AFTER
-            };
-            let message = match tokio::time::timeout(wait, stream.message()).await {
+            let message = match tokio::time::timeout(liveness.wait(), stream.message()).await {
                 Ok(m) => m,
-                Err(_) if probed => {
-                    tracing::debug!("store watch: no answer to a progress request, moving");
-                    break;
-                }
-                Err(_) => {
-                    if let Err(e) = stream.request_progress().await {
-                        tracing::debug!(error = %e, "store watch: cannot request progress");
+                Err(_) => match liveness.silence() {
+                    Silence::Move => {
+                        tracing::debug!("store watch: no answer to a progress request, moving");
                         break;
                     }
-                    probed = true;
-                    continue;
-                }
+                    Silence::Probe => {
+                        if let Err(e) = stream.request_progress().await {
+                            tracing::debug!(error = %e, "store watch: cannot request progress");
+                            break;
+                        }
+                        continue;
+                    }
+                },
             };
-            probed = false;
+            liveness.message();
             match message {
                 Ok(Some(resp)) => {
                     backoff = WATCH_BACKOFF_MIN;
@@ -1251,6 +1296,23 @@ mod tests {
             .await;
         assert_eq!(r.expect("hedged to a live member"), 1);
         assert_eq!(fake.origin.elapsed(), timeout / HEDGES_PER_BUDGET + MS(5));
+    }
+
+    #[test]
+    fn a_silent_watch_is_probed_then_moved_and_a_message_resets_it() {
+        let mut l = WatchLiveness::new(MS(700));
+        assert_eq!(l.wait(), WATCH_PROBE_AFTER);
+        assert_eq!(l.silence(), Silence::Probe);
+        assert_eq!(
+            l.wait(),
+            MS(700),
+            "the probe's answer is awaited for the given time"
+        );
+        // The member answers the probe (or sends an event): back to waiting for silence.
+        l.message();
+        assert_eq!(l.wait(), WATCH_PROBE_AFTER);
+        assert_eq!(l.silence(), Silence::Probe);
+        assert_eq!(l.silence(), Silence::Move, "no answer to the probe");
     }
 
     #[test]
