@@ -96,6 +96,20 @@ impl Fault {
         }
     }
 
+    /// Whether the fault cuts off or kills the master (its host, or its keeper and PostgreSQL).
+    pub fn cuts_or_kills_the_master(self) -> bool {
+        matches!(
+            self,
+            Fault::MasterHostDies
+                | Fault::MasterCutLeaderOn
+                | Fault::MasterCutLeaderAway
+                | Fault::MasterCutFromPeers
+                | Fault::MasterIsolated
+                | Fault::MasterOneWayCut
+                | Fault::MasterKeeperKilled
+        )
+    }
+
     /// The fault with this table name.
     pub fn by_name(name: &str) -> Option<Fault> {
         EVERY.iter().copied().find(|f| f.name() == name)
@@ -177,19 +191,9 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
         }
         _ => {}
     }
-    let master_fault = matches!(
-        fault,
-        Fault::MasterHostDies
-            | Fault::MasterCutLeaderOn
-            | Fault::MasterCutLeaderAway
-            | Fault::MasterCutFromPeers
-            | Fault::MasterIsolated
-            | Fault::MasterOneWayCut
-            | Fault::MasterKeeperKilled
-    );
     let etcd_target = match c.cfg.etcd_leader {
-        EtcdLeader::OnMaster if master_fault => Some(m),
-        EtcdLeader::Away if master_fault => Some((m + 1) % c.nodes.len()),
+        EtcdLeader::OnMaster if fault.cuts_or_kills_the_master() => Some(m),
+        EtcdLeader::Away if fault.cuts_or_kills_the_master() => Some((m + 1) % c.nodes.len()),
         _ => None,
     };
     if let Some(h) = etcd_target {

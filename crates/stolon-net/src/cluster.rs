@@ -656,82 +656,82 @@ impl NetCluster {
         Ok(self.nodes.iter().position(|n| n.keeper_uid() == uid))
     }
 
-    /// The host index of etcd's raft leader, as the members answering within a second report it
-    /// (`None` when none answers or the leader is none of them).
-    pub async fn etcd_leader(&self) -> Option<usize> {
+    /// A client of the etcd member on host `i`, connected within 2 s.
+    async fn etcd_client(&self, i: usize) -> Result<etcd_client::Client> {
+        let ep = format!("http://{}:{ETCD_CLIENT_PORT}", self.nodes[i].host.addr);
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            etcd_client::Client::connect([ep], None),
+        )
+        .await
+        .context("connect timed out")?
+        .context("connect")
+    }
+
+    /// The member id of each etcd member answering its status within a second, by host, and the
+    /// raft leader's member id as they report it.
+    async fn etcd_members(&self) -> (Vec<(usize, u64)>, Option<u64>) {
         let mut ids = Vec::new();
         let mut leader = None;
-        for (i, n) in self.nodes.iter().enumerate() {
-            let ep = format!("http://{}:{ETCD_CLIENT_PORT}", n.host.addr);
+        for i in 0..self.nodes.len() {
             let status = tokio::time::timeout(Duration::from_secs(1), async {
-                let mut c = etcd_client::Client::connect([ep], None).await.ok()?;
-                c.status().await.ok()
+                self.etcd_client(i).await.ok()?.status().await.ok()
             })
             .await
             .ok()
             .flatten();
             if let Some(st) = status {
                 if let Some(h) = st.header() {
-                    ids.push((h.member_id(), i));
+                    ids.push((i, h.member_id()));
                 }
                 if st.leader() != 0 {
                     leader = Some(st.leader());
                 }
             }
         }
-        let leader = leader?;
-        ids.into_iter()
-            .find(|(id, _)| *id == leader)
-            .map(|(_, i)| i)
+        (ids, leader)
     }
 
-    /// Moves etcd's raft leader to host `h` (etcd's leadership transfer) and waits until every
-    /// answering member reports it there (at most 30 s).
+    /// The host index of etcd's raft leader, as the members answering within a second report it
+    /// (`None` when none answers or the leader is none of them).
+    pub async fn etcd_leader(&self) -> Option<usize> {
+        let (ids, leader) = self.etcd_members().await;
+        let leader = leader?;
+        ids.into_iter()
+            .find(|(_, id)| *id == leader)
+            .map(|(i, _)| i)
+    }
+
+    /// Moves etcd's raft leader to host `h` (etcd's leadership transfer) and waits until the
+    /// answering members report it there (at most 30 s).
     pub async fn move_etcd_leader_to(&self, h: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if self.etcd_leader().await == Some(h) {
+            let (ids, leader) = self.etcd_members().await;
+            let host_of = |id: u64| ids.iter().find(|(_, m)| *m == id).map(|(i, _)| *i);
+            let from = leader.and_then(host_of);
+            if from == Some(h) {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("etcd's leader did not move to host {h}");
             }
-            if let Err(e) = self.request_etcd_leader_move(h).await {
-                eprintln!("moving etcd's leader to host {h}: {e:#}");
+            let target = ids.iter().find(|(i, _)| *i == h).map(|(_, id)| *id);
+            if let (Some(from), Some(target)) = (from, target) {
+                // The transfer must be asked of the current leader.
+                let moved = async {
+                    let mut c = self.etcd_client(from).await?;
+                    tokio::time::timeout(Duration::from_secs(5), c.move_leader(target))
+                        .await
+                        .context("move-leader timed out")?
+                        .context("move-leader")
+                };
+                if let Err(e) = moved.await {
+                    eprintln!("moving etcd's leader to host {h}: {e:#}");
+                }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-    }
-
-    /// One leadership transfer request to the current raft leader.
-    async fn request_etcd_leader_move(&self, h: usize) -> Result<()> {
-        let client = |i: usize| {
-            let ep = format!("http://{}:{ETCD_CLIENT_PORT}", self.nodes[i].host.addr);
-            async move {
-                tokio::time::timeout(
-                    Duration::from_secs(2),
-                    etcd_client::Client::connect([ep], None),
-                )
-                .await
-                .context("connect timed out")?
-                .context("connect")
-            }
-        };
-        let mut target = client(h).await?;
-        let target_id = target
-            .status()
-            .await
-            .context("status of the target member")?
-            .header()
-            .map(|hd| hd.member_id())
-            .context("no member id")?;
-        let from = self.etcd_leader().await.context("no etcd leader")?;
-        let mut leader = client(from).await?;
-        tokio::time::timeout(Duration::from_secs(5), leader.move_leader(target_id))
-            .await
-            .context("move-leader timed out")?
-            .context("move-leader")?;
-        Ok(())
     }
 
     /// The host index of the leader sentinel.
