@@ -209,9 +209,15 @@ async fn infos_are_found_by_labels_on_live_pods() {
     k2.put_keeper_info(&keeper("keeper2", "i2"), TTL)
         .await
         .expect("k2");
-    sa.put_sentinel_info(&SentinelInfo { uid: "s-a".into() }, TTL)
-        .await
-        .expect("sentinel");
+    sa.put_sentinel_info(
+        &SentinelInfo {
+            uid: "s-a".into(),
+            ..Default::default()
+        },
+        TTL,
+    )
+    .await
+    .expect("sentinel");
     let pinfo = ProxyInfo {
         uid: "p1".into(),
         info_uid: "pi".into(),
@@ -243,7 +249,13 @@ async fn infos_are_found_by_labels_on_live_pods() {
     assert_eq!(keepers["keeper2"], keeper("keeper2", "i2"));
     // sentinel-b never published: skipped, no empty entry.
     let sentinels = px.get_sentinels_info().await.expect("sentinels");
-    assert_eq!(sentinels, vec![SentinelInfo { uid: "s-a".into() }]);
+    assert_eq!(
+        sentinels,
+        vec![SentinelInfo {
+            uid: "s-a".into(),
+            ..Default::default()
+        }]
+    );
     let proxies = sa.get_proxies_info().await.expect("proxies");
     assert_eq!(proxies.len(), 1);
     assert_eq!(proxies["p1"], pinfo);
@@ -426,20 +438,35 @@ async fn an_unchanged_sentinel_info_is_written_once() {
     let (s, _) = open(&fake, "c1", Some("sentinel-0"), KubeOptions::default());
     let short = Duration::from_millis(100);
     for _ in 0..3 {
-        s.put_sentinel_info(&SentinelInfo { uid: "s0".into() }, short)
-            .await
-            .expect("publish");
+        s.put_sentinel_info(
+            &SentinelInfo {
+                uid: "s0".into(),
+                ..Default::default()
+            },
+            short,
+        )
+        .await
+        .expect("publish");
         tokio::time::sleep(short).await;
     }
     assert_eq!(fake.requests("PATCH", "pods"), 1);
     assert_eq!(
         status_of::<SentinelInfo>(&fake, "sentinel-0"),
-        SentinelInfo { uid: "s0".into() }
+        SentinelInfo {
+            uid: "s0".into(),
+            ..Default::default()
+        }
     );
     // What was written is remembered per process: a new one writes at once.
     let (again, _) = open(&fake, "c1", Some("sentinel-0"), KubeOptions::default());
     again
-        .put_sentinel_info(&SentinelInfo { uid: "s0".into() }, short)
+        .put_sentinel_info(
+            &SentinelInfo {
+                uid: "s0".into(),
+                ..Default::default()
+            },
+            short,
+        )
         .await
         .expect("restarted");
     assert_eq!(fake.requests("PATCH", "pods"), 2);

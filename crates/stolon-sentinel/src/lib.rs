@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use stolon_core::model::{ClusterData, SentinelInfo};
 use stolon_core::sentinel::{
-    DecideInput, Event, SentinelMemory, Severity, decide, expired_info_silence, memory_at_takeover,
-    remember_expired_keepers_at_takeover, remember_proxies_at_takeover, validate_invariants,
+    DecideInput, Event, SentinelMemory, Severity, Sightings, decide, expired_info_silence,
+    memory_at_takeover, remember_expired_keepers_at_takeover, remember_proxies_at_takeover,
+    validate_invariants,
 };
 use stolon_core::timestamp::Timestamp;
 use stolon_core::uid::{UidSource, uid_from_bytes};
@@ -47,6 +48,14 @@ pub fn election_ttl(sleep_interval: Duration) -> Duration {
     sleep_interval
         .saturating_mul(3)
         .clamp(ELECTION_TTL_MIN, ELECTION_TTL_MAX)
+}
+
+/// How long a leader acts after starting a publish of its info, at most, with an election lease
+/// of `ttl`: three quarters of it, when the leader would also step down for want of a lease
+/// refresh. Announced in the info; the other candidates depose a leader whose info stays
+/// unchanged for longer (stolon_core::sentinel::leadership).
+pub fn leader_hold(ttl: Duration) -> Duration {
+    ttl * 3 / 4
 }
 
 /// The resync period a clusterdata read gives (`None`: no usable clusterdata).
@@ -122,6 +131,11 @@ fn log_event(ev: &Event) {
 struct Sentinel {
     cfg: Config,
     store: Arc<dyn Store>,
+    election: Arc<dyn Election>,
+    /// Whether leadership holds by heartbeats (our info announces a hold).
+    heartbeats: bool,
+    /// What we saw of the keepers' and proxies' infos, leading or not.
+    sightings: Sightings,
     metrics: Metrics,
     origin: Instant,
     memory: SentinelMemory,
@@ -155,20 +169,30 @@ impl Sentinel {
             return Ok(());
         }
         let ttl = (2 * self.sleep).max(MIN_TTL);
+        let hold = leader_hold(election_ttl(self.sleep));
+        let started = Instant::now();
         self.store
             .put_sentinel_info(
                 &SentinelInfo {
                     uid: self.cfg.uid.clone(),
+                    leader_hold_ms: self
+                        .heartbeats
+                        .then(|| u64::try_from(hold.as_millis()).unwrap_or(u64::MAX)),
                 },
                 ttl,
             )
             .await?;
-        self.last_info_publish = Some(Instant::now());
+        let completed = Instant::now();
+        self.last_info_publish = Some(completed);
+        if self.heartbeats {
+            self.election.heartbeat(started, completed, hold);
+        }
         Ok(())
     }
 
     /// One check (docs/architecture.md §6.1). Errors are logged; the next wake retries.
-    async fn check(&mut self, leader: bool) {
+    /// `leading` is asked again just before a write: leadership may end during the check.
+    async fn check(&mut self, leader: bool, leading: &tokio::sync::watch::Receiver<bool>) {
         let read = match stolon_store::repeat::read_cluster_data(
             self.store.as_ref(),
             &mut self.cd_errors,
@@ -202,10 +226,6 @@ impl Sentinel {
             tracing::error!(error = %e, "failed to update sentinel info");
             return;
         }
-        if !leader {
-            self.metrics.last_check_success.set(unix_seconds());
-            return;
-        }
         let keepers = match self.store.get_keepers_info().await {
             Ok(k) => k,
             Err(e) => {
@@ -223,47 +243,19 @@ impl Sentinel {
                 return;
             }
         };
+        // Every sentinel watches the infos, so one that takes over knows how long each has been
+        // silent from its own clock (stolon_core::sentinel::Sightings).
+        self.sightings.observe(
+            &keepers,
+            &proxies,
+            Instant::now().duration_since(self.origin),
+        );
+        if !leader {
+            self.metrics.last_check_success.set(unix_seconds());
+            return;
+        }
         if std::mem::take(&mut self.takeover) {
-            match self.store.keeper_info_ages().await {
-                Ok(ages) if !ages.is_empty() => {
-                    // Read after the infos: an info replaced since only looks younger.
-                    let proxy_ages = match self.store.proxy_info_ages().await {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot read proxy info ages, judging proxies from now");
-                            BTreeMap::new()
-                        }
-                    };
-                    let now = Instant::now().duration_since(self.origin);
-                    tracing::info!(?ages, ?proxy_ages, "keeper and proxy info ages at takeover");
-                    self.memory = memory_at_takeover(&keepers, &ages, now);
-                    if let Some(cd) = read.data.as_ref() {
-                        let expired: Vec<&String> = cd
-                            .keepers
-                            .keys()
-                            .filter(|k| !keepers.contains_key(*k))
-                            .collect();
-                        if !expired.is_empty() {
-                            tracing::info!(
-                                ?expired,
-                                "keepers without an info at takeover: silent for at least {:?}",
-                                expired_info_silence()
-                            );
-                        }
-                        remember_expired_keepers_at_takeover(
-                            &mut self.memory,
-                            cd.keepers.keys(),
-                            &keepers,
-                            now,
-                        );
-                    }
-                    remember_proxies_at_takeover(&mut self.memory, &proxies, &proxy_ages, now);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read keeper info ages, judging keepers from now")
-                }
-            }
+            self.take_over(read.data.as_ref(), &keepers, &proxies).await;
         }
         let now = Instant::now();
         let input = DecideInput {
@@ -298,6 +290,10 @@ impl Sentinel {
                 tracing::error!(error = %v, "refusing to write clusterdata breaking a safety invariant");
                 return;
             }
+            if !*leading.borrow() {
+                tracing::info!("leadership ended during the check, not writing its decision");
+                return;
+            }
             if !self.write(&next, read.revision.as_ref()).await {
                 return;
             }
@@ -308,6 +304,63 @@ impl Sentinel {
             }
         }
         self.metrics.last_check_success.set(unix_seconds());
+    }
+
+    /// Seeds the memory of a leadership just gained (stolon_core::sentinel::memory_at_takeover
+    /// and the rules beside it): from the ages of the infos in the store, where it reports them,
+    /// and from what this sentinel saw itself while it followed. With neither, the first decision
+    /// starts every clock afresh.
+    async fn take_over(
+        &mut self,
+        cd: Option<&ClusterData>,
+        keepers: &BTreeMap<String, stolon_core::model::KeeperInfo>,
+        proxies: &BTreeMap<String, stolon_core::model::ProxyInfo>,
+    ) {
+        let ages = match self.store.keeper_info_ages().await {
+            Ok(ages) => ages,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read keeper info ages at takeover");
+                BTreeMap::new()
+            }
+        };
+        if ages.is_empty() && self.sightings.is_empty() {
+            return;
+        }
+        // Read after the infos: an info replaced since only looks younger.
+        let proxy_ages = if ages.is_empty() {
+            BTreeMap::new()
+        } else {
+            match self.store.proxy_info_ages().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read proxy info ages at takeover");
+                    BTreeMap::new()
+                }
+            }
+        };
+        let now = Instant::now().duration_since(self.origin);
+        tracing::info!(?ages, ?proxy_ages, "keeper and proxy info ages at takeover");
+        self.memory = memory_at_takeover(keepers, &ages, now);
+        // Only a store that reports ages expires infos by leases (see the rule's docs).
+        if !ages.is_empty()
+            && let Some(cd) = cd
+        {
+            let expired: Vec<&String> = cd
+                .keepers
+                .keys()
+                .filter(|k| !keepers.contains_key(*k))
+                .collect();
+            if !expired.is_empty() {
+                tracing::info!(
+                    ?expired,
+                    "keepers without an info at takeover: silent for at least {:?}",
+                    expired_info_silence()
+                );
+            }
+            remember_expired_keepers_at_takeover(&mut self.memory, cd.keepers.keys(), keepers, now);
+        }
+        remember_proxies_at_takeover(&mut self.memory, proxies, &proxy_ages, now);
+        self.sightings.credit(&mut self.memory, keepers, proxies);
     }
 
     async fn write(&self, next: &ClusterData, rev: Option<&stolon_store::Revision>) -> bool {
@@ -391,12 +444,16 @@ pub async fn run(
     if election.set_ttl(ttl) {
         tracing::info!(ttl = ?ttl, "election lease TTL");
     }
+    let heartbeats = election.use_heartbeats();
     let Some(mut leader_rx) = campaign(&election, &uid, &cancel).await else {
         return Ok(());
     };
     let mut s = Sentinel {
         cfg,
         store,
+        election: election.clone(),
+        heartbeats,
+        sightings: Sightings::new(),
         metrics,
         origin: Instant::now(),
         memory: SentinelMemory::default(),
@@ -424,7 +481,7 @@ pub async fn run(
         s.metrics.is_leader.set(i64::from(leader));
         changes.borrow_and_update();
         tracing::debug!(woke_by, leader, "check");
-        s.check(leader).await;
+        s.check(leader, &leader_rx).await;
         // sleepInterval changed: campaign again with a lease of the new TTL. The leader steps
         // down for it (before its key goes, as on any resignation), and the next leader, which
         // may be this sentinel again, takes over with the keepers' info ages: a leader must

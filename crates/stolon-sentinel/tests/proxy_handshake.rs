@@ -388,6 +388,7 @@ async fn proxy_publish_during_a_check_is_not_lost() {
         .put_sentinel_info(
             &SentinelInfo {
                 uid: "observer".into(),
+                ..Default::default()
             },
             INFO_TTL,
         )

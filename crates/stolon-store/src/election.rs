@@ -6,17 +6,26 @@
 //! prefix. It refreshes the lease every `ttl/3`. If it cannot refresh for `3/4 ttl` it steps
 //! down on its own, before the lease can expire on the server and a successor be elected, so two
 //! candidates never both see `true`. When its lease is gone it campaigns again with a new one.
+//!
+//! With heartbeats ([`LeaseElection::use_heartbeats`]) leadership also holds only while the
+//! candidate's sentinel info is published within its hold, and a candidate that does not lead
+//! deletes the leader's key once that leader's info stayed unchanged for longer than its hold
+//! allows, without waiting for the store to expire the leader's lease
+//! (stolon_core::sentinel::leadership has the rules and their argument).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use stolon_core::model::SentinelInfo;
+use stolon_core::sentinel::leadership::{Beat, Deposal, DeposalWatch, LeaderBeat, LeaderHold};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::StoreError;
 use crate::keys::KeyLayout;
-use crate::kv::KvBackend;
+use crate::kv::{KvBackend, KvEntry};
 
 /// Default election TTL (Stolon's session TTL).
 pub const DEFAULT_ELECTION_TTL: Duration = Duration::from_secs(20);
@@ -38,6 +47,11 @@ pub(crate) struct LeaseElection<B: KvBackend> {
     layout: KeyLayout,
     ttl: Mutex<Duration>,
     campaign: Mutex<Option<Campaign>>,
+    heartbeats: AtomicBool,
+    /// The instant the heartbeats' times are counted from.
+    origin: Instant,
+    /// The latest reported publish of our info.
+    beats: watch::Sender<Option<Beat>>,
 }
 
 impl<B: KvBackend> LeaseElection<B> {
@@ -47,7 +61,32 @@ impl<B: KvBackend> LeaseElection<B> {
             layout,
             ttl: Mutex::new(ttl.max(Duration::from_secs(1))),
             campaign: Mutex::new(None),
+            heartbeats: AtomicBool::new(false),
+            origin: Instant::now(),
+            beats: watch::channel(None).0,
         }
+    }
+
+    /// Leadership holds by heartbeats from the next campaign on (see the module docs).
+    pub fn use_heartbeats(&self) {
+        self.heartbeats.store(true, Ordering::SeqCst);
+    }
+
+    /// A successful publish of our info announcing `hold`.
+    pub fn heartbeat(&self, started: Instant, completed: Instant, hold: Duration) {
+        // A publish that started before our origin cannot be placed on our time line from the
+        // safe side; there is no such publish in practice (the election exists first).
+        let (Some(started), Some(completed)) = (
+            started.checked_duration_since(self.origin),
+            completed.checked_duration_since(self.origin),
+        ) else {
+            return;
+        };
+        self.beats.send_replace(Some(Beat {
+            started,
+            completed,
+            hold,
+        }));
     }
 
     /// Sets the lease TTL of the next campaign (at least 1 s).
@@ -61,6 +100,10 @@ impl<B: KvBackend> LeaseElection<B> {
         let (tx, rx) = watch::channel(false);
         let tx = Arc::new(tx);
         let lease = Arc::new(Mutex::new(None));
+        let heartbeats = self.heartbeats.load(Ordering::SeqCst).then(|| Heartbeats {
+            origin: self.origin,
+            beats: self.beats.subscribe(),
+        });
         let task = tokio::spawn(run_campaign(
             self.backend.clone(),
             self.layout.clone(),
@@ -68,6 +111,7 @@ impl<B: KvBackend> LeaseElection<B> {
             candidate.to_string(),
             tx.clone(),
             lease.clone(),
+            heartbeats,
         ));
         *self.campaign.lock().expect("campaign lock poisoned") = Some(Campaign { task, lease, tx });
         Ok(rx)
@@ -118,6 +162,44 @@ fn set(tx: &watch::Sender<bool>, leader: bool) {
     });
 }
 
+/// What a campaign with heartbeats needs: the time line of the reported publishes and the
+/// channel they arrive on.
+struct Heartbeats {
+    origin: Instant,
+    beats: watch::Receiver<Option<Beat>>,
+}
+
+impl Heartbeats {
+    fn mono(&self, t: Instant) -> Duration {
+        t.saturating_duration_since(self.origin)
+    }
+}
+
+/// The leader as a candidate sees it: its key, and the revision and announced hold of its info.
+async fn observe_leader<B: KvBackend>(
+    backend: &B,
+    layout: &KeyLayout,
+    leader: &KvEntry,
+) -> Result<LeaderBeat, StoreError> {
+    let uid = String::from_utf8_lossy(&leader.value).into_owned();
+    let info = backend.get(&layout.sentinel_info(&uid)).await?;
+    let (revision, hold) = match info {
+        Some((value, revision)) => {
+            let hold = stolon_core::model::json::from_slice::<SentinelInfo>(&value)
+                .ok()
+                .and_then(|i| i.leader_hold_ms)
+                .map(Duration::from_millis);
+            (revision, hold)
+        }
+        None => (0, None),
+    };
+    Ok(LeaderBeat {
+        key: leader.key.clone(),
+        revision,
+        hold,
+    })
+}
+
 async fn run_campaign<B: KvBackend>(
     backend: Arc<B>,
     layout: KeyLayout,
@@ -125,11 +207,17 @@ async fn run_campaign<B: KvBackend>(
     candidate: String,
     tx: Arc<watch::Sender<bool>>,
     lease_slot: Arc<Mutex<Option<i64>>>,
+    mut heartbeats: Option<Heartbeats>,
 ) {
     let mut changes = backend.changes();
     let refresh_every = ttl / 3;
     let step_down_after = ttl * 3 / 4;
     let poll = (ttl / 4).min(POLL_CAP);
+    // Kept across our own campaigns: the argument for a hold does not depend on which key we
+    // hold (stolon_core::sentinel::leadership).
+    let mut hold = LeaderHold::new();
+    let mut deposal = DeposalWatch::new();
+    let mut last_beat = None;
     loop {
         set(&tx, false);
         // 1. A lease and our key.
@@ -181,33 +269,119 @@ async fn run_campaign<B: KvBackend>(
                 let _ = backend.revoke(lease).await;
                 break;
             }
+            if let Some(hb) = heartbeats.as_ref() {
+                let beat = *hb.beats.borrow();
+                if beat != last_beat {
+                    last_beat = beat;
+                    if let Some(beat) = beat {
+                        hold.published(beat);
+                    }
+                }
+            }
+            let mut wake = next_refresh.min(renewed_at + step_down_after);
+            let read_started = Instant::now();
             match backend.list(&layout.election_prefix()).await {
                 Ok(list) => {
                     if !list.iter().any(|e| e.key == key) {
                         tracing::info!("election: our candidate key is gone");
+                        let _ = backend.revoke(lease).await;
                         break;
                     }
                     let first = list.first().is_some_and(|e| e.key == key);
-                    set(&tx, first);
+                    let Some(hb) = heartbeats.as_ref() else {
+                        set(&tx, first);
+                        wake = wake.min(Instant::now() + poll);
+                        if !wait(&mut changes, &mut heartbeats, wake, &tx).await {
+                            return;
+                        }
+                        continue;
+                    };
+                    hold.key_seen(hb.mono(read_started));
+                    let leads = first && hold.may_act(hb.mono(Instant::now()));
+                    set(&tx, leads);
+                    if leads && let Some(d) = hold.deadline() {
+                        wake = wake.min(hb.origin + d);
+                    }
+                    let leader = if first { None } else { list.first() };
+                    let verdict = match leader {
+                        None => deposal.observe(None, hb.mono(Instant::now())),
+                        Some(l) => match observe_leader(backend.as_ref(), &layout, l).await {
+                            Ok(beat) => deposal.observe(Some(beat), hb.mono(Instant::now())),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "election: cannot read the leader's info");
+                                Deposal::Never
+                            }
+                        },
+                    };
+                    match verdict {
+                        Deposal::Never => {}
+                        Deposal::WaitUntil(t) => wake = wake.min(hb.origin + t),
+                        Deposal::Depose { key: old, revision } => {
+                            let uid = leader
+                                .map(|l| String::from_utf8_lossy(&l.value).into_owned())
+                                .unwrap_or_default();
+                            match backend
+                                .delete_if(&old, &layout.sentinel_info(&uid), revision)
+                                .await
+                            {
+                                Ok(true) => {
+                                    tracing::warn!(
+                                        leader = %uid,
+                                        "election: deposed the leader sentinel, its info stopped changing for longer than its hold"
+                                    );
+                                    // Look again at once: we may be next.
+                                    continue;
+                                }
+                                // Its info changed meanwhile: it is alive.
+                                Ok(false) => {}
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "election: cannot depose the leader")
+                                }
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "election: cannot read candidates");
                 }
             }
-            let wake = next_refresh.min(renewed_at + step_down_after);
-            let wake = wake.min(Instant::now() + poll);
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => {}
-                r = changes.changed() => {
-                    if r.is_err() {
-                        // The store is gone: nothing can be observed any more.
-                        set(&tx, false);
-                        return;
-                    }
-                }
+            wake = wake.min(Instant::now() + poll);
+            if !wait(&mut changes, &mut heartbeats, wake, &tx).await {
+                return;
             }
         }
         set(&tx, false);
         *lease_slot.lock().expect("lease lock poisoned") = None;
+    }
+}
+
+/// Sleeps until `wake`, a store change or a reported heartbeat. False when the store is gone
+/// (leadership then ends: nothing can be observed any more).
+async fn wait(
+    changes: &mut watch::Receiver<u64>,
+    heartbeats: &mut Option<Heartbeats>,
+    wake: Instant,
+    tx: &watch::Sender<bool>,
+) -> bool {
+    let beat = async {
+        match heartbeats.as_mut() {
+            Some(hb) => {
+                if hb.beats.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep_until(wake) => true,
+        _ = beat => true,
+        r = changes.changed() => {
+            if r.is_err() {
+                set(tx, false);
+                return false;
+            }
+            true
+        }
     }
 }

@@ -691,6 +691,20 @@ impl KvBackend for EtcdBackend {
         }
     }
 
+    async fn delete_if(&self, key: &str, guard: &str, expected: i64) -> Result<bool, StoreError> {
+        let cmp = Compare::mod_revision(guard, CompareOp::Equal, expected);
+        let resp = self
+            .pool
+            .call("compare-and-delete", Hedge::Off, |mut c| {
+                let txn = Txn::new()
+                    .when([cmp.clone()])
+                    .and_then([TxnOp::delete(key, None)]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(resp.succeeded())
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<KvEntry>, StoreError> {
         let resp = self
             .pool
@@ -931,6 +945,18 @@ impl Election for EtcdElection {
     fn set_ttl(&self, ttl: Duration) -> bool {
         self.inner.set_ttl(ttl);
         true
+    }
+    fn use_heartbeats(&self) -> bool {
+        self.inner.use_heartbeats();
+        true
+    }
+    fn heartbeat(
+        &self,
+        started: tokio::time::Instant,
+        completed: tokio::time::Instant,
+        hold: Duration,
+    ) {
+        self.inner.heartbeat(started, completed, hold);
     }
 }
 

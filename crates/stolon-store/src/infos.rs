@@ -53,7 +53,10 @@ mod tests {
         let m = keepers_by_uid(vec![("a".into(), k("k2")), ("k1".into(), k(""))]);
         assert_eq!(m.keys().collect::<Vec<_>>(), vec!["k1", "k2"]);
 
-        let s = |uid: &str| SentinelInfo { uid: uid.into() };
+        let s = |uid: &str| SentinelInfo {
+            uid: uid.into(),
+            ..Default::default()
+        };
         let v = sentinels_sorted(vec![("x".into(), s("s2")), ("s1".into(), s(""))]);
         assert_eq!(v, vec![s("s1"), s("s2")]);
     }

@@ -40,6 +40,9 @@ pub(crate) trait KvBackend: Send + Sync + 'static {
         value: Vec<u8>,
         expected: Option<i64>,
     ) -> Result<Option<i64>, StoreError>;
+    /// Deletes `key` if `guard`'s mod revision is `expected` (`0`: if `guard` is absent), in one
+    /// transaction. `Ok(false)` when the comparison failed; deleting an absent key succeeds.
+    async fn delete_if(&self, key: &str, guard: &str, expected: i64) -> Result<bool, StoreError>;
     /// All keys under `prefix`, by ascending create revision.
     async fn list(&self, prefix: &str) -> Result<Vec<KvEntry>, StoreError>;
     /// A new lease of `ttl` (whole seconds, rounded up).

@@ -140,6 +140,28 @@ pub trait Election: Send + Sync + 'static {
     fn set_ttl(&self, _ttl: Duration) -> bool {
         false
     }
+
+    /// Makes leadership hold by heartbeats (stolon_core::sentinel::leadership): from the next
+    /// campaign on, this candidate leads only while [`Election::heartbeat`] reports publishes of
+    /// its sentinel info within their hold, and while it does not lead it deposes a leader whose
+    /// info announced a hold and then stayed unchanged for longer. Returns false when the
+    /// backend's election keeps its own lock (the Kubernetes lease): nothing changes then, and
+    /// the caller must not announce a hold in its info.
+    fn use_heartbeats(&self) -> bool {
+        false
+    }
+
+    /// Reports a successful publish of this candidate's info announcing `hold`: `started` taken
+    /// before it was sent, `completed` after its success came back. No-op unless
+    /// [`Election::use_heartbeats`] returned true.
+    fn heartbeat(
+        &self,
+        started: tokio::time::Instant,
+        completed: tokio::time::Instant,
+        hold: Duration,
+    ) {
+        let _ = (started, completed, hold);
+    }
 }
 
 /// Connects to the configured store: etcd v3 (the store and its sentinel election share the

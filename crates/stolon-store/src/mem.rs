@@ -343,6 +343,16 @@ impl KvBackend for MemBackend {
         st.put(key, value, None).map(Some)
     }
 
+    async fn delete_if(&self, key: &str, guard: &str, expected: i64) -> Result<bool, StoreError> {
+        let mut st = self.kv.begin()?;
+        let current = st.kvs.get(guard).map_or(0, |e| e.mod_revision);
+        if current != expected {
+            return Ok(false);
+        }
+        st.delete(key);
+        Ok(true)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<KvEntry>, StoreError> {
         let st = self.kv.begin()?;
         let mut out: Vec<KvEntry> = st
@@ -547,6 +557,18 @@ impl Election for MemElection {
     fn set_ttl(&self, ttl: Duration) -> bool {
         self.inner.set_ttl(ttl);
         true
+    }
+    fn use_heartbeats(&self) -> bool {
+        self.inner.use_heartbeats();
+        true
+    }
+    fn heartbeat(
+        &self,
+        started: tokio::time::Instant,
+        completed: tokio::time::Instant,
+        hold: Duration,
+    ) {
+        self.inner.heartbeat(started, completed, hold);
     }
 }
 

@@ -284,6 +284,20 @@ impl Election for UnreliableElection {
     fn set_ttl(&self, ttl: std::time::Duration) -> bool {
         self.inner.set_ttl(ttl)
     }
+
+    fn use_heartbeats(&self) -> bool {
+        self.inner.use_heartbeats()
+    }
+
+    // A report of a publish that already went through the (faulty) store, not a store call.
+    fn heartbeat(
+        &self,
+        started: tokio::time::Instant,
+        completed: tokio::time::Instant,
+        hold: std::time::Duration,
+    ) {
+        self.inner.heartbeat(started, completed, hold)
+    }
 }
 
 #[cfg(test)]

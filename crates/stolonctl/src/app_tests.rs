@@ -537,7 +537,13 @@ async fn status_from_infos_and_election() {
     let ttl = Duration::from_secs(60);
     for uid in ["s2", "s1"] {
         store
-            .put_sentinel_info(&SentinelInfo { uid: uid.into() }, ttl)
+            .put_sentinel_info(
+                &SentinelInfo {
+                    uid: uid.into(),
+                    ..Default::default()
+                },
+                ttl,
+            )
             .await
             .unwrap();
     }

@@ -332,8 +332,14 @@ mod tests {
 
     fn infos() -> (Vec<SentinelInfo>, BTreeMap<String, ProxyInfo>) {
         let sentinels = vec![
-            SentinelInfo { uid: "s2".into() },
-            SentinelInfo { uid: "s1".into() },
+            SentinelInfo {
+                uid: "s2".into(),
+                ..Default::default()
+            },
+            SentinelInfo {
+                uid: "s1".into(),
+                ..Default::default()
+            },
         ];
         let mut proxies = BTreeMap::new();
         for (uid, generation) in [("p2", 3), ("p1", 4)] {
@@ -483,7 +489,10 @@ No cluster available
 
     #[test]
     fn leader_matching_needs_a_leader() {
-        let s = vec![SentinelInfo { uid: String::new() }];
+        let s = vec![SentinelInfo {
+            uid: String::new(),
+            ..Default::default()
+        }];
         let st = build(&s, Some(""), &BTreeMap::new(), &cd());
         assert!(!st.sentinels[0].leader);
     }

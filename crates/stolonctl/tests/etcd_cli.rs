@@ -635,7 +635,13 @@ keeper0 (master)
         let ttl = Duration::from_secs(60);
         for uid in ["sentb", "senta"] {
             store
-                .put_sentinel_info(&SentinelInfo { uid: uid.into() }, ttl)
+                .put_sentinel_info(
+                    &SentinelInfo {
+                        uid: uid.into(),
+                        ..Default::default()
+                    },
+                    ttl,
+                )
                 .await
                 .expect("sentinel info");
         }

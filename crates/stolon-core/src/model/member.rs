@@ -134,6 +134,16 @@ pub struct SentinelInfo {
     /// Sentinel UID.
     #[serde(rename = "UID", default)]
     pub uid: String,
+    /// How long, in milliseconds, this sentinel acts as leader after starting the publish of
+    /// this info, at most (stolon_core::sentinel::leadership). Other candidates may depose it
+    /// once this info has stayed unchanged for longer. Absent in Stolon's infos, and where the
+    /// store's election keeps its own lock: such a leader is never deposed.
+    #[serde(
+        rename = "leaderHoldMs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub leader_hold_ms: Option<u64>,
 }
 
 /// What a proxy publishes.

@@ -611,7 +611,7 @@ pub const PROXY_REACTION: Duration = Duration::from_millis(500);
 
 /// `d × (1 + ρ) / (1 − ρ)`, rounded up: a span counted on one clock ends, on any other clock
 /// within the drift bound, no later than this.
-fn stretch_for_drift(d: Duration) -> Duration {
+pub(crate) fn stretch_for_drift(d: Duration) -> Duration {
     let ppm = u128::from(crate::failsafe::MAX_DRIFT_PPM);
     let num = d.as_nanos() * (1_000_000 + ppm);
     let den = 1_000_000 - ppm;

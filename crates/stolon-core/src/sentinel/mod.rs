@@ -13,6 +13,7 @@ mod decide;
 mod event;
 mod history;
 pub mod invariants;
+pub mod leadership;
 mod memory;
 mod pause;
 pub mod priority;
@@ -35,6 +36,6 @@ pub use event::{Event, Severity};
 pub use invariants::{InvariantViolation, validate_handshake, validate_invariants};
 pub use memory::{Convergence, InfoHistory, MonoInstant, SentinelMemory};
 pub use takeover::{
-    expired_info_silence, memory_at_takeover, remember_expired_keepers_at_takeover,
+    Sightings, expired_info_silence, memory_at_takeover, remember_expired_keepers_at_takeover,
     remember_proxies_at_takeover,
 };

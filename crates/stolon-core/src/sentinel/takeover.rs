@@ -126,3 +126,127 @@ pub fn remember_proxies_at_takeover(
         }
     }
 }
+
+/// What a sentinel that does not lead saw of the keepers' and proxies' infos, on its own clock:
+/// for each, the current `infoUID` and when it was first seen (an instant taken after the read
+/// that returned it). At a takeover these sightings start the new leader's memory where they say
+/// more than the store's info ages ([`Sightings::credit`]). Unlike the ages they survive the
+/// store's own leader changes, which restart every lease.
+///
+/// A keeper's info counts as proof of life (`seen`) only once it was seen to change: the first
+/// info a follower reads may be older than the follower. A proxy's first sighting is as good as
+/// any: it only has to come after the start of the check that published the info.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sightings {
+    keepers: BTreeMap<String, InfoHistory>,
+    proxies: BTreeMap<String, InfoHistory>,
+}
+
+impl Sightings {
+    /// Nothing seen yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether nothing was seen.
+    pub fn is_empty(&self) -> bool {
+        self.keepers.is_empty() && self.proxies.is_empty()
+    }
+
+    /// Records the infos as read; `now` is taken after the read returned. Infos gone from the
+    /// store are forgotten.
+    pub fn observe(
+        &mut self,
+        keepers_info: &BTreeMap<String, KeeperInfo>,
+        proxies_info: &BTreeMap<String, ProxyInfo>,
+        now: MonoInstant,
+    ) {
+        let keepers = keepers_info
+            .iter()
+            .map(|(uid, info)| (uid, info.info_uid.as_str()));
+        observe(&mut self.keepers, keepers, now);
+        let proxies = proxies_info
+            .iter()
+            .map(|(uid, info)| (uid, info.info_uid.as_str()));
+        observe(&mut self.proxies, proxies, now);
+    }
+
+    /// Starts the memory of a leader taking over (built by [`memory_at_takeover`] and the other
+    /// takeover rules) with these sightings where they reach further back, for the infos still
+    /// current in `keepers_info` and `proxies_info`. Every sighting bounds its info from the
+    /// safe side: a keeper's info seen changing at `t` was written by `t` (its silence is at
+    /// least `now − t`); a proxy's info first seen at `t` was written by `t`, after the check
+    /// that fences it started. The earlier of two such bounds is still one.
+    pub fn credit(
+        &self,
+        mem: &mut SentinelMemory,
+        keepers_info: &BTreeMap<String, KeeperInfo>,
+        proxies_info: &BTreeMap<String, ProxyInfo>,
+    ) {
+        for (uid, info) in keepers_info {
+            let Some(s) = self
+                .keepers
+                .get(uid)
+                .filter(|s| s.seen && s.info_uid == info.info_uid)
+            else {
+                continue;
+            };
+            let better = mem
+                .keeper_infos
+                .get(uid)
+                .is_none_or(|h| !h.seen || h.info_uid != s.info_uid || h.first_seen > s.first_seen);
+            if better {
+                mem.keeper_infos.insert(uid.clone(), s.clone());
+            }
+        }
+        for (uid, info) in proxies_info {
+            let Some(s) = self
+                .proxies
+                .get(uid)
+                .filter(|s| s.info_uid == info.info_uid)
+            else {
+                continue;
+            };
+            let better = mem
+                .proxy_infos
+                .get(uid)
+                .is_none_or(|h| h.info_uid != s.info_uid || h.first_seen > s.first_seen);
+            if better {
+                mem.proxy_infos.insert(
+                    uid.clone(),
+                    InfoHistory {
+                        seen: true,
+                        ..s.clone()
+                    },
+                );
+            }
+        }
+    }
+}
+
+fn observe<'a>(
+    seen: &mut BTreeMap<String, InfoHistory>,
+    current: impl Iterator<Item = (&'a String, &'a str)>,
+    now: MonoInstant,
+) {
+    let mut next = BTreeMap::new();
+    for (uid, info_uid) in current {
+        let h = match seen.remove(uid) {
+            Some(h) if h.info_uid == info_uid => h,
+            // Seen changing: written between the previous read and this one.
+            Some(_) => InfoHistory {
+                info_uid: info_uid.to_string(),
+                seen: true,
+                first_seen: now,
+            },
+            // The first sighting: written at some time before now.
+            None => InfoHistory {
+                info_uid: info_uid.to_string(),
+                seen: false,
+                first_seen: now,
+            },
+        };
+        next.insert(uid.clone(), h);
+    }
+    *seen = next;
+}

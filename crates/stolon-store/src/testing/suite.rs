@@ -308,7 +308,13 @@ async fn publish(
         Component::Keeper => m.store.put_keeper_info(&keeper(name), ttl).await,
         Component::Sentinel => {
             m.store
-                .put_sentinel_info(&SentinelInfo { uid: name.into() }, ttl)
+                .put_sentinel_info(
+                    &SentinelInfo {
+                        uid: name.into(),
+                        ..Default::default()
+                    },
+                    ttl,
+                )
                 .await
         }
         Component::Proxy => m.store.put_proxy_info(&proxy(name, 1), ttl).await,
@@ -451,6 +457,7 @@ pub async fn member_disappearance(h: &dyn Harness, cluster: &str) -> CaseResult 
     let kept = h.open_as(cluster, Component::Sentinel, "s-kept").await;
     let refreshed = SentinelInfo {
         uid: "s-kept".into(),
+        ..Default::default()
     };
     kept.store
         .put_sentinel_info(&refreshed, ttl)
