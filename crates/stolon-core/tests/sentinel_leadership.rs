@@ -42,10 +42,17 @@ fn a_leader_without_a_counted_publish_does_not_act() {
     h.published(beat(100, 200));
     assert!(!h.may_act(ms(250)));
     h.key_seen(ms(150));
-    assert!(!h.may_act(ms(250)), "a read started before the publish completed proves nothing");
+    assert!(
+        !h.may_act(ms(250)),
+        "a read started before the publish completed proves nothing"
+    );
     h.key_seen(ms(200));
     assert!(h.may_act(ms(250)));
-    assert_eq!(h.deadline(), Some(ms(3100)), "the hold counts from the publish's start");
+    assert_eq!(
+        h.deadline(),
+        Some(ms(3100)),
+        "the hold counts from the publish's start"
+    );
 }
 
 #[test]
@@ -87,7 +94,10 @@ fn an_older_publish_never_shortens_the_deadline() {
 fn a_candidate_deposes_a_leader_whose_info_stayed_the_same_for_the_stretched_hold() {
     let mut w = DeposalWatch::new();
     let wait = deposal_wait(HOLD);
-    assert!(wait > HOLD + LEADER_REACTION, "stretched for drift: {wait:?}");
+    assert!(
+        wait > HOLD + LEADER_REACTION,
+        "stretched for drift: {wait:?}"
+    );
     assert!(wait < HOLD + LEADER_REACTION + ms(100), "{wait:?}");
     assert_eq!(
         w.observe(leader("k1", 7), ms(1000)),
@@ -279,7 +289,11 @@ fn a_follower_that_saw_the_masters_info_stop_changing_credits_that_silence_at_ta
     s.credit(&mut mem, &k("b"), &none);
     let h = &mem.keeper_infos["k1"];
     assert!(h.seen);
-    assert_eq!(h.first_seen, ms(2000), "seen changing at 2 s: silent for 4 s");
+    assert_eq!(
+        h.first_seen,
+        ms(2000),
+        "seen changing at 2 s: silent for 4 s"
+    );
 }
 
 #[test]
@@ -289,7 +303,10 @@ fn a_first_sighting_is_no_proof_of_life_for_a_keeper() {
     s.observe(&k, &BTreeMap::new(), ms(1000));
     let mut mem = memory_at_takeover(&k, &BTreeMap::new(), ms(6000));
     s.credit(&mut mem, &k, &BTreeMap::new());
-    assert!(!mem.keeper_infos["k1"].seen, "never seen changing: judged from the takeover");
+    assert!(
+        !mem.keeper_infos["k1"].seen,
+        "never seen changing: judged from the takeover"
+    );
 }
 
 #[test]

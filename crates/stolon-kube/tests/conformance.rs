@@ -181,4 +181,5 @@ cases!(
     change_wakeups,
     election_resign,
     election_lease_end,
+    election_heartbeats,
 );

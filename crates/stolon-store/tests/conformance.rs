@@ -48,6 +48,7 @@ cases!(
     change_wakeups,
     election_resign,
     election_lease_end,
+    election_heartbeats,
 );
 
 /// Every case of the suite is covered above.
@@ -63,6 +64,7 @@ fn all_cases_listed() {
         "change_wakeups",
         "election_resign",
         "election_lease_end",
+        "election_heartbeats",
     ];
     assert_eq!(listed, suite::CASES);
 }

@@ -741,8 +741,88 @@ pub async fn election_lease_end(h: &dyn Harness, cluster: &str) -> CaseResult {
     Ok(())
 }
 
+/// Publishes `uid`'s sentinel info announcing `hold` every 300 ms and reports each publish to
+/// `election` as a heartbeat, until aborted.
+fn heartbeat_task(
+    store: Arc<dyn Store>,
+    election: Arc<dyn Election>,
+    uid: &str,
+    hold: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let info = SentinelInfo {
+        uid: uid.into(),
+        leader_hold_ms: Some(hold.as_millis() as u64),
+    };
+    tokio::spawn(async move {
+        loop {
+            let started = tokio::time::Instant::now();
+            if store
+                .put_sentinel_info(&info, Duration::from_secs(30))
+                .await
+                .is_ok()
+            {
+                election.heartbeat(started, tokio::time::Instant::now(), hold);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+/// Leadership held by heartbeats: a leader leads while its info is published, and when its
+/// publishes stop (its lease still refreshed, as for a leader cut off from the store but not
+/// from its lease) the other candidate deposes it after the announced hold, with no moment of
+/// two leaders. A backend whose election keeps its own lock says it has no heartbeats.
+pub async fn election_heartbeats(h: &dyn Harness, cluster: &str) -> CaseResult {
+    let ttl = h.short_ttl() * 2;
+    let hold = ttl * 3 / 4;
+    let (sa, ea) = h.open(cluster, ttl).await;
+    let (sb, eb) = h.open(cluster, ttl).await;
+    let (a_on, b_on) = (ea.use_heartbeats(), eb.use_heartbeats());
+    ensure!(
+        a_on == b_on,
+        "two clients of one backend differ on heartbeats"
+    );
+    if !a_on {
+        // Kubernetes: its lock has its own lease; nothing is deposed by heartbeats there.
+        return Ok(());
+    }
+    let beat_a = heartbeat_task(sa, ea.clone(), "hb-a", hold);
+    let beat_b = heartbeat_task(sb, eb.clone(), "hb-b", hold);
+    let ra = ea.campaign("hb-a").await.map_err(err)?;
+    wait_leading(&ra, Duration::from_secs(10)).await?;
+    let rb = eb.campaign("hb-b").await.map_err(err)?;
+    observe_two(&ra, &rb, Duration::from_secs(15), |x, _| x).await?;
+    // Heartbeats keep it leading well past its hold.
+    let polls = (hold * 3).as_millis() / 100;
+    for _ in 0..polls {
+        ensure!(
+            *ra.borrow() && !*rb.borrow(),
+            "leadership moved while the leader's heartbeats went on"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its publishes stop; its election goes on refreshing the lease, so only a deposal ends it.
+    beat_a.abort();
+    let stopped = tokio::time::Instant::now();
+    let result = observe_two(&ra, &rb, hold * 4 + Duration::from_secs(10), |x, y| !x && y).await;
+    let took = stopped.elapsed();
+    beat_b.abort();
+    result?;
+    ensure!(
+        took >= hold,
+        "deposed {took:?} after its last publish, sooner than its hold {hold:?}"
+    );
+    ensure!(
+        eb.leader().await.map_err(err)?.as_deref() == Some("hb-b"),
+        "leader() after the deposal"
+    );
+    ea.resign().await.map_err(err)?;
+    eb.resign().await.map_err(err)?;
+    Ok(())
+}
+
 /// Names of the cases, in the order [`run_all`] runs them.
-pub const CASES: [&str; 9] = [
+pub const CASES: [&str; 10] = [
     "cas",
     "force_put",
     "null_and_malformed",
@@ -752,6 +832,7 @@ pub const CASES: [&str; 9] = [
     "change_wakeups",
     "election_resign",
     "election_lease_end",
+    "election_heartbeats",
 ];
 
 /// Runs one case by name, on cluster `<prefix>-<case>`.
@@ -767,6 +848,7 @@ pub async fn run_case(h: &dyn Harness, case: &str, cluster_prefix: &str) -> Case
         "change_wakeups" => change_wakeups(h, &cluster).await,
         "election_resign" => election_resign(h, &cluster).await,
         "election_lease_end" => election_lease_end(h, &cluster).await,
+        "election_heartbeats" => election_heartbeats(h, &cluster).await,
         other => Err(format!("unknown case {other}")),
     }
 }
