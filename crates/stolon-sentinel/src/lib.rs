@@ -159,35 +159,38 @@ impl Sentinel {
         Timestamp::from_unix_nanos(ns)
     }
 
-    /// Publishes our SentinelInfo at most once per sleepInterval (a publish is itself a store
-    /// change and would otherwise wake us forever).
-    async fn publish_info(&mut self) -> Result<(), StoreError> {
+    /// Our SentinelInfo's publish when one is due, at most once per sleepInterval (a publish is
+    /// itself a store change and would otherwise wake us forever). The future resolves to the
+    /// instant the publish completed, after reporting it to the election as a heartbeat; it
+    /// borrows nothing, so it runs next to the check's reads.
+    fn info_publish(
+        &self,
+    ) -> Option<impl std::future::Future<Output = Result<Instant, StoreError>> + use<>> {
         let due = self
             .last_info_publish
             .is_none_or(|t| t.elapsed() >= self.sleep);
         if !due {
-            return Ok(());
+            return None;
         }
         let ttl = (2 * self.sleep).max(MIN_TTL);
         let hold = leader_hold(election_ttl(self.sleep));
-        let started = Instant::now();
-        self.store
-            .put_sentinel_info(
-                &SentinelInfo {
-                    uid: self.cfg.uid.clone(),
-                    leader_hold_ms: self
-                        .heartbeats
-                        .then(|| u64::try_from(hold.as_millis()).unwrap_or(u64::MAX)),
-                },
-                ttl,
-            )
-            .await?;
-        let completed = Instant::now();
-        self.last_info_publish = Some(completed);
-        if self.heartbeats {
-            self.election.heartbeat(started, completed, hold);
-        }
-        Ok(())
+        let info = SentinelInfo {
+            uid: self.cfg.uid.clone(),
+            leader_hold_ms: self
+                .heartbeats
+                .then(|| u64::try_from(hold.as_millis()).unwrap_or(u64::MAX)),
+        };
+        let store = self.store.clone();
+        let election = self.heartbeats.then(|| self.election.clone());
+        Some(async move {
+            let started = Instant::now();
+            store.put_sentinel_info(&info, ttl).await?;
+            let completed = Instant::now();
+            if let Some(election) = election {
+                election.heartbeat(started, completed, hold);
+            }
+            Ok(completed)
+        })
     }
 
     /// One check (docs/architecture.md §6.1). Errors are logged; the next wake retries.
@@ -222,21 +225,39 @@ impl Sentinel {
             tracing::info!("no cluster data available, waiting for it to appear");
             return;
         }
-        if let Err(e) = self.publish_info().await {
-            tracing::error!(error = %e, "failed to update sentinel info");
-            return;
+        // The publish (our heartbeat while we lead) runs next to the reads, so a slow store
+        // delays the decision by one round trip, not two. Proxies are judged at the instant
+        // taken before their infos are requested: any info committed before it is in the
+        // answer (stolon_core::sentinel::DecideInput).
+        let publish = self.info_publish();
+        let store = self.store.clone();
+        let proxies_read_at = Instant::now();
+        let (published, keepers, proxies) = tokio::join!(
+            async {
+                match publish {
+                    Some(p) => p.await.map(Some),
+                    None => Ok(None),
+                }
+            },
+            store.get_keepers_info(),
+            store.get_proxies_info(),
+        );
+        match published {
+            Ok(Some(at)) => self.last_info_publish = Some(at),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "failed to update sentinel info");
+                return;
+            }
         }
-        let keepers = match self.store.get_keepers_info().await {
+        let keepers = match keepers {
             Ok(k) => k,
             Err(e) => {
                 tracing::error!(error = %e, "cannot get keepers info");
                 return;
             }
         };
-        // Proxies are judged at this instant, taken before their infos are requested: any info
-        // committed before it is in the answer (stolon_core::sentinel::DecideInput).
-        let proxies_read_at = Instant::now();
-        let proxies = match self.store.get_proxies_info().await {
+        let proxies = match proxies {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot get proxies info");

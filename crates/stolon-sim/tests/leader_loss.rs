@@ -1,14 +1,28 @@
-//! Named scenario: the master's keeper (with its PostgreSQL) and the leader sentinel die at the
-//! same moment, as when the master's host carries the leader sentinel. The other sentinel takes
-//! over once the election lease ends and judges the master from the age of its last info, so
+//! Named scenarios: the master's keeper (with its PostgreSQL) dies and the leader sentinel is
+//! lost at the same moment, as when the master's host carries the leader sentinel. The other
+//! sentinel takes over and judges the master from when it last saw the master's info change, so
 //! the failover does not wait a fresh failInterval after the takeover; no acknowledged write may
-//! be lost and every invariant holds at every step.
+//! be lost and every invariant (one leader sentinel at a time among them) holds at every step.
+//!
+//! Two ways to lose the leader: killed (its lease is no longer refreshed), or cut off from the
+//! store while its election lease stays alive, as an etcd whose new raft leader restarted every
+//! lease would keep it. Only the deposal of a leader whose info stopped changing ends the second
+//! (stolon_core::sentinel::leadership).
 
 use std::time::Duration;
 
-use stolon_sim::{Fault, SimConfig, Violation, World};
+use stolon_sim::{Component, Fault, SimConfig, Violation, World};
 
-async fn kill_master_and_leader(cfg: SimConfig) -> Result<(World, Duration), Violation> {
+#[derive(Debug, Clone, Copy)]
+enum LeaderLoss {
+    Killed,
+    CutOffKeepingItsLease,
+}
+
+async fn kill_master_and_leader(
+    cfg: SimConfig,
+    loss: LeaderLoss,
+) -> Result<(World, Duration), Violation> {
     let cfg_sync = cfg.sync;
     let mut w = World::start(cfg);
     w.run_until(
@@ -33,7 +47,12 @@ async fn kill_master_and_leader(cfg: SimConfig) -> Result<(World, Duration), Vio
     let max_acked = w.max_acked_lsn().expect("acknowledged writes");
     let killed_at = w.elapsed();
     w.inject(Fault::KillKeeper(old));
-    w.inject(Fault::KillSentinel(leader));
+    match loss {
+        LeaderLoss::Killed => w.inject(Fault::KillSentinel(leader)),
+        LeaderLoss::CutOffKeepingItsLease => {
+            w.inject(Fault::StoreDown(Component::Sentinel(leader), true))
+        }
+    }
     w.run_until(
         "another keeper's DB is master, running as primary, routed by both proxies",
         Duration::from_secs(120),
@@ -57,7 +76,12 @@ async fn kill_master_and_leader(cfg: SimConfig) -> Result<(World, Duration), Vio
         "the other sentinel leads"
     );
     // Both come back and rejoin without breaking anything.
-    w.inject(Fault::RestartSentinel(leader));
+    match loss {
+        LeaderLoss::Killed => w.inject(Fault::RestartSentinel(leader)),
+        LeaderLoss::CutOffKeepingItsLease => {
+            w.inject(Fault::StoreDown(Component::Sentinel(leader), false))
+        }
+    }
     w.inject(Fault::RestartKeeper(old));
     w.run_until(
         "the old primary's keeper rejoins as a streaming standby",
@@ -69,16 +93,16 @@ async fn kill_master_and_leader(cfg: SimConfig) -> Result<(World, Duration), Vio
     Ok((w, took))
 }
 
-async fn scenario(sync: bool) {
+async fn scenario(sync: bool, loss: LeaderLoss) {
     if std::env::var("RUST_LOG").is_ok() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .try_init();
     }
-    match kill_master_and_leader(SimConfig::new(3, sync)).await {
+    match kill_master_and_leader(SimConfig::new(3, sync), loss).await {
         Ok((w, took)) => {
             eprintln!(
-                "sync={sync}: routed to the new master {took:?} (virtual) after the kill; {:?}",
+                "sync={sync} {loss:?}: routed to the new master {took:?} (virtual) after the kill; {:?}",
                 w.stats()
             );
             assert_eq!(w.stats().lost_acked, 0);
@@ -90,10 +114,20 @@ async fn scenario(sync: bool) {
 
 #[tokio::test(start_paused = true)]
 async fn sync_failover_after_killing_the_master_and_the_leader_sentinel() {
-    scenario(true).await;
+    scenario(true, LeaderLoss::Killed).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn async_failover_after_killing_the_master_and_the_leader_sentinel() {
-    scenario(false).await;
+    scenario(false, LeaderLoss::Killed).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn sync_failover_when_the_leader_sentinel_is_cut_off_but_keeps_its_lease() {
+    scenario(true, LeaderLoss::CutOffKeepingItsLease).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn async_failover_when_the_leader_sentinel_is_cut_off_but_keeps_its_lease() {
+    scenario(false, LeaderLoss::CutOffKeepingItsLease).await;
 }
