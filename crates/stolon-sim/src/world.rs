@@ -1117,7 +1117,7 @@ impl World {
     }
 
     fn check(&mut self, cd: Option<ClusterData>, views: &[PgView]) -> Result<(), Violation> {
-        // One leader sentinel at a time (docs/invariants.md, "One leader acts at a time").
+        // One leader sentinel at a time (invariant 7, docs/invariants.md).
         let leading: Vec<usize> = self
             .sentinels
             .iter()

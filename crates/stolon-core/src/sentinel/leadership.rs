@@ -1,5 +1,5 @@
 //! Leadership held by heartbeats, and deposing a leader whose heartbeats stopped
-//! (docs/architecture.md §4.2; the argument in docs/invariants.md, "One leader acts at a time").
+//! (docs/architecture.md §4.2; the argument is invariant 7 in docs/invariants.md).
 //!
 //! The election's lease alone makes a lost leader's successor wait for the store to expire that
 //! lease, and etcd restarts every lease's TTL when its own raft leader changes: when the lost host
