@@ -41,6 +41,45 @@ struct Campaign {
     tx: Arc<watch::Sender<bool>>,
 }
 
+/// Implements [`crate::Election`] for a backend's election type, a struct whose `inner` field is
+/// its [`LeaseElection`]: every call goes to it.
+macro_rules! delegate_to_lease_election {
+    ($t:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::Election for $t {
+            async fn campaign(
+                &self,
+                candidate: &str,
+            ) -> Result<tokio::sync::watch::Receiver<bool>, $crate::StoreError> {
+                self.inner.campaign(candidate).await
+            }
+            async fn leader(&self) -> Result<Option<String>, $crate::StoreError> {
+                self.inner.leader().await
+            }
+            async fn resign(&self) -> Result<(), $crate::StoreError> {
+                self.inner.resign().await
+            }
+            fn set_ttl(&self, ttl: std::time::Duration) -> bool {
+                self.inner.set_ttl(ttl);
+                true
+            }
+            fn use_heartbeats(&self) -> bool {
+                self.inner.use_heartbeats();
+                true
+            }
+            fn heartbeat(
+                &self,
+                started: tokio::time::Instant,
+                completed: tokio::time::Instant,
+                hold: std::time::Duration,
+            ) {
+                self.inner.heartbeat(started, completed, hold);
+            }
+        }
+    };
+}
+pub(crate) use delegate_to_lease_election;
+
 /// The election shared by both backends.
 pub(crate) struct LeaseElection<B: KvBackend> {
     backend: Arc<B>,

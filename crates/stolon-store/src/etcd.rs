@@ -53,7 +53,7 @@ use crate::error::StoreError;
 use crate::keys::{KeyLayout, ttl_secs};
 use crate::kv::{KvBackend, KvEntry, KvStore};
 use crate::tls::{Connector, TlsFlags, client_config};
-use crate::{ClusterDataRead, Election, Revision, Store};
+use crate::{ClusterDataRead, Revision, Store};
 use stolon_core::model::{ClusterData, KeeperInfo, ProxyInfo, SentinelInfo};
 
 /// HTTP/2 keepalive ping interval on store connections (etcd refuses pings more often than
@@ -931,34 +931,7 @@ pub struct EtcdElection {
     inner: LeaseElection<EtcdBackend>,
 }
 
-#[async_trait]
-impl Election for EtcdElection {
-    async fn campaign(&self, candidate: &str) -> Result<watch::Receiver<bool>, StoreError> {
-        self.inner.campaign(candidate).await
-    }
-    async fn leader(&self) -> Result<Option<String>, StoreError> {
-        self.inner.leader().await
-    }
-    async fn resign(&self) -> Result<(), StoreError> {
-        self.inner.resign().await
-    }
-    fn set_ttl(&self, ttl: Duration) -> bool {
-        self.inner.set_ttl(ttl);
-        true
-    }
-    fn use_heartbeats(&self) -> bool {
-        self.inner.use_heartbeats();
-        true
-    }
-    fn heartbeat(
-        &self,
-        started: tokio::time::Instant,
-        completed: tokio::time::Instant,
-        hold: Duration,
-    ) {
-        self.inner.heartbeat(started, completed, hold);
-    }
-}
+crate::election::delegate_to_lease_election!(EtcdElection);
 
 #[cfg(test)]
 mod tests {

@@ -27,7 +27,7 @@ use crate::election::{DEFAULT_ELECTION_TTL, LeaseElection};
 use crate::error::StoreError;
 use crate::keys::{KeyLayout, ttl_secs};
 use crate::kv::{KvBackend, KvEntry, KvStore};
-use crate::{ClusterDataRead, Election, Revision, Store};
+use crate::{ClusterDataRead, Revision, Store};
 
 /// Default store prefix.
 const DEFAULT_PREFIX: &str = "stolon/cluster";
@@ -543,38 +543,12 @@ pub struct MemElection {
     inner: LeaseElection<MemBackend>,
 }
 
-#[async_trait]
-impl Election for MemElection {
-    async fn campaign(&self, candidate: &str) -> Result<watch::Receiver<bool>, StoreError> {
-        self.inner.campaign(candidate).await
-    }
-    async fn leader(&self) -> Result<Option<String>, StoreError> {
-        self.inner.leader().await
-    }
-    async fn resign(&self) -> Result<(), StoreError> {
-        self.inner.resign().await
-    }
-    fn set_ttl(&self, ttl: Duration) -> bool {
-        self.inner.set_ttl(ttl);
-        true
-    }
-    fn use_heartbeats(&self) -> bool {
-        self.inner.use_heartbeats();
-        true
-    }
-    fn heartbeat(
-        &self,
-        started: tokio::time::Instant,
-        completed: tokio::time::Instant,
-        hold: Duration,
-    ) {
-        self.inner.heartbeat(started, completed, hold);
-    }
-}
+crate::election::delegate_to_lease_election!(MemElection);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Election;
     use crate::testing::suite::sample_cluster_data;
 
     fn keeper(uid: &str) -> KeeperInfo {
