@@ -202,14 +202,21 @@ pub async fn run_cycle(c: &mut NetCluster, fault: Fault, base: i64) -> Result<Cy
     }
     let standby = (m + 1) % c.nodes.len();
     // The standby `standby-cut` cuts: with synchronous replication the master's synchronous
-    // standby (its loss stalls commits), which a converged cluster lists; otherwise any.
+    // standby (its loss stalls commits), which a converged cluster lists; otherwise any. With
+    // quorum commit, once both standbys are listed again: after a cut the sentinel keeps the lost
+    // one out for `failInterval`, and cutting the only listed one measures a second loss within
+    // that time, not the loss of one of two.
+    let want_listed = if c.cfg.quorum { c.nodes.len() - 1 } else { 1 };
     let cut_standby = if c.cfg.synchronous {
         wait_for(
-            "the master's synchronous standby in clusterdata",
-            Duration::from_secs(30),
-            async || match c.sync_standby().await? {
-                Some(s) if s != m => Ok(s),
-                other => bail!("synchronous standby {other:?}"),
+            "the master's synchronous standbys in clusterdata",
+            Duration::from_secs(30) + 2 * Duration::from_secs(c.cfg.fail_interval_s),
+            async || {
+                let listed = c.sync_standbys().await?;
+                match listed.first() {
+                    Some(&s) if s != m && listed.len() >= want_listed => Ok(s),
+                    _ => bail!("synchronous standbys {listed:?}, want {want_listed}"),
+                }
             },
         )
         .await?

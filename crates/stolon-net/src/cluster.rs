@@ -636,24 +636,21 @@ impl NetCluster {
             .with_context(|| format!("master on unknown keeper {uid:?}"))
     }
 
-    /// The host index of the first synchronous standby the master lists, if any.
-    pub async fn sync_standby(&self) -> Result<Option<usize>> {
+    /// The hosts of the master's synchronous standbys, in the clusterdata's order.
+    pub async fn sync_standbys(&self) -> Result<Vec<usize>> {
         let cd = self.cd().await?;
-        let Some(first) = cd
+        let listed = cd
             .master_db()
             .and_then(|m| m.spec.as_ref())
-            .and_then(|s| s.synchronous_standbys.as_ref())
-            .and_then(|l| l.first().cloned())
-        else {
-            return Ok(None);
-        };
-        let uid = cd
-            .dbs
-            .get(&first)
-            .and_then(|db| db.spec.as_ref())
-            .map(|s| s.keeper_uid.clone())
+            .and_then(|s| s.synchronous_standbys.clone())
             .unwrap_or_default();
-        Ok(self.nodes.iter().position(|n| n.keeper_uid() == uid))
+        Ok(listed
+            .iter()
+            .filter_map(|db| {
+                let uid = cd.dbs.get(db)?.spec.as_ref()?.keeper_uid.clone();
+                self.nodes.iter().position(|n| n.keeper_uid() == uid)
+            })
+            .collect())
     }
 
     /// A client of the etcd member on host `i`, connected within 2 s.
