@@ -550,8 +550,13 @@ async fn engine_holds_an_unanswered_startup_and_finishes_an_authenticating_one()
         st.startups_replayed, 1,
         "an authenticating startup was replayed"
     );
-    // `a` (established on `new`) and `b`.
-    assert_eq!(st.closed_by_route_change, 2);
+    // `a` (established on `new`) and `b`. `b`'s failed query proves only its own close: `a`'s
+    // is counted by its own task, which may not have run yet.
+    let deadline = tokio::time::Instant::now() + wait;
+    while fwd.stats().closed_by_route_change < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(fwd.stats().closed_by_route_change, 2);
     // New connections go to the new destination.
     let c = tokio::time::timeout(wait, scram_connect(proxy.port())).await???;
     assert_eq!(server_port(&c).await?, old.port);
