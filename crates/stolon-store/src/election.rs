@@ -327,54 +327,54 @@ async fn run_campaign<B: KvBackend>(
                         break;
                     }
                     let first = list.first().is_some_and(|e| e.key == key);
-                    let Some(hb) = heartbeats.as_ref() else {
-                        set(&tx, first);
-                        wake = wake.min(Instant::now() + poll);
-                        if !wait(&mut changes, &mut heartbeats, wake, &tx).await {
-                            return;
-                        }
-                        continue;
-                    };
-                    hold.key_seen(hb.mono(read_started));
-                    let leads = first && hold.may_act(hb.mono(Instant::now()));
-                    set(&tx, leads);
-                    if leads && let Some(d) = hold.deadline() {
-                        wake = wake.min(hb.origin + d);
-                    }
-                    let leader = if first { None } else { list.first() };
-                    let verdict = match leader {
-                        None => deposal.observe(None, hb.mono(Instant::now())),
-                        Some(l) => match observe_leader(backend.as_ref(), &layout, l).await {
-                            Ok(beat) => deposal.observe(Some(beat), hb.mono(Instant::now())),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "election: cannot read the leader's info");
-                                Deposal::Never
+                    match heartbeats.as_ref() {
+                        None => set(&tx, first),
+                        Some(hb) => {
+                            hold.key_seen(hb.mono(read_started));
+                            let leads = first && hold.may_act(hb.mono(Instant::now()));
+                            set(&tx, leads);
+                            if leads && let Some(d) = hold.deadline() {
+                                wake = wake.min(hb.origin + d);
                             }
-                        },
-                    };
-                    match verdict {
-                        Deposal::Never => {}
-                        Deposal::WaitUntil(t) => wake = wake.min(hb.origin + t),
-                        Deposal::Depose { key: old, revision } => {
-                            let uid = leader
-                                .map(|l| String::from_utf8_lossy(&l.value).into_owned())
-                                .unwrap_or_default();
-                            match backend
-                                .delete_if(&old, &layout.sentinel_info(&uid), revision)
-                                .await
-                            {
-                                Ok(true) => {
-                                    tracing::warn!(
-                                        leader = %uid,
-                                        "election: deposed the leader sentinel, its info stopped changing for longer than its hold"
-                                    );
-                                    // Look again at once: we may be next.
-                                    continue;
-                                }
-                                // Its info changed meanwhile: it is alive.
-                                Ok(false) => {}
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "election: cannot depose the leader")
+                            let leader = if first { None } else { list.first() };
+                            let verdict = match leader {
+                                None => deposal.observe(None, hb.mono(Instant::now())),
+                                Some(l) => match observe_leader(backend.as_ref(), &layout, l).await
+                                {
+                                    Ok(beat) => {
+                                        deposal.observe(Some(beat), hb.mono(Instant::now()))
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "election: cannot read the leader's info");
+                                        Deposal::Never
+                                    }
+                                },
+                            };
+                            match verdict {
+                                Deposal::Never => {}
+                                Deposal::WaitUntil(t) => wake = wake.min(hb.origin + t),
+                                Deposal::Depose { key: old, revision } => {
+                                    let uid = leader
+                                        .map(|l| String::from_utf8_lossy(&l.value).into_owned())
+                                        .unwrap_or_default();
+                                    match backend
+                                        .delete_if(&old, &layout.sentinel_info(&uid), revision)
+                                        .await
+                                    {
+                                        Ok(true) => {
+                                            tracing::warn!(
+                                                leader = %uid,
+                                                "election: deposed the leader sentinel, its info stopped changing for longer than its hold"
+                                            );
+                                            // Look again at once: we may be next.
+                                            continue;
+                                        }
+                                        // Its info changed meanwhile: it is alive.
+                                        Ok(false) => {}
+                                        Err(e) => {
+                                            tracing::warn!(error = %e, "election: cannot depose the leader")
+                                        }
+                                    }
                                 }
                             }
                         }
