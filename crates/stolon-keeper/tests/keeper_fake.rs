@@ -214,8 +214,14 @@ async fn last_sync_success_moves_on_every_successful_pass() {
             .unwrap_or(false)
     })
     .await;
+    // The db state is saved during the pass; the metric is set when the pass ends.
+    wait(
+        "last_sync_success set by the converging pass",
+        Duration::from_secs(20),
+        || metrics.last_sync_success.get() > 0.0,
+    )
+    .await;
     let converged = metrics.last_sync_success.get();
-    assert!(converged > 0.0, "not set when the db converged");
 
     // Nothing changes any more (same generation, same clusterdata): the ticks' passes still
     // count as successful loops.
