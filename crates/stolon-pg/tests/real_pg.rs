@@ -233,9 +233,10 @@ async fn replication_client_matches_psql(pg: &ProcessPg) -> Result<SystemIdentit
 }
 
 /// The pids of the superuser's client backends other than the asking one.
-async fn su_backends(pg: &ProcessPg) -> Result<Vec<i32>> {
-    let c = pg.connect().await?;
-    let rows = c
+/// The superuser client backends other than `observer`'s own. One long-lived observer is used
+/// so that no short-lived connection of the test itself is still exiting when it looks.
+async fn su_backends(observer: &tokio_postgres::Client) -> Result<Vec<i32>> {
+    let rows = observer
         .query(
             "select pid from pg_stat_activity where usename = $1 \
              and backend_type = 'client backend' and pid <> pg_backend_pid() order by pid",
@@ -685,14 +686,16 @@ async fn cached_connection_reused_and_renewed() -> Result<()> {
         new_primary(&pg, None).await?;
 
         // Every SQL call goes over one connection: one superuser backend, the same pid.
+        let observer = pg.connect().await?;
         pg.file_settings().await?;
         pg.in_sync_standbys().await?;
         pg.identify_system().await?;
+        // Connections of the setup may still be exiting.
         wait_until("one cached backend", Duration::from_secs(20), || async {
-            Ok(su_backends(&pg).await?.len() == 1)
+            Ok(su_backends(&observer).await?.len() == 1)
         })
         .await?;
-        let first = su_backends(&pg).await?;
+        let first = su_backends(&observer).await?;
         for _ in 0..5 {
             pg.file_settings().await?;
             pg.in_sync_standbys().await?;
@@ -700,28 +703,33 @@ async fn cached_connection_reused_and_renewed() -> Result<()> {
             pg.replication_slots().await?;
             pg.ping().await?;
         }
+        let after = su_backends(&observer).await?;
         ensure!(
-            su_backends(&pg).await? == first,
-            "the connection was not reused"
+            after == first,
+            "the connection was not reused: {first:?} -> {after:?}"
         );
 
         // Its backend is terminated: the next calls reconnect.
-        let killer = pg.connect().await?;
-        killer
+        observer
             .execute("select pg_terminate_backend($1)", &[&first[0]])
             .await?;
-        drop(killer);
         wait_until("reconnected", Duration::from_secs(20), || async {
             pg.file_settings().await?;
             Ok(true)
         })
         .await?;
         pg.in_sync_standbys().await?;
-        let second = su_backends(&pg).await?;
+        // The terminated backend may take a moment to leave pg_stat_activity.
+        wait_until("only the new backend", Duration::from_secs(20), || async {
+            Ok(!su_backends(&observer).await?.contains(&first[0]))
+        })
+        .await?;
+        let second = su_backends(&observer).await?;
         ensure!(
             second.len() == 1 && second != first,
             "{first:?} -> {second:?}"
         );
+        drop(observer);
 
         // Restart: no call sees the old postmaster's connection.
         pg.stop(StopMode::Fast).await?;
