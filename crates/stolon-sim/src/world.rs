@@ -293,60 +293,8 @@ struct SentinelSlot {
     faults: FaultHandle,
     task: Option<(JoinHandle<()>, CancellationToken)>,
     boots: u32,
-    /// Whether the running sentinel's election says it leads (its latest campaign's receiver).
-    leading: Leading,
-}
-
-/// The leadership receiver of a sentinel's latest campaign, kept for the checker.
-#[derive(Clone, Default)]
-struct Leading(Arc<Mutex<Option<tokio::sync::watch::Receiver<bool>>>>);
-
-impl Leading {
-    fn now(&self) -> bool {
-        self.0
-            .lock()
-            .expect("leading")
-            .as_ref()
-            .is_some_and(|rx| *rx.borrow())
-    }
-}
-
-/// An election that hands each campaign's receiver to the checker as well.
-struct Watched {
-    inner: Arc<dyn Election>,
-    leading: Leading,
-}
-
-#[async_trait::async_trait]
-impl Election for Watched {
-    async fn campaign(
-        &self,
-        candidate: &str,
-    ) -> Result<tokio::sync::watch::Receiver<bool>, stolon_store::StoreError> {
-        let rx = self.inner.campaign(candidate).await?;
-        *self.leading.0.lock().expect("leading") = Some(rx.clone());
-        Ok(rx)
-    }
-    async fn leader(&self) -> Result<Option<String>, stolon_store::StoreError> {
-        self.inner.leader().await
-    }
-    async fn resign(&self) -> Result<(), stolon_store::StoreError> {
-        self.inner.resign().await
-    }
-    fn set_ttl(&self, ttl: Duration) -> bool {
-        self.inner.set_ttl(ttl)
-    }
-    fn use_heartbeats(&self) -> bool {
-        self.inner.use_heartbeats()
-    }
-    fn heartbeat(
-        &self,
-        started: tokio::time::Instant,
-        completed: tokio::time::Instant,
-        hold: Duration,
-    ) {
-        self.inner.heartbeat(started, completed, hold)
-    }
+    /// The running sentinel's election, for the checker: whether it says it leads.
+    election: Option<Arc<UnreliableElection>>,
 }
 
 /// What a proxy's check loop last set, recorded instead of forwarding.
@@ -490,7 +438,7 @@ impl World {
                 faults,
                 task: None,
                 boots: 0,
-                leading: Leading::default(),
+                election: None,
             });
             w.spawn_sentinel(i);
         }
@@ -632,14 +580,12 @@ impl World {
         let uid = format!("sentinel{i}-{}", s.boots);
         let faults = s.faults.clone();
         let mem = self.kv.store(PREFIX, CLUSTER);
-        *s.leading.0.lock().expect("leading") = None;
-        let election: Arc<dyn Election> = Arc::new(Watched {
-            inner: Arc::new(UnreliableElection::new(
-                Arc::new(mem.election_with_ttl(Duration::from_secs(5))),
-                faults.clone(),
-            )),
-            leading: s.leading.clone(),
-        });
+        let watched = Arc::new(UnreliableElection::new(
+            Arc::new(mem.election_with_ttl(Duration::from_secs(5))),
+            faults.clone(),
+        ));
+        s.election = Some(watched.clone());
+        let election: Arc<dyn Election> = watched;
         let store: Arc<dyn Store> = Arc::new(Unreliable::new(Arc::new(mem), faults));
         let cfg = stolon_sentinel::Config {
             uid: uid.clone(),
@@ -1122,7 +1068,7 @@ impl World {
             .sentinels
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.task.is_some() && s.leading.now())
+            .filter(|(_, s)| s.task.is_some() && s.election.as_ref().is_some_and(|e| e.leads()))
             .map(|(i, _)| i)
             .collect();
         if leading.len() > 1 {

@@ -256,21 +256,41 @@ impl Store for Unreliable {
 pub struct UnreliableElection {
     inner: Arc<dyn Election>,
     faults: FaultHandle,
+    /// The leadership receiver of the latest campaign that started, for [`Self::leads`].
+    latest: std::sync::Mutex<Option<watch::Receiver<bool>>>,
 }
 
 impl UnreliableElection {
     /// Wraps `inner`, failing as `faults` says.
     pub fn new(inner: Arc<dyn Election>, faults: FaultHandle) -> Self {
-        UnreliableElection { inner, faults }
+        UnreliableElection {
+            inner,
+            faults,
+            latest: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the latest campaign says this candidate leads now: what its owner acts on, as a
+    /// checker outside the owner sees it.
+    pub fn leads(&self) -> bool {
+        self.latest
+            .lock()
+            .map(|rx| rx.as_ref().is_some_and(|rx| *rx.borrow()))
+            .unwrap_or(false)
     }
 }
 
 #[async_trait]
 impl Election for UnreliableElection {
     async fn campaign(&self, candidate: &str) -> Result<watch::Receiver<bool>, StoreError> {
-        self.faults
+        let rx = self
+            .faults
             .call("campaign", self.inner.campaign(candidate))
-            .await
+            .await?;
+        if let Ok(mut latest) = self.latest.lock() {
+            *latest = Some(rx.clone());
+        }
+        Ok(rx)
     }
 
     async fn leader(&self) -> Result<Option<String>, StoreError> {
@@ -417,13 +437,20 @@ mod tests {
             "unrelated wrapper failed"
         );
         faults.set_down(false);
+        assert!(!election.leads(), "leads before any campaign started");
         let rx = election.campaign("s1").await.expect("campaign");
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(*rx.borrow());
+        assert!(
+            election.leads(),
+            "the latest campaign's leadership is not seen"
+        );
         assert_eq!(
             election.leader().await.expect("leader").as_deref(),
             Some("s1")
         );
         election.resign().await.expect("resign");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!*rx.borrow() && !election.leads(), "leads after resigning");
     }
 }
