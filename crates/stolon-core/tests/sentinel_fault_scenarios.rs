@@ -11,8 +11,9 @@ use stolon_core::duration::GoDuration;
 use stolon_core::model::ClusterData;
 use stolon_core::sentinel::testing::{ClusterFixture, db_uid};
 use stolon_core::sentinel::{
-    Decision, Event, PROXY_REACTION, memory_at_takeover, proxy_active_window,
-    remember_expired_keepers_at_takeover, remember_proxies_at_takeover, validate_invariants,
+    Decision, Event, PROXY_REACTION, Sightings, TakeoverRead, memory_at_takeover,
+    proxy_active_window, remember_expired_keepers_at_takeover, remember_proxies_at_takeover,
+    takeover_memory, validate_invariants,
 };
 use stolon_core::timestamp::Timestamp;
 
@@ -560,6 +561,97 @@ fn takeover_fails_a_master_whose_info_expired_at_once() {
     let waited = time_to_election(&mut without_credit, &["k1"], Duration::from_secs(1))
         .expect("an election");
     assert!(waited >= Duration::from_secs(3), "waited {waited:?}");
+}
+
+/// A follower's view of `f`: every keeper publishes for `live`, then `silent` keepers stop
+/// for `silence`; the follower reads the infos every second. Returns its sightings.
+fn followed(
+    f: &mut ClusterFixture,
+    live: Duration,
+    silent: &[&str],
+    silence: Duration,
+) -> Sightings {
+    let mut s = Sightings::new();
+    let second = Duration::from_secs(1);
+    s.observe(&f.keepers_info, &f.proxies_info, f.now_mono);
+    let mut t = Duration::ZERO;
+    while t < live + silence {
+        f.tick(second, if t < live { &[] } else { silent });
+        t += second;
+        s.observe(&f.keepers_info, &f.proxies_info, f.now_mono);
+    }
+    s
+}
+
+fn read_of<'a>(f: &'a ClusterFixture, ages: &'a BTreeMap<String, Duration>) -> TakeoverRead<'a> {
+    TakeoverRead {
+        cluster_keepers: Some(&f.cd.keepers),
+        keepers_info: &f.keepers_info,
+        proxies_info: &f.proxies_info,
+        keeper_ages: ages,
+        proxy_ages: ages,
+    }
+}
+
+#[test]
+fn takeover_with_neither_ages_nor_sightings_starts_every_clock_afresh() {
+    let f = taken_over(&[]);
+    let none = BTreeMap::new();
+    assert_eq!(
+        takeover_memory(&read_of(&f, &none), &Sightings::new(), f.now_mono),
+        None
+    );
+}
+
+#[test]
+fn takeover_fails_a_master_a_follower_saw_go_silent_although_the_store_restarted_its_ages() {
+    // The follower saw k1's info stop changing 4 s ago (failInterval 3 s); the store's own
+    // leader changed meanwhile, so every lease, and every age, starts again at 0.
+    let mut f = taken_over(&[]);
+    let sightings = followed(
+        &mut f,
+        Duration::from_secs(2),
+        &["k1"],
+        Duration::from_secs(4),
+    );
+    let zero: BTreeMap<String, Duration> = ["k1", "k2", "p1"]
+        .iter()
+        .map(|k| (k.to_string(), Duration::ZERO))
+        .collect();
+    let mut without = f.clone();
+    f.memory = takeover_memory(&read_of(&f, &zero), &sightings, f.now_mono).expect("a memory");
+    assert_eq!(
+        time_to_election(&mut f, &["k1"], Duration::from_millis(250)),
+        Some(Duration::ZERO)
+    );
+    // From the ages alone the new leader waits a whole failInterval after the takeover.
+    without.memory = takeover_memory(
+        &read_of(&without, &zero),
+        &Sightings::new(),
+        without.now_mono,
+    )
+    .expect("a memory");
+    let waited =
+        time_to_election(&mut without, &["k1"], Duration::from_millis(250)).expect("an election");
+    assert!(waited >= Duration::from_secs(3), "waited {waited:?}");
+}
+
+#[test]
+fn takeover_credits_an_expired_info_only_where_the_store_reports_ages() {
+    // k1's info is gone. With ages (etcd: infos expire by lease) that means at least the info
+    // TTL of silence; a store that reports no ages does not expire infos by leases, so there a
+    // missing info says nothing of how long k1 has been silent, and sightings alone credit
+    // nothing.
+    let mut f = taken_over(&[]);
+    let sightings = followed(&mut f, Duration::from_secs(2), &[], Duration::ZERO);
+    f.keepers_info.remove("k1");
+    let ages = BTreeMap::from([("k2".to_string(), Duration::ZERO)]);
+    let with_ages = takeover_memory(&read_of(&f, &ages), &sightings, f.now_mono).expect("a memory");
+    assert!(with_ages.keeper_error_since.contains_key("k1"));
+    let none = BTreeMap::new();
+    let without_ages =
+        takeover_memory(&read_of(&f, &none), &sightings, f.now_mono).expect("a memory");
+    assert!(without_ages.keeper_error_since.is_empty());
 }
 
 #[test]

@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use stolon_core::model::{ClusterData, SentinelInfo};
 use stolon_core::sentinel::{
-    DecideInput, Event, SentinelMemory, Severity, Sightings, decide, expired_info_silence,
-    memory_at_takeover, remember_expired_keepers_at_takeover, remember_proxies_at_takeover,
-    validate_invariants,
+    DecideInput, Event, SentinelMemory, Severity, Sightings, TakeoverRead, decide,
+    expired_info_silence, takeover_memory, validate_invariants,
 };
 use stolon_core::timestamp::Timestamp;
 use stolon_core::uid::{UidSource, uid_from_bytes};
@@ -145,8 +144,8 @@ struct Sentinel {
     cd_errors: stolon_store::repeat::Repeated,
     wake_at: Option<Instant>,
     /// Leadership was just gained: the next check seeds the memory from the ages of the
-    /// keepers' and proxies' infos (stolon_core::sentinel::memory_at_takeover,
-    /// remember_proxies_at_takeover).
+    /// keepers' and proxies' infos and this sentinel's sightings
+    /// (stolon_core::sentinel::takeover_memory).
     takeover: bool,
 }
 
@@ -327,10 +326,10 @@ impl Sentinel {
         self.metrics.last_check_success.set(unix_seconds());
     }
 
-    /// Seeds the memory of a leadership just gained (stolon_core::sentinel::memory_at_takeover
-    /// and the rules beside it): from the ages of the infos in the store, where it reports them,
-    /// and from what this sentinel saw itself while it followed. With neither, the first decision
-    /// starts every clock afresh.
+    /// Seeds the memory of a leadership just gained: reads the ages of the infos where the store
+    /// reports them and leaves the rest to stolon_core::sentinel::takeover_memory, with what
+    /// this sentinel saw itself while it followed. With neither, the first decision starts every
+    /// clock afresh.
     async fn take_over(
         &mut self,
         cd: Option<&ClusterData>,
@@ -344,9 +343,6 @@ impl Sentinel {
                 BTreeMap::new()
             }
         };
-        if ages.is_empty() && self.sightings.is_empty() {
-            return;
-        }
         // Read after the infos: an info replaced since only looks younger.
         let proxy_ages = if ages.is_empty() {
             BTreeMap::new()
@@ -361,27 +357,24 @@ impl Sentinel {
         };
         let now = Instant::now().duration_since(self.origin);
         tracing::info!(?ages, ?proxy_ages, "keeper and proxy info ages at takeover");
-        self.memory = memory_at_takeover(keepers, &ages, now);
-        // Only a store that reports ages expires infos by leases (see the rule's docs).
-        if !ages.is_empty()
-            && let Some(cd) = cd
-        {
-            let expired: Vec<&String> = cd
-                .keepers
-                .keys()
-                .filter(|k| !keepers.contains_key(*k))
-                .collect();
-            if !expired.is_empty() {
-                tracing::info!(
-                    ?expired,
-                    "keepers without an info at takeover: silent for at least {:?}",
-                    expired_info_silence()
-                );
-            }
-            remember_expired_keepers_at_takeover(&mut self.memory, cd.keepers.keys(), keepers, now);
+        let read = TakeoverRead {
+            cluster_keepers: cd.map(|cd| &cd.keepers),
+            keepers_info: keepers,
+            proxies_info: proxies,
+            keeper_ages: &ages,
+            proxy_ages: &proxy_ages,
+        };
+        let Some(memory) = takeover_memory(&read, &self.sightings, now) else {
+            return;
+        };
+        if !memory.keeper_error_since.is_empty() {
+            tracing::info!(
+                expired = ?memory.keeper_error_since.keys().collect::<Vec<_>>(),
+                "keepers without an info at takeover: silent for at least {:?}",
+                expired_info_silence()
+            );
         }
-        remember_proxies_at_takeover(&mut self.memory, proxies, &proxy_ages, now);
-        self.sightings.credit(&mut self.memory, keepers, proxies);
+        self.memory = memory;
     }
 
     async fn write(&self, next: &ClusterData, rev: Option<&stolon_store::Revision>) -> bool {

@@ -36,6 +36,6 @@ pub use event::{Event, Severity};
 pub use invariants::{InvariantViolation, validate_handshake, validate_invariants};
 pub use memory::{Convergence, InfoHistory, MonoInstant, SentinelMemory};
 pub use takeover::{
-    Sightings, expired_info_silence, memory_at_takeover, remember_expired_keepers_at_takeover,
-    remember_proxies_at_takeover,
+    Sightings, TakeoverRead, expired_info_silence, memory_at_takeover,
+    remember_expired_keepers_at_takeover, remember_proxies_at_takeover, takeover_memory,
 };

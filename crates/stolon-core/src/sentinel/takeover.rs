@@ -38,11 +38,65 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::model::{KeeperInfo, ProxyInfo};
+use crate::model::{Keeper, KeeperInfo, ProxyInfo};
 
 use crate::keeper::MIN_INFO_TTL;
 
 use super::memory::{InfoHistory, MonoInstant, SentinelMemory};
+
+/// What a sentinel read from the store as it gained leadership, for [`takeover_memory`].
+#[derive(Debug, Clone, Copy)]
+pub struct TakeoverRead<'a> {
+    /// The keepers listed in the clusterdata, when there is one.
+    pub cluster_keepers: Option<&'a BTreeMap<String, Keeper>>,
+    /// The keepers' infos as read.
+    pub keepers_info: &'a BTreeMap<String, KeeperInfo>,
+    /// The proxies' infos as read.
+    pub proxies_info: &'a BTreeMap<String, ProxyInfo>,
+    /// Lower bounds of how long ago the keepers' infos were written, read after the infos;
+    /// empty where the store cannot tell (it does not expire infos by leases).
+    pub keeper_ages: &'a BTreeMap<String, Duration>,
+    /// The same for the proxies' infos, read after the keepers' ages.
+    pub proxy_ages: &'a BTreeMap<String, Duration>,
+}
+
+/// The memory a leader starts with when it takes over at `now`, from what it read
+/// ([`TakeoverRead`]) and what it saw itself while it followed (`sightings`). All the takeover
+/// rules of this module in one place:
+///
+/// - the keepers' failure clocks start at their info ages ([`memory_at_takeover`]);
+/// - keepers of the clusterdata without an info are credited with an expired lease
+///   ([`remember_expired_keepers_at_takeover`]), but only where the store reports ages: only
+///   there does a missing info mean an expired lease;
+/// - proxies start their activity windows at their info ages ([`remember_proxies_at_takeover`]);
+/// - the follower's own sightings replace any of these that they reach further back than
+///   ([`Sightings::credit`]).
+///
+/// `None` when there is nothing to go by (no ages, no sightings): the first decision then starts
+/// every clock afresh, as a leader without history does.
+pub fn takeover_memory(
+    read: &TakeoverRead<'_>,
+    sightings: &Sightings,
+    now: MonoInstant,
+) -> Option<SentinelMemory> {
+    if read.keeper_ages.is_empty() && sightings.is_empty() {
+        return None;
+    }
+    let mut mem = memory_at_takeover(read.keepers_info, read.keeper_ages, now);
+    if !read.keeper_ages.is_empty()
+        && let Some(cluster_keepers) = read.cluster_keepers
+    {
+        remember_expired_keepers_at_takeover(
+            &mut mem,
+            cluster_keepers.keys(),
+            read.keepers_info,
+            now,
+        );
+    }
+    remember_proxies_at_takeover(&mut mem, read.proxies_info, read.proxy_ages, now);
+    sightings.credit(&mut mem, read.keepers_info, read.proxies_info);
+    Some(mem)
+}
 
 /// How much of [`MIN_INFO_TTL`] a keeper whose info expired is credited with, in twentieths:
 /// 19/20 of it, a 5 % allowance for the store's clock running faster than ours.
