@@ -293,8 +293,9 @@ struct SentinelSlot {
     faults: FaultHandle,
     task: Option<(JoinHandle<()>, CancellationToken)>,
     boots: u32,
-    /// The running sentinel's election, for the checker: whether it says it leads.
-    election: Option<Arc<UnreliableElection>>,
+    /// The running sentinel's election, for the checker: whether it says it leads. Weak: the
+    /// sentinel owns it, and a stopped sentinel's election ends with it.
+    election: std::sync::Weak<UnreliableElection>,
 }
 
 /// What a proxy's check loop last set, recorded instead of forwarding.
@@ -438,7 +439,7 @@ impl World {
                 faults,
                 task: None,
                 boots: 0,
-                election: None,
+                election: std::sync::Weak::new(),
             });
             w.spawn_sentinel(i);
         }
@@ -584,7 +585,7 @@ impl World {
             Arc::new(mem.election_with_ttl(Duration::from_secs(5))),
             faults.clone(),
         ));
-        s.election = Some(watched.clone());
+        s.election = Arc::downgrade(&watched);
         let election: Arc<dyn Election> = watched;
         let store: Arc<dyn Store> = Arc::new(Unreliable::new(Arc::new(mem), faults));
         let cfg = stolon_sentinel::Config {
@@ -1068,7 +1069,7 @@ impl World {
             .sentinels
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.task.is_some() && s.election.as_ref().is_some_and(|e| e.leads()))
+            .filter(|(_, s)| s.task.is_some() && s.election.upgrade().is_some_and(|e| e.leads()))
             .map(|(i, _)| i)
             .collect();
         if leading.len() > 1 {
