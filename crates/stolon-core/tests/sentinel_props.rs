@@ -83,6 +83,9 @@ struct SimProxy {
     silent: bool,
     generation: i64,
     last_publish: Duration,
+    /// The info this proxy's last publish replaced: what a read that started before that
+    /// publish may still return.
+    replaced: Option<ProxyInfo>,
 }
 
 struct Sim {
@@ -97,6 +100,9 @@ struct Sim {
     uids: SeqUids,
     spec: ClusterSpec,
     seen: Vec<Event>,
+    /// How long before `now` the sentinel's read of the proxies' infos started (a slow store):
+    /// the infos returned may have been written at any time before `now`.
+    proxies_read_lag: Duration,
 }
 
 fn kname(i: usize) -> String {
@@ -130,6 +136,7 @@ impl Sim {
             uids: SeqUids::new("db"),
             spec,
             seen: Vec::new(),
+            proxies_read_lag: Duration::ZERO,
         }
     }
 
@@ -181,7 +188,7 @@ impl Sim {
     fn publish_proxy(&mut self, j: usize) {
         let info_uid = self.next_uid();
         self.proxies[j].last_publish = self.now;
-        self.proxies_info.insert(
+        self.proxies[j].replaced = self.proxies_info.insert(
             format!("p{j}"),
             ProxyInfo {
                 info_uid,
@@ -358,14 +365,32 @@ impl Sim {
     fn step(&mut self, write: bool) -> Result<(), TestCaseError> {
         let spec = self.spec.clone();
         let wall = self.wall();
+        // The read of the proxies' infos started at `read_at`: a publish after it may be missing
+        // from the answer (the read returns the info it replaced), one before it may not.
+        let read_at = self.now.saturating_sub(self.proxies_read_lag);
+        let proxies_read: BTreeMap<String, ProxyInfo> = self
+            .proxies_info
+            .iter()
+            .map(|(uid, info)| {
+                let p = uid
+                    .strip_prefix('p')
+                    .and_then(|j| j.parse::<usize>().ok())
+                    .and_then(|j| self.proxies.get(j));
+                let shown = match p {
+                    Some(p) if p.last_publish > read_at => p.replaced.as_ref().unwrap_or(info),
+                    _ => info,
+                };
+                (uid.clone(), shown.clone())
+            })
+            .collect();
         let input = DecideInput {
             cluster_data: self.cd.as_ref(),
             keepers_info: &self.keepers_info,
-            proxies_info: &self.proxies_info,
+            proxies_info: &proxies_read,
             memory: &self.memory,
             initial_spec: Some(&spec),
             now_mono: self.now,
-            proxies_read_at: self.now,
+            proxies_read_at: read_at,
             now_wall: wall,
         };
         let mut choose_last = |n: usize| n - 1;
@@ -419,9 +444,11 @@ proptest! {
         min_sync in 0u16..3,
         max_sync in 1u16..3,
         max_lag in prop_oneof![Just(1_048_576u32), Just(100_000u32), Just(5_000_000u32)],
+        read_lag_ms in prop_oneof![Just(0u64), 1u64..2_500],
         ops in prop::collection::vec(op(), 1..80),
     ) {
         let mut sim = Sim::new(sync, min_sync, max_sync, max_lag);
+        sim.proxies_read_lag = Duration::from_millis(read_lag_ms);
         for op in &ops {
             let write = sim.apply(op);
             sim.step(write)?;
@@ -438,10 +465,12 @@ proptest! {
     fn decide_keeps_the_safety_invariants_with_quorum_commit(
         min_sync in 0u16..3,
         max_sync in 1u16..3,
+        read_lag_ms in prop_oneof![Just(0u64), 1u64..2_500],
         ops in prop::collection::vec(op(), 1..80),
     ) {
         let mut sim = Sim::new(true, min_sync, max_sync, 1_048_576);
         sim.spec.quorum_commit = Some(true);
+        sim.proxies_read_lag = Duration::from_millis(read_lag_ms);
         for op in &ops {
             let write = sim.apply(op);
             sim.step(write)?;
