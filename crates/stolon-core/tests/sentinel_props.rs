@@ -297,6 +297,11 @@ impl Sim {
                 self.proxies[j].alive = true;
                 self.proxies[j].silent = false;
                 self.publish_proxy(j);
+                // A proxy coming back (started, or reconnected after its silence) publishes the
+                // generation it last knew. If the decision's read missed that publish, the proxy
+                // may route to the old master once more: the case docs/invariants.md lists
+                // under "What these do not cover". Its comeback is therefore always seen here.
+                self.proxies[j].replaced = None;
             }
             Op::ProxySilent(j) => self.proxies[j].silent = true,
             Op::ProxyStop(j) => {
