@@ -330,52 +330,18 @@ async fn run_campaign<B: KvBackend>(
                     match heartbeats.as_ref() {
                         None => set(&tx, first),
                         Some(hb) => {
-                            hold.key_seen(hb.mono(read_started));
-                            let leads = first && hold.may_act(hb.mono(Instant::now()));
-                            set(&tx, leads);
-                            if leads && let Some(d) = hold.deadline() {
-                                wake = wake.min(hb.origin + d);
-                            }
-                            let leader = if first { None } else { list.first() };
-                            let verdict = match leader {
-                                None => deposal.observe(None, hb.mono(Instant::now())),
-                                Some(l) => match observe_leader(backend.as_ref(), &layout, l).await
-                                {
-                                    Ok(beat) => {
-                                        deposal.observe(Some(beat), hb.mono(Instant::now()))
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "election: cannot read the leader's info");
-                                        Deposal::Never
-                                    }
-                                },
+                            let look = Look {
+                                backend: backend.as_ref(),
+                                layout: &layout,
+                                list: &list,
+                                first,
+                                read_started,
                             };
-                            match verdict {
-                                Deposal::Never => {}
-                                Deposal::WaitUntil(t) => wake = wake.min(hb.origin + t),
-                                Deposal::Depose { key: old, revision } => {
-                                    let uid = leader
-                                        .map(|l| String::from_utf8_lossy(&l.value).into_owned())
-                                        .unwrap_or_default();
-                                    match backend
-                                        .delete_if(&old, &layout.sentinel_info(&uid), revision)
-                                        .await
-                                    {
-                                        Ok(true) => {
-                                            tracing::warn!(
-                                                leader = %uid,
-                                                "election: deposed the leader sentinel, its info stopped changing for longer than its hold"
-                                            );
-                                            // Look again at once: we may be next.
-                                            continue;
-                                        }
-                                        // Its info changed meanwhile: it is alive.
-                                        Ok(false) => {}
-                                        Err(e) => {
-                                            tracing::warn!(error = %e, "election: cannot depose the leader")
-                                        }
-                                    }
-                                }
+                            match look.with_heartbeats(hb, &mut hold, &mut deposal, &tx).await {
+                                // Look again at once: we may be next.
+                                Next::Deposed => continue,
+                                Next::Wait(Some(t)) => wake = wake.min(t),
+                                Next::Wait(None) => {}
                             }
                         }
                     }
@@ -391,6 +357,82 @@ async fn run_campaign<B: KvBackend>(
         }
         set(&tx, false);
         *lease_slot.lock().expect("lease lock poisoned") = None;
+    }
+}
+
+/// What a campaign with heartbeats does after judging one read of the candidates.
+enum Next {
+    /// It deposed the leader: look again at once.
+    Deposed,
+    /// Wait; a timer may change the outcome at that instant.
+    Wait(Option<Instant>),
+}
+
+/// One read of the candidates, as a campaign with heartbeats judges it.
+struct Look<'a, B> {
+    backend: &'a B,
+    layout: &'a KeyLayout,
+    /// The candidates' keys, oldest first.
+    list: &'a [KvEntry],
+    /// Whether our key is the oldest.
+    first: bool,
+    /// When the read of `list` started.
+    read_started: Instant,
+}
+
+impl<B: KvBackend> Look<'_, B> {
+    /// Sets whether we lead (first, and within our hold) and deposes a leader whose info stayed
+    /// the same for longer than its hold (stolon_core::sentinel::leadership).
+    async fn with_heartbeats(
+        &self,
+        hb: &Heartbeats,
+        hold: &mut LeaderHold,
+        deposal: &mut DeposalWatch,
+        tx: &watch::Sender<bool>,
+    ) -> Next {
+        hold.key_seen(hb.mono(self.read_started));
+        let leads = self.first && hold.may_act(hb.mono(Instant::now()));
+        set(tx, leads);
+        let deadline = hold.deadline().filter(|_| leads).map(|d| hb.origin + d);
+        let leader = if self.first { None } else { self.list.first() };
+        let verdict = match leader {
+            None => deposal.observe(None, hb.mono(Instant::now())),
+            Some(l) => match observe_leader(self.backend, self.layout, l).await {
+                Ok(beat) => deposal.observe(Some(beat), hb.mono(Instant::now())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "election: cannot read the leader's info");
+                    Deposal::Never
+                }
+            },
+        };
+        let (old, revision) = match verdict {
+            Deposal::Never => return Next::Wait(deadline),
+            Deposal::WaitUntil(t) => {
+                let t = hb.origin + t;
+                return Next::Wait(Some(deadline.map_or(t, |d| d.min(t))));
+            }
+            Deposal::Depose { key, revision } => (key, revision),
+        };
+        let uid = leader
+            .map(|l| String::from_utf8_lossy(&l.value).into_owned())
+            .unwrap_or_default();
+        match self
+            .backend
+            .delete_if(&old, &self.layout.sentinel_info(&uid), revision)
+            .await
+        {
+            Ok(true) => {
+                tracing::warn!(
+                    leader = %uid,
+                    "election: deposed the leader sentinel, its info stopped changing for longer than its hold"
+                );
+                return Next::Deposed;
+            }
+            // Its info changed meanwhile: it is alive.
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "election: cannot depose the leader"),
+        }
+        Next::Wait(deadline)
     }
 }
 
