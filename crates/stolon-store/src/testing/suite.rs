@@ -669,14 +669,7 @@ pub async fn election_resign(h: &dyn Harness, cluster: &str) -> CaseResult {
     observe_two(&ra, &rb, limit, |x, _| x).await?;
     // b stays a follower for a while.
     let hold = ttl + ttl / 2;
-    let polls = hold.as_millis() / 100;
-    for _ in 0..polls {
-        ensure!(
-            *ra.borrow() && !*rb.borrow(),
-            "leadership moved without cause"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    a_keeps_leading(&ra, &rb, hold, "leadership moved without cause").await?;
     ensure!(
         ea.leader().await.map_err(err)?.as_deref() == Some("cand-a"),
         "leader() does not name the leader"
@@ -741,6 +734,20 @@ pub async fn election_lease_end(h: &dyn Harness, cluster: &str) -> CaseResult {
     Ok(())
 }
 
+/// Checks every 100 ms, for `span`, that `a` leads and `b` does not.
+async fn a_keeps_leading(
+    a: &watch::Receiver<bool>,
+    b: &watch::Receiver<bool>,
+    span: Duration,
+    what: &str,
+) -> CaseResult {
+    for _ in 0..span.as_millis() / 100 {
+        ensure!(*a.borrow() && !*b.borrow(), "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// Publishes `uid`'s sentinel info announcing `hold` every 300 ms and reports each publish to
 /// `election` as a heartbeat, until aborted.
 fn heartbeat_task(
@@ -791,29 +798,26 @@ pub async fn election_heartbeats(h: &dyn Harness, cluster: &str) -> CaseResult {
     let rb = eb.campaign("hb-b").await.map_err(err)?;
     observe_two(&ra, &rb, Duration::from_secs(15), |x, _| x).await?;
     // Heartbeats keep it leading well past its hold.
-    let polls = (hold * 3).as_millis() / 100;
-    for _ in 0..polls {
-        ensure!(
-            *ra.borrow() && !*rb.borrow(),
-            "leadership moved while the leader's heartbeats went on"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    a_keeps_leading(
+        &ra,
+        &rb,
+        hold * 3,
+        "leadership moved while the leader's heartbeats went on",
+    )
+    .await?;
     // Its publishes stop; its election goes on refreshing the lease, so only a deposal ends it.
     beat_a.abort();
     if !a_on {
         // No heartbeats: nothing deposes a leader whose lock is renewed.
-        for _ in 0..polls {
-            if !*ra.borrow() || *rb.borrow() {
-                beat_b.abort();
-                return Err(format!(
-                    "leadership moved after the leader's publishes stopped, on a backend without heartbeats (leader() = {:?})",
-                    eb.leader().await
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let kept = a_keeps_leading(
+            &ra,
+            &rb,
+            hold * 3,
+            "leadership moved after the leader's publishes stopped, on a backend without heartbeats",
+        )
+        .await;
         beat_b.abort();
+        kept?;
         ea.resign().await.map_err(err)?;
         eb.resign().await.map_err(err)?;
         return Ok(());
